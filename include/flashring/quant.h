@@ -1,0 +1,100 @@
+// Group-wise low-bit codecs for the Flash Communication all-reduce.
+//
+// A run of n fp32 values is cut into groups of g consecutive values (g a multiple of 32 in 32..4096,
+// default 128). Each group is stored as b-bit unsigned codes (b = 8 or 4) plus 4 bytes of metadata: a
+// scale s and a zero point z, both bf16. Decoding is one fused multiply-add, x = fma(q, s, z), computed in
+// fp32 with a single rounding, identical in the scalar reference and every SIMD version.
+//
+// Why bf16 for s and z, not fp16: range. Activations of LLaMA-family models reach thousands and some
+// models' residual streams pass 65504, where fp16 overflows and the only options left are clipping (a
+// silent wrong answer) or a fallback. bf16 spans fp32's whole range. Its coarser precision is paid for
+// safely: z is rounded down and s up when they are stored, and codes are computed against the stored
+// values, so every element's error stays within s/2 of the stored s; rounding z down widens a group's
+// grid by at most |min|/128, which for activations (groups spanning zero) is under 1%.
+//
+// Wire layout of one encoded run (pinned; decoders on other machines rely on it):
+//   GroupMeta meta[G]                 G = ceil(n / g), 4 bytes each
+//   codes of group 0, 1, ..., G-1     a full group takes g*b/8 bytes; the last, partial group of r values
+//                                     takes max(2, ceil(r*b/8)) bytes
+// INT4 codes: value 2i of a group in the low nibble of the group's byte i, value 2i+1 in the high nibble.
+//
+// GroupMeta semantics (L = 2^b):
+//   scale bit 15 (sign) = "this group holds NaN or Inf". Then codes L-1, L-2, L-3 decode to NaN, +Inf,
+//   -Inf and finite values use codes 0..L-4. Non-finite values thus come out exactly where they went in
+//   and never spoil the rest of their group.
+//   scale == 0x0000 (no flag, zero scale) = constant group: every value is the fp32 whose high 16 bits
+//   are `zero` and low 16 bits are the little-endian uint16 in the group's first two code bytes, so a
+//   constant group round-trips bit-exactly.
+//   Otherwise x = fma(q, s, z).
+// Asymmetric encoding (default): z = bf16_down(min), s = bf16_up((max - z) / qmax), qmax = L-1 (L-4
+// with the flag), q = clamp(round_half_even((x - z) * (1/s)), 0, qmax) with 1/s computed in fp32.
+// Symmetric encoding (option): s = bf16_up(max|x| / (L/2 - 1)), z = -(L/2) * s (exact),
+// q = clamp(round_half_even(x * (1/s)) + L/2, 1, L-1); groups with NaN/Inf or constant groups are
+// encoded as in the asymmetric case (the decoder does not need to know which encoding was used).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace flashring::quant {
+
+struct GroupMeta {
+  uint16_t scale;  // bf16 bits; bit 15 flags a group holding NaN/Inf
+  uint16_t zero;   // bf16 bits
+};
+static_assert(sizeof(GroupMeta) == 4, "GroupMeta is part of the wire format");
+
+inline constexpr int kMinGroup = 32;
+inline constexpr int kMaxGroup = 4096;
+
+struct Config {
+  int bits = 8;           // 8 or 4
+  int group_size = 128;   // multiple of 32 in [32, 4096]
+  bool symmetric = false;
+};
+
+// Throws InvalidArgument naming the bad field.
+void validate(const Config& cfg);
+// Bytes of an encoded run of n values (0 for n = 0).
+size_t encodedBytes(size_t n, const Config& cfg);
+// "int8-g128", "int4-g64-sym", ...
+std::string describe(const Config& cfg);
+
+// Instruction sets with their own kernels. Selected at run time from CPUID; never assumed at build time.
+enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+const char* isaName(Isa isa);
+// The best ISA this CPU supports and this build has kernels for.
+Isa bestIsa();
+// The ISA the dispatching functions below use (bestIsa() unless overridden, or FLASHRING_ISA=scalar|avx2|avx512).
+Isa activeIsa();
+// Override the dispatch (tests, benchmarks). Throws InvalidArgument if the CPU lacks the ISA.
+void setActiveIsa(Isa isa);
+bool isaSupported(Isa isa);
+
+// Encode n values into `out` (encodedBytes(n, cfg) bytes).
+void quantize(const float* x, size_t n, const Config& cfg, void* out);
+// Decode n values.
+void dequantize(const void* in, size_t n, const Config& cfg, float* out);
+// acc[i] = acc[i] + decoded[i], in fp32 (two roundings: decode, then add).
+void dequantizeAccumulate(const void* in, size_t n, const Config& cfg, float* acc);
+
+// The same with an explicit ISA (tests compare them bit for bit).
+void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out);
+void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out);
+void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, float* acc);
+
+// bf16 payloads for the exact algorithms: round to nearest even, NaN stays NaN (quiet).
+void toBf16(const float* x, size_t n, uint16_t* out);
+void fromBf16(const uint16_t* in, size_t n, float* out);
+// acc[i] += float(in[i])
+void fromBf16Accumulate(const uint16_t* in, size_t n, float* acc);
+void toBf16(Isa isa, const float* x, size_t n, uint16_t* out);
+void fromBf16(Isa isa, const uint16_t* in, size_t n, float* out);
+void fromBf16Accumulate(Isa isa, const uint16_t* in, size_t n, float* acc);
+
+// Scalar helpers shared by every kernel (defined inline so SIMD files compute metadata identically).
+float bf16ToFloat(uint16_t b);
+uint16_t floatToBf16(float f);  // round to nearest even
+
+}  // namespace flashring::quant
