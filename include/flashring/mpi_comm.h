@@ -9,6 +9,15 @@
 // This header is only available when flashring was built with FLASHRING_WITH_MPI.
 #pragma once
 
+// flashring uses MPI's C interface only. Skip OpenMPI's / MPICH's long-removed MPI-2 C++ bindings, which
+// <mpi.h> otherwise pulls in (with -Wcast-function-type warnings) unless the application included <mpi.h>
+// with them first.
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <memory>

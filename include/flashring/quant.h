@@ -19,18 +19,34 @@
 // INT4 codes: value 2i of a group in the low nibble of the group's byte i, value 2i+1 in the high nibble.
 //
 // GroupMeta semantics (L = 2^b):
-//   scale bit 15 (sign) = "this group holds NaN or Inf". Then codes L-1, L-2, L-3 decode to NaN, +Inf,
-//   -Inf and finite values use codes 0..L-4. Non-finite values thus come out exactly where they went in
-//   and never spoil the rest of their group.
+//   scale bit 15 (sign) = "this group holds NaN or Inf". Then codes L-1, L-2, L-3 decode to NaN (the
+//   canonical quiet NaN 0x7FC00000: sign and payload are not kept), +Inf, -Inf and finite values use codes
+//   0..L-4. Non-finite values thus come out exactly where they went in and never spoil the rest of their
+//   group.
 //   scale == 0x0000 (no flag, zero scale) = constant group: every value is the fp32 whose high 16 bits
 //   are `zero` and low 16 bits are the little-endian uint16 in the group's first two code bytes, so a
-//   constant group round-trips bit-exactly.
-//   Otherwise x = fma(q, s, z).
-// Asymmetric encoding (default): z = bf16_down(min), s = bf16_up((max - z) / qmax), qmax = L-1 (L-4
-// with the flag), q = clamp(round_half_even((x - z) * (1/s)), 0, qmax) with 1/s computed in fp32.
-// Symmetric encoding (option): s = bf16_up(max|x| / (L/2 - 1)), z = -(L/2) * s (exact),
-// q = clamp(round_half_even(x * (1/s)) + L/2, 1, L-1); groups with NaN/Inf or constant groups are
-// encoded as in the asymmetric case (the decoder does not need to know which encoding was used).
+//   constant group round-trips bit-exactly. "Constant" means all values have the same bit pattern and
+//   are finite (a group mixing 0.0 and -0.0 is not constant; it decodes to +0.0).
+//   Otherwise x = fma(q, s, z) with s = bf16 (scale & 0x7FFF), z = bf16 zero.
+// Code bits that no value uses (the high nibble after an odd tail, the bytes after a constant group's
+// first two) are written as zero, so equal inputs always give equal bytes.
+// Asymmetric encoding (default): over the group's finite values (with -0.0 read as +0.0),
+// z = bf16_down(min), s = max(bf16_up((max - z) / qmax), 2^-126), qmax = L-1 (L-4 with the flag),
+// q = clamp(round_half_even((x - z) * (1/s)), 0, qmax), x - z and 1/s computed in fp32.
+//   (max - z) / qmax is computed in double and rounded up, so s * qmax >= max - z. The floor 2^-126
+//   (bf16 0x0080) keeps 1/s finite; it only matters for groups whose values are all below ~1e-29.
+//   z saturates at the lowest finite bf16 (-0x1.FEp127): values below it, within 0.4% of -FLT_MAX,
+//   decode to it (relative error < 2^-8) - bf16 cannot hold a lower zero point.
+//   Wide groups, where max - z overflows fp32 or fma(qmax, s, z) would exceed FLT_MAX (only possible
+//   with |values| > 2^125), compute q = round_half_even((double(x) - z) / double(s)) in double and
+//   clamp it to the largest code <= qmax whose decoded value is finite: no finite value decodes to Inf,
+//   and the error stays <= s (<= s/2 below the clamped top code).
+// Symmetric encoding (option): s = max(bf16_up(max|x| / (L/2 - 1)), 2^-126), z = -(L/2) * s (exact),
+// q = clamp(round_half_even(x * (1/s)) + L/2, 1, L-1); groups with NaN/Inf, constant groups, and groups
+// where -(L/2) * s overflows are encoded as in the asymmetric case (the decoder does not need to know
+// which encoding was used).
+// All arithmetic assumes the default fp environment (round to nearest even, no flush-to-zero/DAZ).
+// Every instruction-set version produces the same bytes and the same decoded floats, bit for bit.
 #pragma once
 
 #include <cstddef>
@@ -93,8 +109,9 @@ void toBf16(Isa isa, const float* x, size_t n, uint16_t* out);
 void fromBf16(Isa isa, const uint16_t* in, size_t n, float* out);
 void fromBf16Accumulate(Isa isa, const uint16_t* in, size_t n, float* acc);
 
-// Scalar helpers shared by every kernel (defined inline so SIMD files compute metadata identically).
+// Scalar bf16 conversions (the same rounding as toBf16/fromBf16; every kernel uses the same internal inline
+// definitions, so metadata is computed identically in the scalar and SIMD versions).
 float bf16ToFloat(uint16_t b);
-uint16_t floatToBf16(float f);  // round to nearest even
+uint16_t floatToBf16(float f);  // round to nearest even; NaN stays a quiet NaN
 
 }  // namespace flashring::quant

@@ -29,8 +29,9 @@ class ThreadWorld {
   Communicator& communicator(int r);
   void abort(const std::string& reason);
 
+ struct Impl;  // shared mailboxes; defined in thread_comm.cc
+
  private:
-  struct Impl;
   std::unique_ptr<Impl> impl_;
 };
 

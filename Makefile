@@ -1,0 +1,58 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install what they need first.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+BUILD ?= build
+CMAKE_FLAGS ?=
+
+.PHONY: deps build demo test sanitize asan tsan format format-check bench-kernels clean help
+
+help:
+	@echo "make demo      install dependencies, build, run the all-reduce comparison on 4 in-process ranks"
+	@echo "make test      install dependencies, build (warnings are errors), run every test with CTest"
+	@echo "make build     Release build; the tool is build/bin/flashring"
+	@echo "make sanitize  ASan+UBSan and TSan builds running the unit and thread-rank tests"
+	@echo "make format    apply clang-format;  make format-check  verify it"
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DFLASHRING_WERROR=ON $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	$(BUILD)/bin/flashring demo
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+# Sanitizers. MPI tests are left out: OpenMPI's own allocations drown ASan's reports.
+asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
+	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=address,undefined
+	cmake --build build-asan -j $(JOBS) --target flashring_unit_tests flashring_multirank_tests
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+	  build-asan/bin/flashring_unit_tests --gtest_brief=1
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/bin/flashring_multirank_tests --gtest_brief=1
+
+tsan: deps
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
+	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=thread
+	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
+	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*'
+
+sanitize: asan tsan
+
+FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' 2>/dev/null)
+format:
+	clang-format -i $(FORMAT_FILES)
+format-check:
+	clang-format --dry-run -Werror $(FORMAT_FILES)
+
+bench-kernels: build
+	$(BUILD)/bin/flashring_kernel_bench --benchmark_min_time=0.2
+
+clean:
+	rm -rf $(BUILD) build-asan build-tsan

@@ -1,0 +1,63 @@
+// All-reduce (sum, fp32) for tensor-parallel activations, exact and low-bit.
+//
+// One entry point, allreduce(comm, data, options), with the algorithm chosen in the options:
+//   Ring       reduce-scatter ring + all-gather ring, 2(N-1) steps; fp32 or bf16 payload (fp32 accumulate)
+//   TwoStep    one-hop reduce-scatter (all-to-all) + all-gather, 2 steps; fp32 or bf16 payload
+//   Quantized  the Flash Communication all-reduce (arXiv 2412.04964): TwoStep whose reduce-scatter and
+//              all-gather each send group-wise quantized data (own bit width per stage), chunked so that
+//              quantizing one chunk overlaps the transfer of the previous one; fp32 accumulation in rank
+//              order
+//   Native     the transport's own all-reduce (MPI_Allreduce), the baseline users have today
+//   Auto       TwoStep fp32 below auto_threshold_bytes (latency-bound, exact), Quantized above it
+// Every algorithm leaves bitwise-identical results on every rank (the owner of a slice keeps the
+// decoded bytes it sent, never its own more precise copy). Sizes that do not divide by ranks or group
+// size, empty buffers and one rank all work. Buffers whose sizes differ across ranks raise an error on
+// every rank (detected from message sizes and headers, or checked up front for Native).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "flashring/comm.h"
+#include "flashring/quant.h"
+
+namespace flashring {
+
+enum class AllreduceAlgorithm { Auto, Ring, TwoStep, Quantized, Native };
+enum class Payload { F32, BF16 };
+
+struct AllreduceOptions {
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
+  Payload payload = Payload::F32;  // Ring and TwoStep
+  quant::Config reduce_scatter{8, 128, false};  // Quantized (and Auto above the threshold): step 1 codec
+  quant::Config all_gather{8, 128, false};      // step 2 codec
+  // Quantized: elements per pipeline chunk (0 = the whole buffer in one chunk).
+  size_t chunk_elems = size_t{1} << 20;
+  // Auto: buffers of fewer bytes than this use exact TwoStep fp32.
+  size_t auto_threshold_bytes = size_t{1} << 20;
+  // Native: check that every rank passes the same count first (MPI would otherwise hang or corrupt). The
+  // other algorithms detect a mismatch from their own messages at no extra cost.
+  bool check_sizes = true;
+};
+
+struct AllreduceStats {
+  AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // what actually ran (Auto resolved)
+  uint64_t wire_bytes = 0;   // payload bytes this rank sent
+  double codec_s = 0;        // time quantizing / converting / reducing on this rank
+  double wait_s = 0;         // time blocked waiting for messages on this rank
+};
+
+void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options = {},
+               AllreduceStats* stats = nullptr);
+
+// Named configurations used by the CLI and benchmarks: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16,
+// mpi, auto, flash-int8, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8 all-gather), flash-int8-int4.
+// Group size and symmetry come from `base`. Throws InvalidArgument listing the valid names.
+AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base = {});
+std::string allreduceAlgorithmName(AllreduceAlgorithm a);
+// Bytes one rank sends for an all-reduce of `count` fp32 values with these options on `ranks` ranks.
+uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& options);
+
+}  // namespace flashring

@@ -1,0 +1,18 @@
+// The all-reduce algorithms behind allreduce(); each assumes comm.size() > 1.
+#pragma once
+
+#include <span>
+
+#include "flashring/allreduce.h"
+
+namespace flashring::detail {
+
+void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
+                        AllreduceStats& stats);
+
+// Element alignment of slice boundaries for the exact algorithms (a cache line of fp32).
+inline constexpr size_t kSliceAlign = 16;
+
+}  // namespace flashring::detail

@@ -1,0 +1,142 @@
+#include "flashring/allreduce.h"
+
+#include <fmt/format.h>
+
+#include <array>
+
+#include "collectives/algorithms.h"
+#include "collectives/common.h"
+
+namespace flashring {
+
+namespace {
+void validate(const AllreduceOptions& o, int rank) {
+  try {
+    if (o.algorithm == AllreduceAlgorithm::Quantized || o.algorithm == AllreduceAlgorithm::Auto) {
+      quant::validate(o.reduce_scatter);
+      quant::validate(o.all_gather);
+    }
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(fmt::format("allreduce options: {}", e.what()), rank);
+  }
+}
+}  // namespace
+
+void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats* stats) {
+  AllreduceStats local;
+  AllreduceStats& st = stats ? *stats : local;
+  st = AllreduceStats{};
+  validate(options, comm.rank());
+  if (data.data() == nullptr && !data.empty())
+    throw InvalidArgument(fmt::format("allreduce: null buffer of {} elements", data.size()), comm.rank());
+  AllreduceAlgorithm algo = options.algorithm;
+  if (algo == AllreduceAlgorithm::Auto)
+    algo =
+        data.size_bytes() < options.auto_threshold_bytes ? AllreduceAlgorithm::TwoStep : AllreduceAlgorithm::Quantized;
+  st.algorithm = algo;
+  const Payload payload = options.algorithm == AllreduceAlgorithm::Auto ? Payload::F32 : options.payload;
+  if (comm.size() == 1) return;  // the sum over one rank is the buffer itself, bit for bit
+
+  const uint64_t sent0 = comm.bytesSent();
+  detail::abortOnError(comm, "all-reduce", [&] {
+    switch (algo) {
+      case AllreduceAlgorithm::Ring:
+        detail::ringAllreduce(comm, data, payload, st);
+        break;
+      case AllreduceAlgorithm::TwoStep:
+        detail::twoStepAllreduce(comm, data, payload, st);
+        break;
+      case AllreduceAlgorithm::Quantized:
+        detail::quantizedAllreduce(comm, data, options, st);
+        break;
+      case AllreduceAlgorithm::Native: {
+        if (options.check_sizes) checkSameOnAllRanks(comm, data.size(), "allreduce element count");
+        detail::Stopwatch w(st.wait_s);
+        comm.nativeAllreduceSum(data.data(), data.size(), comm.deadline());
+        break;
+      }
+      case AllreduceAlgorithm::Auto:
+        break;
+    }
+  });
+  st.wire_bytes = comm.bytesSent() - sent0;
+}
+
+std::string allreduceAlgorithmName(AllreduceAlgorithm a) {
+  switch (a) {
+    case AllreduceAlgorithm::Auto:
+      return "auto";
+    case AllreduceAlgorithm::Ring:
+      return "ring";
+    case AllreduceAlgorithm::TwoStep:
+      return "twostep";
+    case AllreduceAlgorithm::Quantized:
+      return "flash";
+    case AllreduceAlgorithm::Native:
+      return "native";
+  }
+  return "?";
+}
+
+AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base) {
+  AllreduceOptions o = base;
+  auto codec = [&](int b1, int b2) {
+    o.algorithm = AllreduceAlgorithm::Quantized;
+    o.reduce_scatter.bits = b1;
+    o.all_gather.bits = b2;
+  };
+  if (name == "ring-fp32") {
+    o.algorithm = AllreduceAlgorithm::Ring, o.payload = Payload::F32;
+  } else if (name == "ring-bf16") {
+    o.algorithm = AllreduceAlgorithm::Ring, o.payload = Payload::BF16;
+  } else if (name == "twostep-fp32") {
+    o.algorithm = AllreduceAlgorithm::TwoStep, o.payload = Payload::F32;
+  } else if (name == "twostep-bf16") {
+    o.algorithm = AllreduceAlgorithm::TwoStep, o.payload = Payload::BF16;
+  } else if (name == "mpi" || name == "native") {
+    o.algorithm = AllreduceAlgorithm::Native;
+  } else if (name == "auto") {
+    o.algorithm = AllreduceAlgorithm::Auto;
+  } else if (name == "flash-int8") {
+    codec(8, 8);
+  } else if (name == "flash-int4") {
+    codec(4, 4);
+  } else if (name == "flash-int4-int8") {
+    codec(4, 8);
+  } else if (name == "flash-int8-int4") {
+    codec(8, 4);
+  } else {
+    throw InvalidArgument(fmt::format(
+        "unknown all-reduce algorithm '{}' (valid: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, "
+        "flash-int8, flash-int4, flash-int4-int8, flash-int8-int4)",
+        name));
+  }
+  return o;
+}
+
+uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& o) {
+  if (ranks <= 1) return 0;
+  const uint64_t N = static_cast<uint64_t>(ranks);
+  // The model figure (nccl-tests' busbw convention): each stage sends (N-1)/N of the buffer. A rank's
+  // exact count differs by its slice's rounding; the benchmark reports the measured one beside it.
+  auto exact = [&](uint64_t esize) { return 2 * (N - 1) * count * esize / N; };
+  AllreduceAlgorithm a = o.algorithm;
+  if (a == AllreduceAlgorithm::Auto)
+    a = count * 4 < o.auto_threshold_bytes ? AllreduceAlgorithm::TwoStep : AllreduceAlgorithm::Quantized;
+  switch (a) {
+    case AllreduceAlgorithm::Ring:
+    case AllreduceAlgorithm::TwoStep:
+      return exact(o.payload == Payload::BF16 && o.algorithm != AllreduceAlgorithm::Auto ? 2 : 4);
+    case AllreduceAlgorithm::Native:
+      return exact(4);
+    case AllreduceAlgorithm::Quantized: {
+      const uint64_t per = (N - 1) * count / N;
+      return quant::encodedBytes(per, o.reduce_scatter) + quant::encodedBytes(per, o.all_gather);
+    }
+    case AllreduceAlgorithm::Auto:
+      break;
+  }
+  return 0;
+}
+
+}  // namespace flashring

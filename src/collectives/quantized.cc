@@ -1,0 +1,177 @@
+// Flash all-reduce (arXiv 2412.04964): two-step all-reduce whose messages are group-wise quantized.
+//
+// Per chunk of the buffer: quantize slice j with the reduce-scatter codec and send it to rank j; rank j
+// sums the N contributions in fp32 in rank order (its own exactly, the others dequantized), quantizes the
+// sum with the all-gather codec and sends it to every rank; every rank, the owner included, decodes the
+// same bytes, so all ranks end bitwise identical. Chunks are pipelined: while chunk c is being quantized
+// and sent, chunk c-1 is reduced and chunk c-2 decoded, and progress() is called between slices so that
+// transports that move data only inside library calls (MPI over TCP) keep the links busy.
+//
+// Every message starts with a 16-byte header (element count of the whole buffer, chunk index), so a rank
+// whose buffer size differs from its peers' is named in the error instead of corrupting a sum.
+#include <fmt/format.h>
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "collectives/algorithms.h"
+#include "collectives/common.h"
+#include "comm/tags.h"
+
+namespace flashring::detail {
+
+namespace {
+struct Header {
+  uint64_t count;
+  uint64_t chunk;
+};
+static_assert(sizeof(Header) == 16);
+}  // namespace
+
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats) {
+  const int n_ranks = comm.size(), me = comm.rank();
+  const size_t N = static_cast<size_t>(n_ranks);
+  const size_t n = data.size();
+  const quant::Config& c1 = opt.reduce_scatter;
+  const quant::Config& c2 = opt.all_gather;
+  const size_t align = static_cast<size_t>(std::max(c1.group_size, c2.group_size));
+  // Chunk length: a multiple of N * align so that slices fall on group boundaries.
+  size_t chunk_len = opt.chunk_elems == 0 ? n : opt.chunk_elems;
+  chunk_len = std::max<size_t>(N * align, (chunk_len + N * align - 1) / (N * align) * (N * align));
+  const size_t n_chunks = n == 0 ? 1 : (n + chunk_len - 1) / chunk_len;
+
+  auto chunkRange = [&](size_t c) { return Range{std::min(n, c * chunk_len), std::min(n, (c + 1) * chunk_len)}; };
+  auto slice = [&](size_t c, int j) {
+    const Range cr = chunkRange(c);
+    const Range r = part(cr.size(), n_ranks, j, align);
+    return Range{cr.begin + r.begin, cr.begin + r.end};
+  };
+  // Message sizes. All chunks but the last are full, so one layout serves every chunk of equal length.
+  auto rsBytes = [&](size_t c, int j) { return sizeof(Header) + quant::encodedBytes(slice(c, j).size(), c1); };
+  auto agBytes = [&](size_t c, int j) { return sizeof(Header) + quant::encodedBytes(slice(c, j).size(), c2); };
+
+  // Arena per chunk: [rs send to each j][rs recv from each p][ag send][ag recv from each p].
+  std::vector<size_t> chunk_off(n_chunks + 1, 0);
+  std::vector<size_t> rs_send_off(n_chunks * N), rs_recv_off(n_chunks * N), ag_recv_off(n_chunks * N), ag_send_off(n_chunks);
+  size_t off = 0, max_slice = 0;
+  for (size_t c = 0; c < n_chunks; ++c) {
+    chunk_off[c] = off;
+    for (int j = 0; j < n_ranks; ++j) {
+      rs_send_off[c * N + static_cast<size_t>(j)] = off;
+      off += j == me ? 0 : rsBytes(c, j);
+    }
+    for (int p = 0; p < n_ranks; ++p) {
+      rs_recv_off[c * N + static_cast<size_t>(p)] = off;
+      off += p == me ? 0 : rsBytes(c, me);
+    }
+    ag_send_off[c] = off;
+    off += agBytes(c, me);
+    for (int p = 0; p < n_ranks; ++p) {
+      ag_recv_off[c * N + static_cast<size_t>(p)] = off;
+      off += p == me ? 0 : agBytes(c, p);
+    }
+    max_slice = std::max(max_slice, slice(c, me).size());
+  }
+  thread_local std::vector<std::byte> arena_buf;
+  thread_local std::vector<float> acc_buf;
+  std::byte* arena = scratch(arena_buf, off);
+  float* acc = scratch(acc_buf, max_slice);
+  std::vector<Request> rs_recv(n_chunks * N), rs_send(n_chunks * N), ag_recv(n_chunks * N), ag_send(n_chunks * N);
+
+  auto writeHeader = [&](std::byte* p, size_t c) {
+    const Header h{n, c};
+    std::memcpy(p, &h, sizeof h);
+  };
+  auto checkHeader = [&](const std::byte* p, size_t c, int from) {
+    Header h;
+    std::memcpy(&h, p, sizeof h);
+    if (h.count != n || h.chunk != c)
+      throw InvalidArgument(fmt::format("all-reduce: rank {} has {} elements but rank {} has {} (chunk {} vs {})", me, n,
+                                        from, h.count, c, h.chunk),
+                            me);
+  };
+  auto waitOne = [&](Request& r) {
+    Stopwatch w(stats.wait_s);
+    comm.wait(r, comm.deadline());
+  };
+
+  auto post = [&](size_t c) {
+    const Tag t1 = tags::make(tags::kTwoStepScatter, static_cast<int>(c)), t2 = tags::make(tags::kTwoStepGather, static_cast<int>(c));
+    for (int p = 0; p < n_ranks; ++p) {
+      if (p == me) continue;
+      const size_t k = c * N + static_cast<size_t>(p);
+      rs_recv[k] = comm.irecv(arena + rs_recv_off[k], rsBytes(c, me), p, t1);
+      ag_recv[k] = comm.irecv(arena + ag_recv_off[k], agBytes(c, p), p, t2);
+    }
+    for (int i = 1; i < n_ranks; ++i) {  // start with the next rank so that not every rank hits rank 0 first
+      const int j = (me + i) % n_ranks;
+      const size_t k = c * N + static_cast<size_t>(j);
+      std::byte* buf = arena + rs_send_off[k];
+      const Range r = slice(c, j);
+      {
+        Stopwatch w(stats.codec_s);
+        writeHeader(buf, c);
+        quant::quantize(data.data() + r.begin, r.size(), c1, buf + sizeof(Header));
+      }
+      rs_send[k] = comm.isend(buf, rsBytes(c, j), j, t1);
+      comm.progress();
+    }
+  };
+
+  auto reduce = [&](size_t c) {
+    const Tag t2 = tags::make(tags::kTwoStepGather, static_cast<int>(c));
+    const Range mine = slice(c, me);
+    const size_t m = mine.size();
+    std::memset(acc, 0, m * sizeof(float));
+    for (int p = 0; p < n_ranks; ++p) {  // fixed rank order: identical rounding wherever it runs
+      if (p == me) {
+        Stopwatch w(stats.codec_s);
+        const float* x = data.data() + mine.begin;
+        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+        continue;
+      }
+      const size_t k = c * N + static_cast<size_t>(p);
+      waitOne(rs_recv[k]);
+      Stopwatch w(stats.codec_s);
+      checkHeader(arena + rs_recv_off[k], c, p);
+      quant::dequantizeAccumulate(arena + rs_recv_off[k] + sizeof(Header), m, c1, acc);
+    }
+    std::byte* buf = arena + ag_send_off[c];
+    {
+      Stopwatch w(stats.codec_s);
+      writeHeader(buf, c);
+      quant::quantize(acc, m, c2, buf + sizeof(Header));
+      // The owner keeps the decoded bytes it sends (replica consistency).
+      quant::dequantize(buf + sizeof(Header), m, c2, data.data() + mine.begin);
+    }
+    for (int i = 1; i < n_ranks; ++i) {
+      const int p = (me + i) % n_ranks;
+      ag_send[c * N + static_cast<size_t>(p)] = comm.isend(buf, agBytes(c, me), p, t2);
+    }
+    comm.progress();
+  };
+
+  auto finish = [&](size_t c) {
+    for (int i = 1; i < n_ranks; ++i) {
+      const int p = (me + n_ranks - i) % n_ranks;
+      const size_t k = c * N + static_cast<size_t>(p);
+      waitOne(ag_recv[k]);
+      Stopwatch w(stats.codec_s);
+      checkHeader(arena + ag_recv_off[k], c, p);
+      const Range r = slice(c, p);
+      quant::dequantize(arena + ag_recv_off[k] + sizeof(Header), r.size(), c2, data.data() + r.begin);
+    }
+  };
+
+  for (size_t step = 0; step < n_chunks + 2; ++step) {
+    if (step < n_chunks) post(step);
+    if (step >= 1 && step - 1 < n_chunks) reduce(step - 1);
+    if (step >= 2) finish(step - 2);
+  }
+  Stopwatch w(stats.wait_s);
+  comm.waitAll(rs_send, comm.deadline());
+  comm.waitAll(ag_send, comm.deadline());
+}
+
+}  // namespace flashring::detail

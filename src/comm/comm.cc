@@ -1,0 +1,95 @@
+#include "flashring/comm.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "comm/tags.h"
+
+namespace flashring {
+
+namespace {
+std::chrono::milliseconds defaultTimeout() {
+  if (const char* env = std::getenv("FLASHRING_TIMEOUT_MS")) {
+    char* end = nullptr;
+    long long v = std::strtoll(env, &end, 10);
+    if (end != env && *end == '\0' && v > 0) return std::chrono::milliseconds(v);
+    throw InvalidArgument(fmt::format("FLASHRING_TIMEOUT_MS='{}' is not a positive number of milliseconds", env));
+  }
+  return std::chrono::milliseconds(120000);
+}
+
+// Every rank sends its 8 bytes to every other rank (one step); every rank then holds all values in rank
+// order, so any reduction over them is identical on every rank.
+template <typename T>
+std::vector<T> allgatherValue(Communicator& comm, T v) {
+  static_assert(sizeof(T) == 8);
+  const int n = comm.size(), me = comm.rank();
+  std::vector<T> all(static_cast<size_t>(n));
+  all[static_cast<size_t>(me)] = v;
+  std::vector<Request> reqs;
+  reqs.reserve(2 * static_cast<size_t>(n));
+  const Tag tag = tags::make(tags::kHelpers, 0);
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
+    reqs.push_back(comm.irecv(&all[static_cast<size_t>(p)], sizeof(T), p, tag));
+  }
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
+    reqs.push_back(comm.isend(&all[static_cast<size_t>(me)], sizeof(T), p, tag));
+  }
+  comm.waitAll(reqs, comm.deadline());
+  return all;
+}
+}  // namespace
+
+Communicator::Communicator() : timeout_(defaultTimeout()) {}
+
+void Communicator::waitAll(std::span<Request> rs, Deadline deadline) {
+  for (auto& r : rs) wait(r, deadline);
+}
+
+void Communicator::nativeAllreduceSum(float*, size_t, Deadline) {
+  throw InvalidArgument(fmt::format("the '{}' transport has no native all-reduce", transport()), rank());
+}
+
+void Communicator::checkArgs(const void* buf, size_t bytes, int peer, Tag tag, const char* op) const {
+  if (peer < 0 || peer >= size())
+    throw InvalidArgument(fmt::format("{}: peer {} is out of range [0, {})", op, peer, size()), rank());
+  if (tag < 0 || tag > kMaxTag)
+    throw InvalidArgument(fmt::format("{}: tag {} is out of range [0, {}]", op, tag, kMaxTag), rank());
+  if (bytes > 0 && buf == nullptr)
+    throw InvalidArgument(fmt::format("{}: null buffer for {} bytes to/from peer {}", op, bytes, peer), rank());
+}
+
+void barrier(Communicator& comm) { (void)allgatherValue<uint64_t>(comm, 0); }
+
+double allreduceMax(Communicator& comm, double v) {
+  auto all = allgatherValue(comm, v);
+  return *std::max_element(all.begin(), all.end());
+}
+
+double allreduceMin(Communicator& comm, double v) {
+  auto all = allgatherValue(comm, v);
+  return *std::min_element(all.begin(), all.end());
+}
+
+double allreduceSumDouble(Communicator& comm, double v) {
+  auto all = allgatherValue(comm, v);
+  double s = 0;
+  for (double x : all) s += x;  // rank order: identical on every rank
+  return s;
+}
+
+void checkSameOnAllRanks(Communicator& comm, uint64_t value, const char* what) {
+  auto all = allgatherValue(comm, value);
+  if (std::all_of(all.begin(), all.end(), [&](uint64_t x) { return x == all[0]; })) return;
+  std::string list;
+  for (size_t i = 0; i < all.size(); ++i) list += fmt::format("{}rank {}: {}", i ? ", " : "", i, all[i]);
+  throw InvalidArgument(fmt::format("{} differs across ranks ({})", what, list), comm.rank());
+}
+
+}  // namespace flashring

@@ -1,0 +1,30 @@
+// Tag namespaces of flashring's own collectives.
+//
+// A tag is space | (step & kStepMask). Every collective owns a space, and each direction of a
+// bidirectional exchange owns its own, so two streams in flight at once can never match each other's
+// messages. Messages with equal (peer, tag) match in posting order, so reusing a tag for the same step of
+// consecutive calls is safe as long as every rank issues collectives in the same order.
+#pragma once
+
+#include "flashring/comm.h"
+
+namespace flashring::tags {
+
+inline constexpr Tag kStepBits = 10;
+inline constexpr Tag kStepMask = (1 << kStepBits) - 1;
+
+enum Space : Tag {
+  kHelpers = 1 << kStepBits,          // barrier, allreduceMax, ...
+  kRingReduceScatter = 2 << kStepBits,
+  kRingAllGather = 3 << kStepBits,
+  kTwoStepScatter = 4 << kStepBits,
+  kTwoStepGather = 5 << kStepBits,
+  kSpForward = 8 << kStepBits,        // sequence-parallel attention: Q / KV forward
+  kSpBackward = 9 << kStepBits,       // sequence-parallel attention: results back
+  kSpAllToAll = 10 << kStepBits,
+};
+static_assert((31 << kStepBits) + kStepMask <= kMaxTag, "tag spaces must fit MPI's guaranteed tag range");
+
+constexpr Tag make(Space space, int step) { return static_cast<Tag>(space | (step & kStepMask)); }
+
+}  // namespace flashring::tags

@@ -1,0 +1,94 @@
+// Test references for the all-reduce: deterministic per-rank inputs, the exact fp64 sum, and an
+// independent sequential model of the quantized two-step algorithm (same codec calls, same slice and
+// chunk rules as documented in allreduce.h / quantized.cc), whose output the real algorithm must match
+// bit for bit.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "collectives/common.h"
+#include "flashring/allreduce.h"
+#include "flashring/quant.h"
+
+namespace flashring::testref {
+
+// Inputs of rank r: a mix of scales, like activations (most values O(1), a few outliers).
+inline std::vector<float> rankInput(int r, size_t n, uint32_t seed = 1) {
+  std::mt19937 g(seed * 7919u + static_cast<uint32_t>(r) * 104729u);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::uniform_real_distribution<float> u(0.f, 1.f);
+  std::vector<float> x(n);
+  for (auto& v : x) {
+    v = d(g);
+    if (u(g) < 0.002f) v *= 40.f;  // outliers
+  }
+  return x;
+}
+
+inline std::vector<double> exactSum(int ranks, size_t n, uint32_t seed = 1) {
+  std::vector<double> s(n, 0.0);
+  for (int r = 0; r < ranks; ++r) {
+    auto x = rankInput(r, n, seed);
+    for (size_t i = 0; i < n; ++i) s[i] += x[i];
+  }
+  return s;
+}
+
+inline std::vector<double> absSum(int ranks, size_t n, uint32_t seed = 1) {
+  std::vector<double> s(n, 0.0);
+  for (int r = 0; r < ranks; ++r) {
+    auto x = rankInput(r, n, seed);
+    for (size_t i = 0; i < n; ++i) s[i] += std::fabs(x[i]);
+  }
+  return s;
+}
+
+// ||a - e||_2 / ||e||_2
+inline double relError(const std::vector<float>& a, const std::vector<double>& e) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (a[i] - e[i]) * (a[i] - e[i]);
+    den += e[i] * e[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// Sequential model of the Flash all-reduce over `inputs` (one vector per rank).
+inline std::vector<float> quantizedModel(const std::vector<std::vector<float>>& inputs, const AllreduceOptions& o) {
+  const int N = static_cast<int>(inputs.size());
+  const size_t n = inputs[0].size();
+  if (N == 1) return inputs[0];
+  const size_t align = static_cast<size_t>(std::max(o.reduce_scatter.group_size, o.all_gather.group_size));
+  const size_t unit = static_cast<size_t>(N) * align;
+  size_t chunk = o.chunk_elems == 0 ? n : o.chunk_elems;
+  chunk = std::max(unit, (chunk + unit - 1) / unit * unit);
+  std::vector<float> out(n);
+  for (size_t c0 = 0; c0 < n; c0 += chunk) {
+    const size_t len = std::min(chunk, n - c0);
+    for (int j = 0; j < N; ++j) {
+      const detail::Range r = detail::part(len, N, j, align);
+      const size_t m = r.size();
+      std::vector<float> acc(m, 0.f);
+      for (int p = 0; p < N; ++p) {
+        const float* x = inputs[static_cast<size_t>(p)].data() + c0 + r.begin;
+        if (p == j) {
+          for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+        } else {
+          std::vector<std::byte> enc(quant::encodedBytes(m, o.reduce_scatter));
+          quant::quantize(quant::Isa::Scalar, x, m, o.reduce_scatter, enc.data());
+          quant::dequantizeAccumulate(quant::Isa::Scalar, enc.data(), m, o.reduce_scatter, acc.data());
+        }
+      }
+      std::vector<std::byte> enc(quant::encodedBytes(m, o.all_gather));
+      quant::quantize(quant::Isa::Scalar, acc.data(), m, o.all_gather, enc.data());
+      quant::dequantize(quant::Isa::Scalar, enc.data(), m, o.all_gather, out.data() + c0 + r.begin);
+    }
+  }
+  return out;
+}
+
+}  // namespace flashring::testref

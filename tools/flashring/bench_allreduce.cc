@@ -1,0 +1,279 @@
+// flashring bench allreduce: nccl-tests-style sweep of the all-reduce algorithms, baseline and ours in
+// the same run, alternating, with the error of every row against the exact (fp64) sum.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cli.h"
+#include "flashring/allreduce.h"
+#include "flashring/comm.h"
+
+namespace flashring::cli {
+
+namespace {
+
+struct Config {
+  std::string min_bytes = "1K", max_bytes = "64M";
+  double factor = 2;
+  std::vector<std::string> algos;
+  std::string baseline;
+  int iters = 10, warmup = 2;
+  int group_size = 128;
+  bool symmetric = false;
+  size_t chunk_elems = size_t{1} << 20;
+  std::string json;
+  uint64_t seed = 1;
+  TransportOptions transport;
+};
+
+// Counter-based input (splitmix64): any rank can regenerate any rank's values without storing them.
+inline uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+// Roughly normal activations (Irwin-Hall of 4 uniforms), with rare 20-60x outliers.
+inline float inputValue(uint64_t seed, int rank, size_t i) {
+  const uint64_t h = mix(seed * 0x100000001b3ull ^ (static_cast<uint64_t>(rank) << 40) ^ i);
+  const float u = static_cast<float>((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) /
+                  65536.f;
+  float v = (u - 2.f) * 1.7320508f;
+  if ((mix(h) & 1023) == 0) v *= 20.f + static_cast<float>(mix(h ^ 7) % 40);
+  return v;
+}
+
+struct Row {
+  std::string algo;
+  size_t bytes = 0;
+  double time_us = 0, algbw = 0, busbw = 0, max_abs_err = 0, rel_err = 0, speedup = 0;
+  uint64_t wire_bytes = 0;
+  bool replicas_identical = true;
+};
+
+std::vector<size_t> sizes(const Config& c) {
+  const size_t lo = parseSize(c.min_bytes), hi = parseSize(c.max_bytes);
+  if (lo > hi) throw InvalidArgument(fmt::format("-b {} is larger than -e {}", c.min_bytes, c.max_bytes));
+  if (c.factor <= 1) throw InvalidArgument(fmt::format("-f must be > 1, got {}", c.factor));
+  std::vector<size_t> out;
+  for (double s = static_cast<double>(std::max<size_t>(lo, 4)); s <= static_cast<double>(hi) * 1.000001; s *= c.factor) {
+    out.push_back(static_cast<size_t>(s) / 4 * 4);
+  }
+  return out;
+}
+
+uint64_t fnv(const float* p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* b = reinterpret_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n * 4; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out) {
+  const int N = comm.size(), me = comm.rank();
+  std::vector<AllreduceOptions> opts;
+  AllreduceOptions base;
+  base.reduce_scatter.group_size = base.all_gather.group_size = cfg.group_size;
+  base.reduce_scatter.symmetric = base.all_gather.symmetric = cfg.symmetric;
+  base.chunk_elems = cfg.chunk_elems;
+  for (const auto& a : cfg.algos) opts.push_back(allreduceOptionsFromName(a, base));
+  const auto bl = std::find(cfg.algos.begin(), cfg.algos.end(), cfg.baseline) - cfg.algos.begin();
+
+  if (me == 0) {
+    fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{} iters={} warmup={} baseline={}\n",
+               comm.transport(), N, cfg.group_size, cfg.symmetric ? " (symmetric)" : "", cfg.iters, cfg.warmup,
+               cfg.baseline);
+    fmt::print("# time = median over iterations of the slowest rank; error vs the exact fp64 sum; speedup = baseline time / time\n");
+    fmt::print("{:>10} {:>11} {:<16} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8}\n", "size", "count", "algo",
+               "time_us", "algbw_GB/s", "busbw_GB/s", "max_abs_err", "rel_err", "wire_bytes", "speedup");
+    std::fflush(stdout);
+  }
+  for (size_t bytes : sizes(cfg)) {
+    const size_t n = bytes / 4;
+    const auto size_t0 = Clock::now();
+    std::vector<float> input(n), buf(n);
+    for (size_t i = 0; i < n; ++i) input[i] = inputValue(cfg.seed, me, i);
+    std::vector<std::vector<double>> times(opts.size());
+    std::vector<uint64_t> wire(opts.size());
+    std::vector<double> max_err(opts.size()), rel(opts.size());
+    std::vector<bool> same(opts.size(), true);
+    // Exact sum of the part of the buffer this rank checks (its 1/N share), regenerated from every rank's seed.
+    const size_t chk_b = n * static_cast<size_t>(me) / static_cast<size_t>(N),
+                 chk_e = n * static_cast<size_t>(me + 1) / static_cast<size_t>(N);
+    std::vector<double> exact(chk_e - chk_b, 0.0);
+    for (int r = 0; r < N; ++r)
+      for (size_t i = chk_b; i < chk_e; ++i) exact[i - chk_b] += inputValue(cfg.seed, r, i);
+
+    for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
+      for (size_t a = 0; a < opts.size(); ++a) {  // alternate algorithms within each iteration
+        std::copy(input.begin(), input.end(), buf.begin());
+        AllreduceOptions o = opts[a];
+        if (it > 0) o.check_sizes = false;  // checked on the first call; not part of the baseline's timing
+        barrier(comm);
+        const auto t0 = Clock::now();
+        AllreduceStats st;
+        allreduce(comm, buf, o, &st);
+        const double local = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double t = allreduceMax(comm, local);
+        if (it >= cfg.warmup) times[a].push_back(t);
+        if (it == cfg.warmup + cfg.iters - 1) {
+          wire[a] = st.wire_bytes;
+          double m = 0, num = 0, den = 0;
+          for (size_t i = chk_b; i < chk_e; ++i) {
+            const double d = static_cast<double>(buf[i]) - exact[i - chk_b];
+            if (std::isnan(d)) m = INFINITY;
+            m = std::max(m, std::fabs(d));
+            num += d * d;
+            den += exact[i - chk_b] * exact[i - chk_b];
+          }
+          max_err[a] = allreduceMax(comm, m);
+          num = allreduceSumDouble(comm, num);
+          den = allreduceSumDouble(comm, den);
+          rel[a] = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+          const double h = static_cast<double>(fnv(buf.data(), n) >> 11);
+          same[a] = allreduceMax(comm, h) == allreduceMin(comm, h);
+          wire[a] = static_cast<uint64_t>(allreduceMax(comm, static_cast<double>(wire[a])));
+        }
+      }
+    }
+    if (me != 0) continue;
+    auto median = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+    };
+    const double base_t = median(times[static_cast<size_t>(bl)]);
+    for (size_t a = 0; a < opts.size(); ++a) {
+      Row r;
+      r.algo = cfg.algos[a];
+      r.bytes = bytes;
+      const double t = median(times[a]);
+      r.time_us = t * 1e6;
+      r.algbw = t > 0 ? static_cast<double>(bytes) / t / 1e9 : 0;
+      r.busbw = r.algbw * 2.0 * (N - 1) / N;
+      r.max_abs_err = max_err[a];
+      r.rel_err = rel[a];
+      r.wire_bytes = wire[a];
+      r.speedup = t > 0 ? base_t / t : 0;
+      r.replicas_identical = same[a];
+      fmt::print("{:>10} {:>11} {:<16} {:>11.1f} {:>10.3f} {:>10.3f} {:>11.3e} {:>10.3e} {:>12} {:>7.2f}x{}\n", formatSize(bytes), n,
+                 r.algo, r.time_us, r.algbw, r.busbw, r.max_abs_err, r.rel_err, r.wire_bytes, r.speedup,
+                 r.replicas_identical ? "" : "  REPLICAS DIFFER");
+      rows_out.push_back(r);
+    }
+    std::fflush(stdout);
+    const double secs = std::chrono::duration<double>(Clock::now() - size_t0).count();
+    if (secs > 2) std::fprintf(stderr, "progress: %s done in %.1f s\n", formatSize(bytes).c_str(), secs);
+  }
+}
+
+}  // namespace
+
+void addBenchAllreduce(CLI::App& bench) {
+  auto cfg = std::make_shared<Config>();
+  auto* app = bench.add_subcommand("allreduce", "sweep all-reduce algorithms over message sizes (nccl-tests style)");
+  app->add_option("-b,--minbytes", cfg->min_bytes, "smallest message, bytes of fp32 (1K, 64M, ...)")->capture_default_str();
+  app->add_option("-e,--maxbytes", cfg->max_bytes, "largest message")->capture_default_str();
+  app->add_option("-f,--stepfactor", cfg->factor, "multiply the size by this between rows")->capture_default_str();
+  app->add_option("--algos", cfg->algos,
+                  "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
+                  "flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport supports)")
+      ->delimiter(',');
+  app->add_option("--baseline", cfg->baseline, "algorithm the speedup column divides by (default: twostep-bf16 if run, else the first)");
+  app->add_option("-n,--iters", cfg->iters, "timed iterations per size and algorithm (median reported)")
+      ->check(CLI::Range(5, 100000))
+      ->capture_default_str();
+  app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")->check(CLI::Range(0, 1000))->capture_default_str();
+  app->add_option("-g,--group-size", cfg->group_size, "quantization group size (multiple of 32 in 32..4096)")->capture_default_str();
+  app->add_flag("--symmetric", cfg->symmetric, "symmetric quantization instead of asymmetric (scale + zero)");
+  app->add_option("--chunk-elems", cfg->chunk_elems, "pipeline chunk of the flash algorithms, in elements (0 = one chunk)")
+      ->capture_default_str();
+  app->add_option("--seed", cfg->seed, "input seed")->capture_default_str();
+  app->add_option("--json", cfg->json, "write one JSON object per (algorithm, size) row to this file");
+  cfg->transport.add(*app);
+  app->callback([cfg] {
+    Config& c = *cfg;
+    const bool mpi = c.transport.transport == "mpi";
+    if (c.algos.empty()) {
+      c.algos = {"ring-fp32", "ring-bf16", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
+      if (mpi) c.algos.insert(c.algos.begin() + 3, "mpi");
+    }
+    for (const auto& a : c.algos) {
+      (void)allreduceOptionsFromName(a);  // throws, listing the valid names
+      if ((a == "mpi" || a == "native") && !mpi)
+        throw InvalidArgument(fmt::format("algorithm '{}' is MPI_Allreduce and needs --transport mpi (run under mpirun)", a));
+    }
+    if (c.baseline.empty())
+      c.baseline = std::find(c.algos.begin(), c.algos.end(), "twostep-bf16") != c.algos.end() ? "twostep-bf16" : c.algos[0];
+    if (std::find(c.algos.begin(), c.algos.end(), c.baseline) == c.algos.end())
+      throw InvalidArgument(fmt::format("--baseline {} is not among --algos", c.baseline));
+    quant::validate({8, c.group_size, c.symmetric});
+    (void)sizes(c);
+
+    std::vector<Row> rows;
+    std::mutex mu;
+    int ranks = 0;
+    std::string transport;
+    runOnTransport(c.transport, [&](Communicator& comm) {
+      std::vector<Row> mine;
+      runBench(comm, c, mine);
+      if (comm.rank() == 0) {
+        std::lock_guard<std::mutex> lk(mu);
+        rows = std::move(mine);
+        ranks = comm.size();
+        transport = comm.transport();
+      }
+    });
+    if (!c.json.empty() && !rows.empty()) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& r : rows)
+        out.push_back({{"algo", r.algo},
+                       {"bytes", r.bytes},
+                       {"count", r.bytes / 4},
+                       {"ranks", ranks},
+                       {"transport", transport},
+                       {"group_size", c.group_size},
+                       {"time_us", r.time_us},
+                       {"algbw_gbps", r.algbw},
+                       {"busbw_gbps", r.busbw},
+                       {"max_abs_err", r.max_abs_err},
+                       {"rel_err", r.rel_err},
+                       {"wire_bytes", r.wire_bytes},
+                       {"baseline", c.baseline},
+                       {"speedup", r.speedup},
+                       {"replicas_identical", r.replicas_identical},
+                       {"link", std::getenv("FLASHRING_LINK") ? std::getenv("FLASHRING_LINK") : ""}});
+      std::ofstream f(c.json);
+      if (!f) throw InvalidArgument(fmt::format("cannot write --json {}", c.json));
+      f << out.dump(2) << "\n";
+    }
+  });
+}
+
+void addDemo(CLI::App& app) {
+  auto* demo = app.add_subcommand("demo", "the main job on the embedded default: all-reduce comparison on 4 thread ranks");
+  demo->callback([] {
+    fmt::print("flashring demo: Flash Communication all-reduce vs exact baselines, 4 ranks as threads of this process.\n"
+               "On shared memory the 'link' is memcpy, so the exact fp32 algorithms are hard to beat here; run\n"
+               "`flashring bench allreduce --transport mpi` under bench/netem/run.sh to see the network-bound regime.\n\n");
+    Config c;
+    c.min_bytes = "256K";
+    c.max_bytes = "16M";
+    c.factor = 4;
+    c.iters = 5;
+    c.algos = {"ring-fp32", "twostep-fp32", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
+    c.baseline = "twostep-bf16";
+    std::vector<Row> rows;
+    runOnTransport(c.transport, [&](Communicator& comm) { runBench(comm, c, rows); });
+  });
+}
+
+}  // namespace flashring::cli
