@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Turn flashring benchmark JSON into PNG plots.
+
+    python3 bench/plot.py RESULTS.json [MORE.json ...] [--out DIR]
+
+All-reduce JSON (rows with "algo"): latency vs message size and speed-up over the baseline vs size, one
+line per algorithm (and per link label/transport when several files are given).
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def load(paths):
+    rows = []
+    for p in paths:
+        with open(p) as f:
+            data = json.load(f)
+        if not isinstance(data, list):
+            sys.exit(f"plot.py: {p}: expected a JSON array of rows")
+        label = os.path.splitext(os.path.basename(p))[0]
+        for r in data:
+            r.setdefault("_file", label)
+            rows.append(r)
+    return rows
+
+
+def fmt_size(b):
+    for unit, div in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if b >= div:
+            return f"{b / div:g}{unit}"
+    return str(b)
+
+
+def plot_allreduce(rows, out, multi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for r in rows:
+        key = r["algo"] + (f" [{r['_file']}]" if multi else "")
+        series.setdefault(key, []).append(r)
+    baseline = rows[0].get("baseline", "")
+    fig1, ax1 = plt.subplots(figsize=(8, 5))
+    fig2, ax2 = plt.subplots(figsize=(8, 5))
+    for key, rs in sorted(series.items()):
+        rs.sort(key=lambda r: r["bytes"])
+        xs = [r["bytes"] for r in rs]
+        ax1.plot(xs, [r["time_us"] for r in rs], marker="o", label=key)
+        ax2.plot(xs, [r.get("speedup", 0) for r in rs], marker="o", label=key)
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("message size (bytes of fp32)")
+        ticks = sorted({r["bytes"] for r in rows})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([fmt_size(t) for t in ticks], rotation=45)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    r0 = rows[0]
+    title = f"all-reduce, {r0.get('ranks')} ranks, {r0.get('transport')}" + (f", {r0['link']}" if r0.get("link") else "")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("time (us, median)")
+    ax1.set_title(title)
+    ax2.set_ylabel(f"speed-up over {baseline}")
+    ax2.axhline(1.0, color="gray", lw=0.8)
+    ax2.set_title(title)
+    paths = [os.path.join(out, "allreduce_latency.png"), os.path.join(out, "allreduce_speedup.png")]
+    fig1.tight_layout()
+    fig1.savefig(paths[0], dpi=110)
+    fig2.tight_layout()
+    fig2.savefig(paths[1], dpi=110)
+    return paths
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", nargs="+", help="benchmark JSON files written with --json")
+    ap.add_argument("--out", default=None, help="output directory (default: next to the first JSON file)")
+    a = ap.parse_args()
+    rows = load(a.json)
+    if not rows:
+        sys.exit("plot.py: no rows in the input")
+    out = a.out or os.path.dirname(os.path.abspath(a.json[0]))
+    os.makedirs(out, exist_ok=True)
+    if all("algo" in r for r in rows):
+        paths = plot_allreduce(rows, out, len(a.json) > 1)
+    else:
+        sys.exit("plot.py: unknown row type (expected all-reduce rows with an 'algo' field)")
+    for p in paths:
+        print(p)
+
+
+if __name__ == "__main__":
+    main()
