@@ -1,0 +1,302 @@
+// AVX2 + FMA codecs (compiled with -mavx2 -mfma -mf16c; entered only when CPUID reports them).
+//
+// Quantize, per full group: pass 1 reads the group once for min, max and a NaN/Inf test (the largest
+// |x| bit pattern reaching the all-ones exponent); the shared scalar rules turn that into the metadata;
+// pass 2 (the group is still in L1) computes the codes of 32 values at a time and packs them with
+// saturating packs (INT8) plus a multiply-add of nibble pairs (INT4). No per-element branch. Groups that
+// hold NaN/Inf, constant groups, wide groups and the partial tail group go to the shared scalar encoder, so
+// their bytes are those of the reference by construction.
+// Dequantize: per fast group, widen codes to int32, convert, one fmadd per 8 values (and one add when
+// accumulating). Flagged and constant groups use the shared scalar decoder.
+#include <immintrin.h>
+
+#include "quant/cpu/codec_internal.h"
+
+namespace flashring::quant::detail {
+namespace {
+
+constexpr size_t kMaxBatch = 8;
+
+struct SimdStats {
+  float mn, mx;
+  bool nonfinite;
+};
+
+inline float hmin(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_min_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+// g is a multiple of 32. min/max are only meaningful when nonfinite is false.
+inline SimdStats groupStats(const float* x, size_t g) {
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+  __m256 mn0 = _mm256_loadu_ps(x), mn1 = _mm256_loadu_ps(x + 8);
+  __m256 mn2 = _mm256_loadu_ps(x + 16), mn3 = _mm256_loadu_ps(x + 24);
+  __m256 mx0 = mn0, mx1 = mn1, mx2 = mn2, mx3 = mn3;
+  __m256i e0 = _mm256_and_si256(_mm256_castps_si256(mn0), abs_mask);
+  __m256i e1 = _mm256_and_si256(_mm256_castps_si256(mn1), abs_mask);
+  e0 = _mm256_max_epu32(e0, _mm256_and_si256(_mm256_castps_si256(mn2), abs_mask));
+  e1 = _mm256_max_epu32(e1, _mm256_and_si256(_mm256_castps_si256(mn3), abs_mask));
+  for (size_t i = 32; i < g; i += 32) {
+    const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+    const __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+    mn0 = _mm256_min_ps(mn0, v0);
+    mx0 = _mm256_max_ps(mx0, v0);
+    mn1 = _mm256_min_ps(mn1, v1);
+    mx1 = _mm256_max_ps(mx1, v1);
+    mn2 = _mm256_min_ps(mn2, v2);
+    mx2 = _mm256_max_ps(mx2, v2);
+    mn3 = _mm256_min_ps(mn3, v3);
+    mx3 = _mm256_max_ps(mx3, v3);
+    e0 = _mm256_max_epu32(e0, _mm256_and_si256(_mm256_castps_si256(v0), abs_mask));
+    e1 = _mm256_max_epu32(e1, _mm256_and_si256(_mm256_castps_si256(v1), abs_mask));
+    e0 = _mm256_max_epu32(e0, _mm256_and_si256(_mm256_castps_si256(v2), abs_mask));
+    e1 = _mm256_max_epu32(e1, _mm256_and_si256(_mm256_castps_si256(v3), abs_mask));
+  }
+  const __m256i e = _mm256_max_epu32(e0, e1);
+  // |x| bits > 0x7F7FFFFF <=> exponent all ones (Inf or NaN). Both sides are < 2^31: a signed compare works.
+  const __m256i bad = _mm256_cmpgt_epi32(e, _mm256_set1_epi32(0x7F7FFFFF));
+  SimdStats st;
+  st.nonfinite = _mm256_movemask_epi8(bad) != 0;
+  st.mn = hmin(_mm256_min_ps(_mm256_min_ps(mn0, mn1), _mm256_min_ps(mn2, mn3)));
+  st.mx = hmax(_mm256_max_ps(_mm256_max_ps(mx0, mx1), _mm256_max_ps(mx2, mx3)));
+  return st;
+}
+
+// Lane-for-lane the scalar fastAsymCode / fastSymCode:
+//   asymmetric: q = clamp(rne((x - z) * inv), 0, qmax)        (qmax = L-1: a Fast group has no flag)
+//   symmetric:  q = clamp(rne(x * inv) + L/2, 1, L-1)
+// cvtps2dq rounds to nearest even (default MXCSR, like std::nearbyint in the reference). The saturating packs
+// clamp to [0, 255], so only the clamps that differ from that remain.
+template <int Bits, bool Sym>
+struct FastCoder {
+  __m256 z, inv;
+
+  explicit FastCoder(const GroupParams& p) : z(_mm256_set1_ps(p.z)), inv(_mm256_set1_ps(p.inv)) {}
+
+  __m256i codes8(const float* x) const {
+    if constexpr (Sym) {
+      const __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x), inv));
+      return _mm256_add_epi32(r, _mm256_set1_epi32(1 << (Bits - 1)));
+    } else {
+      return _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x), z), inv));
+    }
+  }
+
+  // 32 codes, one per byte, in order.
+  __m256i codes32(const float* x) const {
+    const __m256i a = codes8(x), b = codes8(x + 8), c = codes8(x + 16), d = codes8(x + 24);
+    const __m256i ab = _mm256_packus_epi32(a, b);   // a0-3 b0-3 | a4-7 b4-7
+    const __m256i cd = _mm256_packus_epi32(c, d);   // c0-3 d0-3 | c4-7 d4-7
+    __m256i q = _mm256_packus_epi16(ab, cd);        // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+    q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    if constexpr (Sym) q = _mm256_max_epu8(q, _mm256_set1_epi8(1));
+    if constexpr (Bits == 4) q = _mm256_min_epu8(q, _mm256_set1_epi8(15));
+    return q;
+  }
+};
+
+// Two codes (each <= 15) per 16-bit word -> one byte: low nibble = even value, high nibble = odd value.
+inline __m256i nibblePairs(__m256i q) { return _mm256_maddubs_epi16(q, _mm256_set1_epi16(0x1001)); }
+
+template <int Bits, bool Sym>
+inline void encodeFastGroupT(const float* x, size_t g, const GroupParams& p, uint8_t* codes) {
+  const FastCoder<Bits, Sym> coder(p);
+  if constexpr (Bits == 8) {
+    for (size_t i = 0; i < g; i += 32) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), coder.codes32(x + i));
+    }
+  } else {
+    size_t i = 0;
+    for (; i + 64 <= g; i += 64) {
+      const __m256i w0 = nibblePairs(coder.codes32(x + i));
+      const __m256i w1 = nibblePairs(coder.codes32(x + i + 32));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w0, w1), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i / 2), packed);
+    }
+    if (i < g) {  // g % 64 == 32
+      const __m256i w = nibblePairs(coder.codes32(x + i));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i / 2), _mm256_castsi256_si128(packed));
+    }
+  }
+}
+
+inline void encodeFastGroup(const float* x, size_t g, const GroupParams& p, int bits, uint8_t* codes) {
+  if (bits == 8) {
+    p.symmetric ? encodeFastGroupT<8, true>(x, g, p, codes) : encodeFastGroupT<8, false>(x, g, p, codes);
+  } else {
+    p.symmetric ? encodeFastGroupT<4, true>(x, g, p, codes) : encodeFastGroupT<4, false>(x, g, p, codes);
+  }
+}
+
+void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const int bits = cfg.bits;
+  const size_t groups = numGroups(n, g), full = n / g;
+  const size_t cb = fullGroupCodeBytes(g, bits);
+  uint8_t* codes = out + groups * sizeof(GroupMeta);
+  // Statistics and metadata for a batch of groups first, then the codes: the per-group scalar work
+  // (reductions, two divisions) of different groups is independent, so the core overlaps it instead of
+  // waiting on one group's chain before its pass 2. A batch holds at most 8 KiB of input (one group when
+  // g > 2048), so pass 2 reads it from L1.
+  const size_t batch = std::clamp<size_t>(2048 / g, 1, kMaxBatch);
+  GroupParams params[kMaxBatch];
+  for (size_t k0 = 0; k0 < full; k0 += batch) {
+    const size_t nb = std::min(batch, full - k0);
+    SimdStats st[kMaxBatch];
+    for (size_t j = 0; j < nb; ++j) st[j] = groupStats(x + (k0 + j) * g, g);
+    for (size_t j = 0; j < nb; ++j) {
+      // NaN/Inf or max == min (constant, or a 0/-0 mix): the scalar rules decide from the values themselves.
+      params[j] = (st[j].nonfinite || st[j].mn == st[j].mx)
+                      ? planGroup(x + (k0 + j) * g, g, cfg)
+                      : paramsFromStats(st[j].mn, st[j].mx, false, bits, cfg.symmetric);
+      storeMeta(out + (k0 + j) * sizeof(GroupMeta), params[j].meta);
+    }
+    for (size_t j = 0; j < nb; ++j) {
+      const float* xg = x + (k0 + j) * g;
+      uint8_t* cg = codes + (k0 + j) * cb;
+      if (params[j].kind == GroupKind::Fast) {
+        encodeFastGroup(xg, g, params[j], bits, cg);
+      } else {
+        encodeGroupScalar(xg, g, params[j], bits, cg, cb);
+      }
+    }
+  }
+  if (groups > full) {
+    const size_t r = n - full * g;
+    const GroupParams p = planGroup(x + full * g, r, cfg);
+    storeMeta(out + full * sizeof(GroupMeta), p.meta);
+    encodeGroupScalar(x + full * g, r, p, bits, codes + full * cb, tailCodeBytes(r, bits));
+  }
+}
+
+template <bool Accumulate>
+inline void emit8(float* out, __m256i q, __m256 s, __m256 z) {
+  const __m256 v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), s, z);
+  if constexpr (Accumulate) {
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_loadu_ps(out), v));
+  } else {
+    _mm256_storeu_ps(out, v);
+  }
+}
+
+template <bool Accumulate>
+inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, float zf, float* out) {
+  const __m256 s = _mm256_set1_ps(sf), z = _mm256_set1_ps(zf);
+  if (bits == 8) {
+    for (size_t i = 0; i < g; i += 32) {
+      const uint8_t* c = codes + i;
+      emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))), s, z);
+      emit8<Accumulate>(out + i + 8,
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8))), s, z);
+      emit8<Accumulate>(out + i + 16,
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 16))), s, z);
+      emit8<Accumulate>(out + i + 24,
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 24))), s, z);
+    }
+    return;
+  }
+  const __m128i nib = _mm_set1_epi8(0x0F);
+  for (size_t i = 0; i < g; i += 32) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i / 2));
+    const __m128i lo = _mm_and_si128(b, nib);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+    const __m128i c0 = _mm_unpacklo_epi8(lo, hi);  // codes 0..15
+    const __m128i c1 = _mm_unpackhi_epi8(lo, hi);  // codes 16..31
+    emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(c0), s, z);
+    emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), s, z);
+    emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(c1), s, z);
+    emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), s, z);
+  }
+}
+
+template <bool Accumulate>
+void dequantizeAvx2T(const uint8_t* in, size_t n, const Config& cfg, float* out) {
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const int bits = cfg.bits;
+  const size_t groups = numGroups(n, g), full = n / g;
+  const size_t cb = fullGroupCodeBytes(g, bits);
+  const uint8_t* codes = in + groups * sizeof(GroupMeta);
+  for (size_t k = 0; k < full; ++k) {
+    const GroupMeta m = loadMeta(in + k * sizeof(GroupMeta));
+    if (m.scale == 0 || (m.scale & kScaleFlag) != 0) {
+      decodeGroupScalar<Accumulate>(m, codes + k * cb, g, bits, out + k * g);
+    } else {
+      decodeFastGroup<Accumulate>(codes + k * cb, g, bits, bf16Value(m.scale), bf16Value(m.zero), out + k * g);
+    }
+  }
+  if (groups > full) {
+    decodeGroupScalar<Accumulate>(loadMeta(in + full * sizeof(GroupMeta)), codes + full * cb, n - full * g, bits,
+                                  out + full * g);
+  }
+}
+
+void dequantizeAvx2(const uint8_t* in, size_t n, const Config& cfg, float* out) {
+  dequantizeAvx2T<false>(in, n, cfg, out);
+}
+void dequantizeAccumulateAvx2(const uint8_t* in, size_t n, const Config& cfg, float* acc) {
+  dequantizeAvx2T<true>(in, n, cfg, acc);
+}
+
+// bf16: round to nearest even in integer arithmetic, exactly bf16Rne lane by lane.
+inline __m256i bf16Rne8(__m256i u) {
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+  const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
+                                            _mm256_set1_epi32(0x7F800000));
+  const __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+  return _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, is_nan), 16);
+}
+
+void toBf16Avx2(const float* x, size_t n, uint16_t* out) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i a = bf16Rne8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+    const __m256i b = bf16Rne8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 8)));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);  // values < 2^16: no saturation
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), packed);
+  }
+  for (; i < n; ++i) out[i] = bf16Rne(x[i]);
+}
+
+inline __m256 widenBf16(const uint16_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+void fromBf16Avx2(const uint16_t* in, size_t n, float* out) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_ps(out + i, widenBf16(in + i));
+    _mm256_storeu_ps(out + i + 8, widenBf16(in + i + 8));
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, widenBf16(in + i));
+  for (; i < n; ++i) out[i] = bf16Value(in[i]);
+}
+
+void fromBf16AccumulateAvx2(const uint16_t* in, size_t n, float* acc) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), widenBf16(in + i)));
+    _mm256_storeu_ps(acc + i + 8, _mm256_add_ps(_mm256_loadu_ps(acc + i + 8), widenBf16(in + i + 8)));
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_add_ps(_mm256_loadu_ps(acc + i), widenBf16(in + i)));
+  for (; i < n; ++i) acc[i] = acc[i] + bf16Value(in[i]);
+}
+
+}  // namespace
+
+const Kernels kAvx2Kernels = {quantizeAvx2,   dequantizeAvx2,   dequantizeAccumulateAvx2,
+                              toBf16Avx2,     fromBf16Avx2,     fromBf16AccumulateAvx2};
+
+}  // namespace flashring::quant::detail

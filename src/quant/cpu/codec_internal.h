@@ -1,0 +1,338 @@
+// Internals of the CPU codecs: the wire-layout arithmetic, the per-group metadata rules and the scalar
+// per-group encoder/decoder that every instruction-set version shares.
+//
+// Bit-for-bit agreement between the scalar reference and the SIMD kernels rests on one rule: everything
+// that is decided once per group (statistics -> s, z, flags, 1/s, which path) is computed here, by the same
+// inline code, in every translation unit. SIMD kernels only vectorise the per-element formulas of the
+// "fast" groups, which are written so that one vector lane does exactly what the scalar code does for one
+// element. Groups that are rare or awkward (constant, NaN/Inf, extreme ranges, the partial tail group) are
+// handed to the shared scalar encoder/decoder below by every kernel.
+//
+// Everything here has internal linkage (anonymous namespace): the SIMD files are compiled with -mavx2 or
+// -mavx512*, and an inline function with external linkage instantiated there could be picked by the linker
+// for baseline code and execute AVX instructions on a CPU without them.
+#pragma once
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "flashring/quant.h"
+
+namespace flashring::quant::detail {
+
+// One instruction set's kernels. Arguments are already validated (cfg valid, pointers non-null, n > 0).
+struct Kernels {
+  void (*quantize)(const float* x, size_t n, const Config& cfg, uint8_t* out);
+  void (*dequantize)(const uint8_t* in, size_t n, const Config& cfg, float* out);
+  void (*dequantizeAccumulate)(const uint8_t* in, size_t n, const Config& cfg, float* acc);
+  void (*toBf16)(const float* x, size_t n, uint16_t* out);
+  void (*fromBf16)(const uint16_t* in, size_t n, float* out);
+  void (*fromBf16Accumulate)(const uint16_t* in, size_t n, float* acc);
+};
+
+extern const Kernels kScalarKernels;  // codec_scalar.cc
+extern const Kernels kAvx2Kernels;    // codec_avx2.cc
+extern const Kernels kAvx512Kernels;  // codec_avx512.cc
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// Bits and bf16.
+
+inline uint32_t floatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float bitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline float bf16Value(uint16_t b) { return bitsFloat(static_cast<uint32_t>(b) << 16); }
+
+// Round to nearest even; NaN keeps its sign and top payload bits and is made quiet. Large finite values
+// round to Inf exactly as IEEE rounding does.
+inline uint16_t bf16Rne(float f) {
+  const uint32_t u = floatBits(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  const uint32_t rounded = u + 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(rounded >> 16);
+}
+
+// Largest bf16 <= f, for finite f; saturates at the lowest finite bf16 (-0x1.FEp127) instead of -Inf.
+inline uint16_t bf16Down(float f) {
+  const uint32_t u = floatBits(f);
+  uint32_t hi = u >> 16;
+  if ((u & 0x80000000u) != 0 && (u & 0xFFFFu) != 0) ++hi;  // negative: a larger magnitude is lower
+  if (hi == 0xFF80u) hi = 0xFF7Fu;
+  return static_cast<uint16_t>(hi);
+}
+
+// Smallest bf16 >= d, for finite d (+0 for d <= 0) that fits in fp32 (the callers guarantee d <= FLT_MAX / 3).
+inline uint16_t bf16UpFromDouble(double d) {
+  if (!(d > 0.0)) return 0;  // never a negative zero: its sign bit would read as the NaN/Inf flag
+  float f = static_cast<float>(d);  // nearest
+  uint32_t u = floatBits(f);
+  if (static_cast<double>(f) < d) ++u;  // next float up (f >= 0)
+  uint32_t hi = u >> 16;
+  if ((u & 0xFFFFu) != 0) ++hi;
+  return static_cast<uint16_t>(hi);
+}
+
+// 1.0f / s for a positive bf16 s, bit-identical to the fp32 division: s = 2^(E-127) * (1 + m/128)
+// gives 1/s = 2^(127-E) * RN(1 / (1 + m/128)), the scaling by a power of two being exact while the result
+// stays normal (it does for this range). A 128-entry table instead of a 10+ cycle divide per group.
+struct RecipTable {
+  uint32_t bits[128];
+  constexpr RecipTable() : bits{} {
+    for (int m = 0; m < 128; ++m) {
+      const float r = 1.0f / (1.0f + static_cast<float>(m) / 128.0f);  // constant-folded: IEEE, round to nearest
+      bits[m] = __builtin_bit_cast(uint32_t, r);
+    }
+  }
+};
+inline constexpr RecipTable kRecip{};
+
+inline float bf16Reciprocal(uint16_t sb) {
+  const uint32_t e = (sb >> 7) & 0xFFu;  // biased exponent
+  const uint32_t m = sb & 0x7Fu;
+  // Subnormal s, or 1/s subnormal (s >= 2^126): never produced by the metadata rules, divide anyway.
+  if (e == 0 || e >= 253) [[unlikely]] return 1.0f / bf16Value(sb);
+  return bitsFloat(kRecip.bits[m] + ((127u - e) << 23));  // unsigned wrap-around adds a negative exponent
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Layout.
+
+inline size_t numGroups(size_t n, size_t g) { return (n + g - 1) / g; }
+inline size_t fullGroupCodeBytes(size_t g, int bits) { return g * static_cast<size_t>(bits) / 8; }
+inline size_t tailCodeBytes(size_t r, int bits) {
+  return std::max<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8);
+}
+inline size_t encodedSize(size_t n, const Config& cfg) {
+  if (n == 0) return 0;
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const size_t full = n / g, r = n % g;
+  return numGroups(n, g) * sizeof(GroupMeta) + full * fullGroupCodeBytes(g, cfg.bits) +
+         (r != 0 ? tailCodeBytes(r, cfg.bits) : 0);
+}
+
+inline void storeMeta(uint8_t* p, GroupMeta m) { std::memcpy(p, &m, sizeof m); }
+inline GroupMeta loadMeta(const uint8_t* p) {
+  GroupMeta m;
+  std::memcpy(&m, p, sizeof m);
+  return m;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-group metadata.
+
+enum class GroupKind : uint8_t {
+  Constant,  // scale 0: value bits stored verbatim
+  Fast,      // the vectorisable fp32 formula (asymmetric or symmetric), no NaN/Inf in the group
+  General,   // scalar only: NaN/Inf present and/or a wide group (double formula, top-code clamp)
+};
+
+struct GroupParams {
+  GroupMeta meta{};
+  GroupKind kind = GroupKind::Fast;
+  bool symmetric = false;  // Fast symmetric: q = clamp(rne(x * inv) + L/2, 1, L-1)
+  bool wide = false;       // General: q from the double formula
+  float s = 0.0f, z = 0.0f, inv = 0.0f;
+  int qmax = 0;            // largest code a finite value may take
+  uint32_t const_bits = 0; // Constant: the value
+};
+
+inline constexpr uint16_t kScaleFlag = 0x8000u;
+inline constexpr uint16_t kMinScaleBits = 0x0080u;  // bf16 2^-126: keeps 1/s finite in fp32
+
+inline GroupParams constantParams(uint32_t bits) {
+  GroupParams p;
+  p.kind = GroupKind::Constant;
+  p.meta.scale = 0;
+  p.meta.zero = static_cast<uint16_t>(bits >> 16);
+  p.const_bits = bits;
+  return p;
+}
+
+// Metadata of a non-constant group from its statistics: mn/mx over the finite values (mn > mx when there
+// are none), has_nonfinite when a NaN or Inf is present. Every kernel calls this with identical inputs
+// (min/max are order independent up to the sign of zero, which is normalised here).
+inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int bits, bool symmetric) {
+  const int L = 1 << bits;
+  if (!(mn <= mx)) mn = mx = 0.0f;  // no finite value at all
+  if (mn == 0.0f) mn = 0.0f;        // -0.0 -> +0.0
+  if (mx == 0.0f) mx = 0.0f;
+  GroupParams p;
+  if (symmetric && !has_nonfinite) {
+    const int half = L / 2;
+    const float amax = std::max(std::fabs(mn), std::fabs(mx));  // not max(-mn, mx): -(+0) is -0
+    const uint16_t sb = std::max(bf16UpFromDouble(static_cast<double>(amax) / (half - 1)), kMinScaleBits);
+    const float s = bf16Value(sb);
+    const float z = -static_cast<float>(half) * s;  // exact: a power of two times a bf16
+    if (std::isfinite(z)) {
+      p.kind = GroupKind::Fast;
+      p.symmetric = true;
+      p.s = s;
+      p.z = z;
+      p.inv = bf16Reciprocal(sb);
+      p.qmax = L - 1;
+      p.meta.scale = sb;
+      p.meta.zero = static_cast<uint16_t>(floatBits(z) >> 16);
+      return p;
+    }
+    // -(L/2)*s overflows: fall through to the asymmetric encoding.
+  }
+  const int qmax = has_nonfinite ? L - 4 : L - 1;
+  const uint16_t zb = bf16Down(mn);
+  const float z = bf16Value(zb);
+  // >= 0, except when every value lies below the saturated z (all within 0.4% of -FLT_MAX).
+  const double range = std::max(0.0, static_cast<double>(mx) - static_cast<double>(z));
+  const uint16_t sb = std::max(bf16UpFromDouble(range / qmax), kMinScaleBits);
+  const float s = bf16Value(sb);
+  p.s = s;
+  p.z = z;
+  p.inv = bf16Reciprocal(sb);
+  p.qmax = qmax;
+  p.meta.scale = static_cast<uint16_t>(sb | (has_nonfinite ? kScaleFlag : 0u));
+  p.meta.zero = zb;
+  constexpr double kFltMax = static_cast<double>(FLT_MAX);
+  const double ds = static_cast<double>(s), dz = static_cast<double>(z);
+  if (range > kFltMax || dz + qmax * ds > kFltMax) {
+    p.wide = true;
+    // Largest code whose decoded value stays finite (the exact value z + q*s <= FLT_MAX rounds to at most
+    // FLT_MAX in fp32).
+    int q = qmax;
+    while (q > 0 && dz + q * ds > kFltMax) --q;
+    p.qmax = q;
+  }
+  p.kind = (has_nonfinite || p.wide) ? GroupKind::General : GroupKind::Fast;
+  return p;
+}
+
+struct GroupStats {
+  float mn = INFINITY, mx = -INFINITY;  // over finite values
+  bool has_nonfinite = false;
+  bool constant = true;  // all values bit-identical (and finite, see planGroup)
+};
+
+inline GroupStats scalarStats(const float* x, size_t r) {
+  GroupStats st;
+  const uint32_t first = floatBits(x[0]);
+  for (size_t i = 0; i < r; ++i) {
+    const float v = x[i];
+    const uint32_t u = floatBits(v);
+    if (u != first) st.constant = false;
+    if ((u & 0x7F800000u) == 0x7F800000u) {
+      st.has_nonfinite = true;
+      continue;
+    }
+    st.mn = v < st.mn ? v : st.mn;
+    st.mx = v > st.mx ? v : st.mx;
+  }
+  return st;
+}
+
+inline GroupParams planGroup(const float* x, size_t r, const Config& cfg) {
+  const GroupStats st = scalarStats(x, r);
+  if (st.constant && !st.has_nonfinite) return constantParams(floatBits(x[0]));
+  return paramsFromStats(st.mn, st.mx, st.has_nonfinite, cfg.bits, cfg.symmetric);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Per-element formulas. The SIMD fast paths reproduce fastAsymCode / fastSymCode lane by lane.
+
+inline int fastAsymCode(float x, float z, float inv, int qmax) {
+  const float t = (x - z) * inv;
+  const float r = std::nearbyint(t);
+  return static_cast<int>(std::min(std::max(r, 0.0f), static_cast<float>(qmax)));
+}
+
+inline int fastSymCode(float x, float inv, int L) {
+  const float r = std::nearbyint(x * inv);
+  const float q = r + static_cast<float>(L / 2);  // exact: |r| <= L/2 here
+  return static_cast<int>(std::min(std::max(q, 1.0f), static_cast<float>(L - 1)));
+}
+
+inline int codeOf(float x, const GroupParams& p, int L) {
+  if (std::isnan(x)) return L - 1;
+  if (std::isinf(x)) return x > 0 ? L - 2 : L - 3;
+  if (p.symmetric) return fastSymCode(x, p.inv, L);
+  if (p.wide) {
+    const double t = (static_cast<double>(x) - static_cast<double>(p.z)) / static_cast<double>(p.s);
+    const double r = std::nearbyint(t);
+    return static_cast<int>(std::min(std::max(r, 0.0), static_cast<double>(p.qmax)));
+  }
+  return fastAsymCode(x, p.z, p.inv, p.qmax);
+}
+
+// Encodes one group of r values (1 <= r <= g) into `codes` (code_bytes bytes) with the given parameters.
+// Used by the scalar reference for every group and by the SIMD kernels for non-Fast and tail groups.
+inline void encodeGroupScalar(const float* x, size_t r, const GroupParams& p, int bits, uint8_t* codes,
+                              size_t code_bytes) {
+  std::memset(codes, 0, code_bytes);
+  if (p.kind == GroupKind::Constant) {
+    codes[0] = static_cast<uint8_t>(p.const_bits & 0xFFu);
+    codes[1] = static_cast<uint8_t>((p.const_bits >> 8) & 0xFFu);
+    return;
+  }
+  const int L = 1 << bits;
+  if (bits == 8) {
+    for (size_t i = 0; i < r; ++i) codes[i] = static_cast<uint8_t>(codeOf(x[i], p, L));
+  } else {
+    for (size_t i = 0; i < r; ++i) {
+      const unsigned q = static_cast<unsigned>(codeOf(x[i], p, L));
+      codes[i / 2] = static_cast<uint8_t>(codes[i / 2] | (q << (4 * (i & 1))));
+    }
+  }
+}
+
+inline unsigned codeAt(const uint8_t* codes, size_t i, int bits) {
+  if (bits == 8) return codes[i];
+  return (codes[i / 2] >> (4 * (i & 1))) & 0xFu;
+}
+
+// Decodes one group; Accumulate adds the decoded value to out (two roundings: decode, then add).
+template <bool Accumulate>
+inline void decodeGroupScalar(GroupMeta m, const uint8_t* codes, size_t r, int bits, float* out) {
+  if (m.scale == 0) {
+    const uint32_t lo = static_cast<uint32_t>(codes[0]) | (static_cast<uint32_t>(codes[1]) << 8);
+    const float v = bitsFloat((static_cast<uint32_t>(m.zero) << 16) | lo);
+    for (size_t i = 0; i < r; ++i) {
+      if constexpr (Accumulate) {
+        out[i] = out[i] + v;
+      } else {
+        out[i] = v;
+      }
+    }
+    return;
+  }
+  const unsigned L = 1u << bits;
+  const bool flagged = (m.scale & kScaleFlag) != 0;
+  const float s = bf16Value(static_cast<uint16_t>(m.scale & 0x7FFFu));
+  const float z = bf16Value(m.zero);
+  for (size_t i = 0; i < r; ++i) {
+    const unsigned q = codeAt(codes, i, bits);
+    float v;
+    if (flagged && q >= L - 3) {
+      v = q == L - 1 ? bitsFloat(0x7FC00000u) : (q == L - 2 ? INFINITY : -INFINITY);
+    } else {
+      v = std::fma(static_cast<float>(q), s, z);
+    }
+    if constexpr (Accumulate) {
+      out[i] = out[i] + v;
+    } else {
+      out[i] = v;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace flashring::quant::detail

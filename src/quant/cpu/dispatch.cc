@@ -1,0 +1,184 @@
+// Run-time selection of the codec kernels and argument checking of the public entry points.
+//
+// The ISA is chosen from CPUID (never from the compiler flags of this file: the library is built for
+// baseline x86-64 and the SIMD files are only entered when the CPU has their instructions). It can be forced
+// with setActiveIsa() or, at first use, with FLASHRING_ISA=scalar|avx2|avx512.
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+#include "flashring/error.h"
+#include "quant/cpu/codec_internal.h"
+
+namespace flashring::quant {
+namespace {
+
+bool cpuHasAvx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+bool cpuHasAvx512() {
+  __builtin_cpu_init();
+  return cpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+
+constexpr int kUnset = -1;
+std::atomic<int> g_active{kUnset};
+
+Isa initialIsa() {
+  const char* env = std::getenv("FLASHRING_ISA");
+  if (env == nullptr || *env == '\0') return bestIsa();
+  const std::string v(env);
+  Isa isa;
+  if (v == "scalar") {
+    isa = Isa::Scalar;
+  } else if (v == "avx2") {
+    isa = Isa::Avx2;
+  } else if (v == "avx512") {
+    isa = Isa::Avx512;
+  } else {
+    throw InvalidArgument("FLASHRING_ISA must be scalar, avx2 or avx512, got '" + v + "'");
+  }
+  if (!isaSupported(isa)) {
+    throw InvalidArgument(std::string("FLASHRING_ISA=") + v + ": this CPU does not support " + isaName(isa));
+  }
+  return isa;
+}
+
+const detail::Kernels& kernelsFor(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+      return detail::kAvx512Kernels;
+    case Isa::Avx2:
+      return detail::kAvx2Kernels;
+    case Isa::Scalar:
+      break;
+  }
+  return detail::kScalarKernels;
+}
+
+// Explicit-ISA entry points must not run instructions the CPU lacks.
+const detail::Kernels& checkedKernels(Isa isa) {
+  if (!isaSupported(isa)) {
+    throw InvalidArgument(std::string("quant: isa ") + isaName(isa) + " is not supported by this CPU");
+  }
+  return kernelsFor(isa);
+}
+
+void checkCodecArgs(const void* src, const char* src_name, const void* dst, const char* dst_name, size_t n,
+                    const Config& cfg) {
+  validate(cfg);
+  if (n > 0 && src == nullptr) throw InvalidArgument(std::string("quant: ") + src_name + " is null with n > 0");
+  if (n > 0 && dst == nullptr) throw InvalidArgument(std::string("quant: ") + dst_name + " is null with n > 0");
+}
+
+void checkBf16Args(const void* src, const char* src_name, const void* dst, const char* dst_name, size_t n) {
+  if (n > 0 && src == nullptr) throw InvalidArgument(std::string("quant: ") + src_name + " is null with n > 0");
+  if (n > 0 && dst == nullptr) throw InvalidArgument(std::string("quant: ") + dst_name + " is null with n > 0");
+}
+
+}  // namespace
+
+const char* isaName(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar:
+      return "scalar";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+bool isaSupported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar:
+      return true;
+    case Isa::Avx2:
+      return cpuHasAvx2();
+    case Isa::Avx512:
+      return cpuHasAvx512();
+  }
+  return false;
+}
+
+Isa bestIsa() {
+  static const Isa best = cpuHasAvx512() ? Isa::Avx512 : (cpuHasAvx2() ? Isa::Avx2 : Isa::Scalar);
+  return best;
+}
+
+Isa activeIsa() {
+  int v = g_active.load(std::memory_order_acquire);
+  if (v == kUnset) {
+    const int init = static_cast<int>(initialIsa());
+    // A concurrent setActiveIsa() wins over the environment.
+    if (g_active.compare_exchange_strong(v, init, std::memory_order_acq_rel)) v = init;
+  }
+  return static_cast<Isa>(v);
+}
+
+void setActiveIsa(Isa isa) {
+  if (!isaSupported(isa)) {
+    throw InvalidArgument(std::string("setActiveIsa: isa ") + isaName(isa) + " is not supported by this CPU");
+  }
+  g_active.store(static_cast<int>(isa), std::memory_order_release);
+}
+
+void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
+  checkCodecArgs(x, "x", out, "out", n, cfg);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.quantize(x, n, cfg, static_cast<uint8_t*>(out));
+}
+
+void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out) {
+  checkCodecArgs(in, "in", out, "out", n, cfg);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.dequantize(static_cast<const uint8_t*>(in), n, cfg, out);
+}
+
+void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, float* acc) {
+  checkCodecArgs(in, "in", acc, "acc", n, cfg);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.dequantizeAccumulate(static_cast<const uint8_t*>(in), n, cfg, acc);
+}
+
+void quantize(const float* x, size_t n, const Config& cfg, void* out) { quantize(activeIsa(), x, n, cfg, out); }
+void dequantize(const void* in, size_t n, const Config& cfg, float* out) {
+  dequantize(activeIsa(), in, n, cfg, out);
+}
+void dequantizeAccumulate(const void* in, size_t n, const Config& cfg, float* acc) {
+  dequantizeAccumulate(activeIsa(), in, n, cfg, acc);
+}
+
+void toBf16(Isa isa, const float* x, size_t n, uint16_t* out) {
+  checkBf16Args(x, "x", out, "out", n);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.toBf16(x, n, out);
+}
+
+void fromBf16(Isa isa, const uint16_t* in, size_t n, float* out) {
+  checkBf16Args(in, "in", out, "out", n);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.fromBf16(in, n, out);
+}
+
+void fromBf16Accumulate(Isa isa, const uint16_t* in, size_t n, float* acc) {
+  checkBf16Args(in, "in", acc, "acc", n);
+  const detail::Kernels& k = checkedKernels(isa);
+  if (n == 0) return;
+  k.fromBf16Accumulate(in, n, acc);
+}
+
+void toBf16(const float* x, size_t n, uint16_t* out) { toBf16(activeIsa(), x, n, out); }
+void fromBf16(const uint16_t* in, size_t n, float* out) { fromBf16(activeIsa(), in, n, out); }
+void fromBf16Accumulate(const uint16_t* in, size_t n, float* acc) { fromBf16Accumulate(activeIsa(), in, n, acc); }
+
+}  // namespace flashring::quant

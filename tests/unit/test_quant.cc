@@ -1,0 +1,855 @@
+// Tests of the group-wise codecs (include/flashring/quant.h): wire layout, error bounds, exact constant
+// groups, NaN/Inf positions, and bit-for-bit agreement of every SIMD version with the scalar reference.
+// SIMD versions the CPU lacks are skipped with a message (AVX-512 on most development machines).
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "flashring/error.h"
+#include "flashring/quant.h"
+
+namespace flashring::quant {
+namespace {
+
+// ------------------------------------------------------------------------------------------------------
+// Helpers (an independent re-statement of the layout, not the library's own arithmetic).
+
+uint32_t bitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+float fromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+float bf16(uint16_t b) { return fromBits(static_cast<uint32_t>(b) << 16); }
+
+size_t groupsOf(size_t n, const Config& c) { return (n + c.group_size - 1) / c.group_size; }
+size_t fullCodeBytes(const Config& c) { return static_cast<size_t>(c.group_size) * c.bits / 8; }
+
+GroupMeta metaAt(const std::vector<uint8_t>& buf, size_t k) {
+  GroupMeta m;
+  std::memcpy(&m, buf.data() + k * sizeof(GroupMeta), sizeof m);
+  return m;
+}
+const uint8_t* codesAt(const std::vector<uint8_t>& buf, size_t n, const Config& c, size_t k) {
+  return buf.data() + groupsOf(n, c) * sizeof(GroupMeta) + k * fullCodeBytes(c);
+}
+unsigned codeOf(const std::vector<uint8_t>& buf, size_t n, const Config& c, size_t i) {
+  const size_t k = i / c.group_size, j = i % c.group_size;
+  const uint8_t* codes = codesAt(buf, n, c, k);
+  if (c.bits == 8) return codes[j];
+  return (codes[j / 2] >> (4 * (j % 2))) & 0xFu;
+}
+
+std::vector<Isa> supportedIsas() {
+  std::vector<Isa> v{Isa::Scalar};
+  if (isaSupported(Isa::Avx2)) v.push_back(Isa::Avx2);
+  if (isaSupported(Isa::Avx512)) v.push_back(Isa::Avx512);
+  return v;
+}
+std::vector<Isa> simdIsas() {
+  std::vector<Isa> v;
+  if (isaSupported(Isa::Avx2)) v.push_back(Isa::Avx2);
+  if (isaSupported(Isa::Avx512)) v.push_back(Isa::Avx512);
+  return v;
+}
+
+constexpr uint8_t kGuard = 0xA5;
+constexpr size_t kGuardBytes = 64;
+
+// Encodes with `isa`; the buffer is pre-filled with `fill` so unwritten bytes show up in comparisons, and
+// guard bytes past encodedBytes() must stay untouched.
+std::vector<uint8_t> encode(Isa isa, const std::vector<float>& x, const Config& c, uint8_t fill = 0xCD) {
+  const size_t bytes = encodedBytes(x.size(), c);
+  std::vector<uint8_t> buf(bytes + kGuardBytes, fill);
+  std::memset(buf.data() + bytes, kGuard, kGuardBytes);
+  quantize(isa, x.data(), x.size(), c, buf.data());
+  for (size_t i = bytes; i < buf.size(); ++i) {
+    EXPECT_EQ(buf[i], kGuard) << "quantize wrote past encodedBytes at +" << (i - bytes) << " isa " << isaName(isa);
+  }
+  buf.resize(bytes);
+  return buf;
+}
+
+std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, const Config& c) {
+  std::vector<float> out(n + 16, fromBits(0x7FBADBADu));
+  dequantize(isa, buf.data(), n, c, out.data());
+  for (size_t i = n; i < out.size(); ++i) {
+    EXPECT_EQ(bitsOf(out[i]), 0x7FBADBADu) << "dequantize wrote past n, isa " << isaName(isa);
+  }
+  out.resize(n);
+  return out;
+}
+
+::testing::AssertionResult sameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (bitsOf(a[i]) != bitsOf(b[i])) {
+      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " (0x" << std::hex << bitsOf(a[i])
+                                           << ") vs " << b[i] << " (0x" << bitsOf(b[i]) << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+::testing::AssertionResult sameBytes(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) {
+      return ::testing::AssertionFailure() << "byte " << i << ": 0x" << std::hex << int(a[i]) << " vs 0x"
+                                           << int(b[i]);
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Checks every decoded value against its group's stored metadata:
+//  constant group  -> bit-exact;  NaN -> NaN;  +-Inf -> same Inf;
+//  finite          -> |y - x| <= s/2 plus slack for the fp32 arithmetic of encode and decode: the code is
+//                     computed from (x - z) * (1/s), three roundings of relative size 2^-24 on a value of at
+//                     most qmax, i.e. < 1e-4 * s; the decode fma rounds once (half an ulp of |y|).
+//  wide_ok         -> allow s instead of s/2 (groups at the edge of the fp32 range, see quant.h).
+::testing::AssertionResult withinBound(const std::vector<float>& x, const std::vector<float>& y,
+                                       const std::vector<uint8_t>& buf, const Config& c, bool wide_ok = false) {
+  const size_t n = x.size();
+  for (size_t i = 0; i < n; ++i) {
+    const GroupMeta m = metaAt(buf, i / c.group_size);
+    const float xi = x[i], yi = y[i];
+    if (m.scale == 0) {
+      if (bitsOf(xi) != bitsOf(yi)) {
+        return ::testing::AssertionFailure() << "constant group, element " << i << ": " << xi << " -> " << yi;
+      }
+      continue;
+    }
+    if (std::isnan(xi)) {
+      if (!std::isnan(yi)) return ::testing::AssertionFailure() << "element " << i << ": NaN -> " << yi;
+      if ((m.scale & 0x8000u) == 0) return ::testing::AssertionFailure() << "NaN in a group without the flag";
+      continue;
+    }
+    if (std::isinf(xi)) {
+      if (bitsOf(xi) != bitsOf(yi)) return ::testing::AssertionFailure() << "element " << i << ": " << xi << " -> " << yi;
+      if ((m.scale & 0x8000u) == 0) return ::testing::AssertionFailure() << "Inf in a group without the flag";
+      continue;
+    }
+    const double s = bf16(static_cast<uint16_t>(m.scale & 0x7FFFu));
+    const double z = bf16(m.zero);
+    if (!std::isfinite(yi)) {
+      return ::testing::AssertionFailure() << "element " << i << ": finite " << xi << " decoded to " << yi;
+    }
+    const double err = std::fabs(static_cast<double>(yi) - static_cast<double>(xi));
+    const double tol = s * ((wide_ok ? 1.0 : 0.5) + 1e-4) + 1.2e-7 * std::fabs(static_cast<double>(xi));
+    if (!(err <= tol)) {
+      return ::testing::AssertionFailure() << "element " << i << " (group " << i / c.group_size << "): x=" << xi
+                                           << " y=" << yi << " err=" << err << " > tol=" << tol << " (s=" << s
+                                           << ", z=" << z << ")";
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Data.
+
+enum class Dist { Normal, Large, Offset, Tiny, Denormal, MixedScale, Sparse };
+const char* distName(Dist d) {
+  switch (d) {
+    case Dist::Normal: return "normal";
+    case Dist::Large: return "large1e4";
+    case Dist::Offset: return "offset1000";
+    case Dist::Tiny: return "tiny1e-30";
+    case Dist::Denormal: return "denormal";
+    case Dist::MixedScale: return "mixedscale";
+    case Dist::Sparse: return "sparse";
+  }
+  return "?";
+}
+const Dist kDists[] = {Dist::Normal, Dist::Large,      Dist::Offset, Dist::Tiny,
+                       Dist::Denormal, Dist::MixedScale, Dist::Sparse};
+
+std::vector<float> makeData(Dist d, size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> x(n);
+  float scale = 1.0f;
+  for (size_t i = 0; i < n; ++i) {
+    switch (d) {
+      case Dist::Normal: x[i] = normal(rng); break;
+      case Dist::Large: x[i] = 1e4f * uni(rng); break;
+      case Dist::Offset: x[i] = 1000.0f + 0.01f * normal(rng); break;
+      case Dist::Tiny: x[i] = 1e-30f * normal(rng); break;
+      case Dist::Denormal: x[i] = 1e-39f * uni(rng); break;
+      case Dist::MixedScale:
+        if (i % 32 == 0) scale = std::pow(10.0f, 40.0f * (uni(rng) + 1.0f) / 2.0f - 20.0f);
+        x[i] = scale * normal(rng);
+        break;
+      case Dist::Sparse: x[i] = (rng() % 16 == 0) ? normal(rng) : 0.0f; break;
+    }
+  }
+  return x;
+}
+
+const int kGroupSizes[] = {32, 64, 96, 128, 256, 4096};
+const size_t kSizes[] = {1, 2, 3, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 1000, 4097, 5000};
+
+std::vector<Config> allConfigs() {
+  std::vector<Config> v;
+  for (int bits : {8, 4}) {
+    for (bool sym : {false, true}) {
+      for (int g : kGroupSizes) v.push_back(Config{bits, g, sym});
+    }
+  }
+  return v;
+}
+
+std::string label(const Config& c, size_t n, Isa isa) {
+  return describe(c) + " n=" + std::to_string(n) + " isa=" + isaName(isa);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Layout.
+
+static_assert(sizeof(GroupMeta) == 4);
+static_assert(offsetof(GroupMeta, scale) == 0);
+static_assert(offsetof(GroupMeta, zero) == 2);
+static_assert(std::is_trivially_copyable_v<GroupMeta> && std::is_standard_layout_v<GroupMeta>);
+
+TEST(QuantLayout, EncodedBytesByHand) {
+  EXPECT_EQ(encodedBytes(0, Config{8, 128, false}), 0u);
+  EXPECT_EQ(encodedBytes(256, Config{8, 128, false}), 2u * 4 + 256);
+  EXPECT_EQ(encodedBytes(300, Config{8, 128, false}), 3u * 4 + 256 + 44);
+  EXPECT_EQ(encodedBytes(300, Config{4, 128, false}), 3u * 4 + 128 + 22);
+  EXPECT_EQ(encodedBytes(301, Config{4, 128, true}), 3u * 4 + 128 + 23);
+  EXPECT_EQ(encodedBytes(1, Config{8, 32, false}), 4u + 2);  // a 1-value tail still has 2 code bytes
+  EXPECT_EQ(encodedBytes(1, Config{4, 32, false}), 4u + 2);
+  EXPECT_EQ(encodedBytes(3, Config{4, 32, false}), 4u + 2);
+  EXPECT_EQ(encodedBytes(5, Config{4, 32, false}), 4u + 3);
+  EXPECT_EQ(encodedBytes(4096, Config{4, 4096, false}), 4u + 2048);
+  EXPECT_EQ(encodedBytes(4u << 20, Config{8, 128, false}), (4u << 20) / 128 * 4 + (4u << 20));
+  EXPECT_EQ(encodedBytes(4u << 20, Config{4, 128, false}), (4u << 20) / 128 * 4 + (2u << 20));
+}
+
+TEST(QuantLayout, Int8GroupByHand) {
+  // x = 0..31: z = 0, s = bf16_up(31/255) = 1.9453125 * 2^-4 = 0x3DF9, 1/s = 8.2249...
+  const Config c{8, 32, false};
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i);
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    ASSERT_EQ(buf.size(), 36u);
+    EXPECT_EQ(metaAt(buf, 0).scale, 0x3DF9u) << isaName(isa);
+    EXPECT_EQ(metaAt(buf, 0).zero, 0x0000u) << isaName(isa);
+    EXPECT_EQ(codeOf(buf, 32, c, 0), 0u);
+    EXPECT_EQ(codeOf(buf, 32, c, 1), 8u);    // 8.22
+    EXPECT_EQ(codeOf(buf, 32, c, 2), 16u);   // 16.45
+    EXPECT_EQ(codeOf(buf, 32, c, 3), 25u);   // 24.67
+    EXPECT_EQ(codeOf(buf, 32, c, 31), 255u); // 254.97
+  }
+}
+
+TEST(QuantLayout, Int4NibbleOrder) {
+  // 0, 15, 0, 15, ...: z = 0, s = 15/15 = 1 exactly; value 2i (0) low nibble, 2i+1 (15) high nibble.
+  const Config c{4, 32, false};
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = (i % 2) ? 15.0f : 0.0f;
+  x[4] = 3.0f;
+  x[7] = 9.0f;
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    ASSERT_EQ(buf.size(), 4u + 16);
+    EXPECT_EQ(metaAt(buf, 0).scale, 0x3F80u);
+    EXPECT_EQ(metaAt(buf, 0).zero, 0x0000u);
+    for (int b = 0; b < 16; ++b) {
+      const unsigned expect = b == 2 ? 0xF3u : (b == 3 ? 0x90u : 0xF0u);
+      EXPECT_EQ(buf[4 + b], expect) << "byte " << b << " isa " << isaName(isa);
+    }
+  }
+}
+
+TEST(QuantLayout, ConstantGroupBytes) {
+  // 0.1f = 0x3DCCCCCD: scale 0, zero = high half, codes[0..1] = low half little-endian, rest zero.
+  for (int bits : {8, 4}) {
+    const Config c{bits, 64, false};
+    const std::vector<float> x(64 + 5, 0.1f);  // one full group, one tail of 5
+    for (Isa isa : supportedIsas()) {
+      const auto buf = encode(isa, x, c);
+      for (size_t k = 0; k < 2; ++k) {
+        EXPECT_EQ(metaAt(buf, k).scale, 0u);
+        EXPECT_EQ(metaAt(buf, k).zero, 0x3DCCu);
+        const uint8_t* codes = codesAt(buf, x.size(), c, k);
+        EXPECT_EQ(codes[0], 0xCDu);
+        EXPECT_EQ(codes[1], 0xCCu);
+        const size_t nbytes = k == 0 ? fullCodeBytes(c) : std::max<size_t>(2, (5 * bits + 7) / 8);
+        for (size_t b = 2; b < nbytes; ++b) EXPECT_EQ(codes[b], 0u) << "padding byte " << b;
+      }
+    }
+  }
+}
+
+TEST(QuantLayout, NonFiniteCodesAndFlag) {
+  const Config c{4, 32, false};
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i % 13);  // finite values 0..12
+  x[0] = std::numeric_limits<float>::quiet_NaN();
+  x[1] = INFINITY;
+  x[2] = -INFINITY;
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    const GroupMeta m = metaAt(buf, 0);
+    EXPECT_EQ(m.scale & 0x8000u, 0x8000u);
+    EXPECT_EQ(m.scale & 0x7FFFu, 0x3F80u);  // (12 - 0) / (16 - 4) = 1
+    EXPECT_EQ(m.zero, 0u);
+    EXPECT_EQ(codeOf(buf, 32, c, 0), 15u);
+    EXPECT_EQ(codeOf(buf, 32, c, 1), 14u);
+    EXPECT_EQ(codeOf(buf, 32, c, 2), 13u);
+    for (size_t i = 3; i < 32; ++i) EXPECT_EQ(codeOf(buf, 32, c, i), i % 13);
+    const auto y = decode(isa, buf, 32, c);
+    EXPECT_EQ(bitsOf(y[0]), 0x7FC00000u);  // canonical quiet NaN
+    EXPECT_EQ(y[1], INFINITY);
+    EXPECT_EQ(y[2], -INFINITY);
+    for (size_t i = 3; i < 32; ++i) EXPECT_EQ(y[i], static_cast<float>(i % 13));
+  }
+}
+
+TEST(QuantLayout, RoundHalfEvenCodes) {
+  // Values 0..255 give z = 0 and s = 1 exactly (1/s = 1): x + 0.5 is an exact tie.
+  const Config c{8, 256, false};
+  std::vector<float> x(256);
+  for (int i = 0; i < 256; ++i) x[i] = static_cast<float>(i);
+  x[10] = 2.5f;   // -> 2
+  x[11] = 3.5f;   // -> 4
+  x[12] = 0.5f;   // -> 0
+  x[13] = 254.5f; // -> 254
+  x[14] = 253.5f; // -> 254
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    EXPECT_EQ(metaAt(buf, 0).scale, 0x3F80u);
+    EXPECT_EQ(codeOf(buf, 256, c, 10), 2u) << isaName(isa);
+    EXPECT_EQ(codeOf(buf, 256, c, 11), 4u) << isaName(isa);
+    EXPECT_EQ(codeOf(buf, 256, c, 12), 0u) << isaName(isa);
+    EXPECT_EQ(codeOf(buf, 256, c, 13), 254u) << isaName(isa);
+    EXPECT_EQ(codeOf(buf, 256, c, 14), 254u) << isaName(isa);
+  }
+}
+
+TEST(QuantLayout, SymmetricMetadata) {
+  for (int bits : {8, 4}) {
+    const int L = 1 << bits;
+    const Config c{bits, 128, true};
+    auto x = makeData(Dist::Normal, 128 * 8, 7);
+    for (Isa isa : supportedIsas()) {
+      const auto buf = encode(isa, x, c);
+      for (size_t k = 0; k < 8; ++k) {
+        const GroupMeta m = metaAt(buf, k);
+        const float s = bf16(m.scale);
+        ASSERT_EQ(m.scale & 0x8000u, 0u);
+        EXPECT_EQ(bf16(m.zero), -static_cast<float>(L / 2) * s) << "z = -(L/2) s exactly";
+        float amax = 0;
+        for (size_t i = 0; i < 128; ++i) amax = std::max(amax, std::fabs(x[k * 128 + i]));
+        EXPECT_GE(s * static_cast<float>(L / 2 - 1), amax);
+        for (size_t i = 0; i < 128; ++i) {
+          const unsigned q = codeOf(buf, x.size(), c, k * 128 + i);
+          EXPECT_GE(q, 1u);
+          EXPECT_LE(q, static_cast<unsigned>(L - 1));
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantLayout, AsymmetricMetadataRoundsZDownAndSUp) {
+  const Config c{8, 128, false};
+  auto x = makeData(Dist::Large, 128 * 16, 11);
+  const auto buf = encode(Isa::Scalar, x, c);
+  for (size_t k = 0; k < 16; ++k) {
+    float mn = INFINITY, mx = -INFINITY;
+    for (size_t i = 0; i < 128; ++i) {
+      mn = std::min(mn, x[k * 128 + i]);
+      mx = std::max(mx, x[k * 128 + i]);
+    }
+    const GroupMeta m = metaAt(buf, k);
+    const double z = bf16(m.zero), s = bf16(m.scale);
+    EXPECT_LE(z, mn);
+    EXPECT_GT(z, mn - std::fabs(mn) / 128.0);
+    EXPECT_GE(s * 255.0, mx - z);
+    EXPECT_LT(s * 255.0, (mx - z) * (1.0 + 1.0 / 128.0));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Round trips.
+
+TEST(QuantRoundTrip, ErrorWithinHalfScale) {
+  uint32_t seed = 1;
+  for (const Config& c : allConfigs()) {
+    for (size_t n : kSizes) {
+      for (Dist d : kDists) {
+        const auto x = makeData(d, n, seed++);
+        for (Isa isa : supportedIsas()) {
+          const auto buf = encode(isa, x, c);
+          const auto y = decode(isa, buf, n, c);
+          ASSERT_TRUE(withinBound(x, y, buf, c)) << label(c, n, isa) << " " << distName(d);
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, LargeRunInt8AndInt4) {
+  // A realistic size through the dispatching entry points; also checks the mean error is sane.
+  const size_t n = (1u << 20) + 77;
+  const auto x = makeData(Dist::Normal, n, 99);
+  for (int bits : {8, 4}) {
+    const Config c{bits, 128, false};
+    std::vector<uint8_t> buf(encodedBytes(n, c));
+    quantize(x.data(), n, c, buf.data());
+    std::vector<float> y(n);
+    dequantize(buf.data(), n, c, y.data());
+    ASSERT_TRUE(withinBound(x, y, buf, c)) << describe(c);
+    double se = 0, sx = 0;
+    for (size_t i = 0; i < n; ++i) {
+      se += (y[i] - x[i]) * (y[i] - x[i]);
+      sx += x[i] * x[i];
+    }
+    // Uniform quantisation noise: NMSE ~ (range/qmax)^2/12 / var; range of 128 normals ~ 5.
+    const double nmse = se / sx;
+    EXPECT_LT(nmse, bits == 8 ? 1e-4 : 2.5e-2) << describe(c);
+    EXPECT_GT(nmse, bits == 8 ? 1e-7 : 1e-4) << describe(c);
+  }
+}
+
+TEST(QuantRoundTrip, ConstantGroupsAreBitExact) {
+  const float values[] = {0.1f,    -3.7e5f,  0.0f,     -0.0f, 1e-40f, -1e-45f, FLT_MIN, FLT_MAX,
+                          -FLT_MAX, 1.0f,    -1.0f,    3.14159265f, 65504.0f, 1e30f, -7.77e-20f};
+  for (const Config& c : allConfigs()) {
+    if (c.group_size > 256) continue;
+    for (size_t n : {size_t{1}, size_t{2}, size_t{31}, static_cast<size_t>(c.group_size),
+                     static_cast<size_t>(c.group_size) * 2 + 7}) {
+      for (float v : values) {
+        const std::vector<float> x(n, v);
+        for (Isa isa : supportedIsas()) {
+          const auto buf = encode(isa, x, c);
+          for (size_t k = 0; k < groupsOf(n, c); ++k) ASSERT_EQ(metaAt(buf, k).scale, 0u) << v;
+          ASSERT_TRUE(sameBits(decode(isa, buf, n, c), x)) << label(c, n, isa) << " value " << v;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, MixedSignedZerosDecodeToZero) {
+  // 0.0 and -0.0 compare equal but have different bits: not a constant group; both decode to +0.
+  for (int bits : {8, 4}) {
+    for (bool sym : {false, true}) {
+      const Config c{bits, 32, sym};
+      std::vector<float> x(40, 0.0f);
+      for (size_t i = 0; i < x.size(); i += 3) x[i] = -0.0f;
+      for (Isa isa : supportedIsas()) {
+        const auto buf = encode(isa, x, c);
+        EXPECT_NE(metaAt(buf, 0).scale, 0u);
+        const auto y = decode(isa, buf, x.size(), c);
+        for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(bitsOf(y[i]), 0u) << label(c, x.size(), isa) << " i=" << i;
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, NanAndInfKeepTheirPositions) {
+  uint32_t seed = 1000;
+  for (const Config& c : allConfigs()) {
+    for (size_t n : {size_t{1}, size_t{33}, size_t{129}, size_t{1000}, size_t{5000}}) {
+      std::mt19937 rng(seed++);
+      auto x = makeData(Dist::Large, n, seed++);
+      const size_t specials = 1 + n / 50;
+      for (size_t j = 0; j < specials; ++j) {
+        const size_t pos = rng() % n;
+        const int kind = static_cast<int>(rng() % 3);
+        x[pos] = kind == 0 ? std::numeric_limits<float>::quiet_NaN() : (kind == 1 ? INFINITY : -INFINITY);
+      }
+      x[n - 1] = -std::numeric_limits<float>::quiet_NaN();  // also in the tail group, with the sign bit
+      for (Isa isa : supportedIsas()) {
+        const auto buf = encode(isa, x, c);
+        const auto y = decode(isa, buf, n, c);
+        ASSERT_TRUE(withinBound(x, y, buf, c)) << label(c, n, isa);
+        for (size_t k = 0; k < groupsOf(n, c); ++k) {
+          bool has = false;
+          for (size_t i = k * c.group_size; i < std::min(n, (k + 1) * c.group_size); ++i) has |= !std::isfinite(x[i]);
+          EXPECT_EQ((metaAt(buf, k).scale & 0x8000u) != 0, has) << "flag of group " << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, AllNonFiniteAndConstantFiniteWithNan) {
+  for (int bits : {8, 4}) {
+    const Config c{bits, 32, false};
+    std::vector<float> all(32);
+    for (size_t i = 0; i < 32; ++i) {
+      all[i] = i % 3 == 0 ? NAN : (i % 3 == 1 ? INFINITY : -INFINITY);
+    }
+    std::vector<float> mixed(32, 0.1f);
+    mixed[5] = NAN;
+    std::vector<float> inf_only(32, INFINITY);
+    for (Isa isa : supportedIsas()) {
+      for (const auto* x : {&all, &mixed, &inf_only}) {
+        const auto buf = encode(isa, *x, c);
+        ASSERT_TRUE(withinBound(*x, decode(isa, buf, 32, c), buf, c)) << isaName(isa);
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, ExtremeRangesNeverDecodeToInf) {
+  // Groups at the edge of fp32: the double formula and the top-code clamp (see quant.h).
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  for (int bits : {8, 4}) {
+    for (bool sym : {false, true}) {
+      const Config c{bits, 64, sym};
+      std::vector<float> wide(64 * 4);
+      for (auto& v : wide) v = 3.0e38f * uni(rng);  // range > FLT_MAX
+      wide[3] = FLT_MAX;
+      wide[70] = -FLT_MAX;
+      std::vector<float> top(64 * 2);
+      for (auto& v : top) v = FLT_MAX * (0.5f + 0.5f * uni(rng));  // fma(qmax, s, z) would overflow
+      top[0] = FLT_MAX;
+      top[64] = 0.0f;
+      top[65] = FLT_MAX;
+      for (Isa isa : supportedIsas()) {
+        for (const auto* x : {&wide, &top}) {
+          const auto buf = encode(isa, *x, c);
+          const auto y = decode(isa, buf, x->size(), c);
+          ASSERT_TRUE(withinBound(*x, y, buf, c, /*wide_ok=*/true)) << label(c, x->size(), isa);
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantRoundTrip, ValuesBelowLowestBf16Saturate) {
+  // bf16 cannot hold a zero point below -0x1.FEp127: such values decode within 2^-8 relative.
+  const Config c{8, 32, false};
+  std::vector<float> x(32);
+  for (size_t i = 0; i < 32; ++i) x[i] = -FLT_MAX * (1.0f - static_cast<float>(i) * 1e-4f);
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    EXPECT_EQ(metaAt(buf, 0).zero, 0xFF7Fu);
+    const auto y = decode(isa, buf, 32, c);
+    for (size_t i = 0; i < 32; ++i) {
+      ASSERT_TRUE(std::isfinite(y[i]));
+      EXPECT_LE(std::fabs(static_cast<double>(y[i]) - x[i]), std::fabs(static_cast<double>(x[i])) / 256.0) << i;
+    }
+  }
+}
+
+TEST(QuantRoundTrip, TinyGroupsUseMinimumScale) {
+  const Config c{8, 32, false};
+  std::vector<float> x(32);
+  for (size_t i = 0; i < 32; ++i) x[i] = fromBits(static_cast<uint32_t>(i * 7));  // denormals 0..217 ulp
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    EXPECT_EQ(metaAt(buf, 0).scale, 0x0080u);  // 2^-126: 1/s stays finite
+    ASSERT_TRUE(withinBound(x, decode(isa, buf, 32, c), buf, c));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Accumulate.
+
+TEST(QuantAccumulate, EqualsAccPlusDequantizeBitwise) {
+  uint32_t seed = 300;
+  for (const Config& c : allConfigs()) {
+    for (size_t n : {size_t{1}, size_t{33}, size_t{129}, size_t{1000}, size_t{5000}}) {
+      auto x = makeData(Dist::Normal, n, seed++);
+      x[n / 2] = NAN;  // flagged group too
+      const auto acc0 = makeData(Dist::Large, n, seed++);
+      for (Isa isa : supportedIsas()) {
+        const auto buf = encode(isa, x, c);
+        const auto y = decode(isa, buf, n, c);
+        std::vector<float> expect(n), acc = acc0;
+        for (size_t i = 0; i < n; ++i) expect[i] = acc0[i] + y[i];
+        dequantizeAccumulate(isa, buf.data(), n, c, acc.data());
+        ASSERT_TRUE(sameBits(acc, expect)) << label(c, n, isa);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// SIMD == scalar, bit for bit.
+
+void expectMatchesScalar(Isa isa) {
+  uint32_t seed = 5000;
+  std::vector<std::vector<float>> extra;
+  {  // Special groups mixed into ordinary data: constant, signed zeros, NaN/Inf, wide, tiny.
+    auto x = makeData(Dist::Normal, 4096 + 50, 42);
+    for (size_t i = 0; i < 128; ++i) x[i] = 2.5f;
+    for (size_t i = 128; i < 256; ++i) x[i] = (i % 2) ? 0.0f : -0.0f;
+    x[300] = NAN;
+    x[301] = -INFINITY;
+    x[700] = INFINITY;
+    for (size_t i = 1024; i < 1152; ++i) x[i] = (i % 2 ? 3e38f : -3e38f) * static_cast<float>(i % 7) / 7.0f;
+    for (size_t i = 2048; i < 2176; ++i) x[i] = fromBits(static_cast<uint32_t>(i));
+    x[4096 + 10] = NAN;
+    extra.push_back(std::move(x));
+  }
+  for (const Config& c : allConfigs()) {
+    std::vector<std::vector<float>> inputs = extra;
+    for (size_t n : kSizes) {
+      for (Dist d : kDists) inputs.push_back(makeData(d, n, seed++));
+    }
+    for (const auto& x : inputs) {
+      const size_t n = x.size();
+      const auto ref = encode(Isa::Scalar, x, c, 0xAB);
+      const auto got = encode(isa, x, c, 0x5C);  // a different fill: unwritten bytes would differ
+      ASSERT_TRUE(sameBytes(got, ref)) << "quantize " << label(c, n, isa);
+      ASSERT_TRUE(sameBits(decode(isa, ref, n, c), decode(Isa::Scalar, ref, n, c))) << "dequantize " << label(c, n, isa);
+      const auto acc0 = makeData(Dist::Normal, n, seed++);
+      auto a = acc0, b = acc0;
+      dequantizeAccumulate(isa, ref.data(), n, c, a.data());
+      dequantizeAccumulate(Isa::Scalar, ref.data(), n, c, b.data());
+      ASSERT_TRUE(sameBits(a, b)) << "dequantizeAccumulate " << label(c, n, isa);
+    }
+  }
+}
+
+TEST(QuantSimd, Avx2MatchesScalarBitForBit) {
+  if (!isaSupported(Isa::Avx2)) {
+    GTEST_SKIP() << "this CPU has no AVX2+FMA: the AVX2 kernels cannot run here";
+  }
+  expectMatchesScalar(Isa::Avx2);
+}
+
+TEST(QuantSimd, Avx512MatchesScalarBitForBit) {
+  if (!isaSupported(Isa::Avx512)) {
+    GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL/DQ: the AVX-512 kernels are compiled but not run here";
+  }
+  expectMatchesScalar(Isa::Avx512);
+}
+
+TEST(QuantSimd, DecodesArbitraryBytesLikeScalar) {
+  // Decoders must agree on any input bytes, not just on what our encoder emits (random metadata too).
+  std::mt19937 rng(77);
+  for (Isa isa : simdIsas()) {
+    for (const Config& c : allConfigs()) {
+      const size_t n = static_cast<size_t>(c.group_size) * 3 + 17;
+      std::vector<uint8_t> buf(encodedBytes(n, c));
+      for (auto& b : buf) b = static_cast<uint8_t>(rng());
+      // Keep scales finite-or-not at random, but make some groups flagged and some constant.
+      buf[0] = 0;
+      buf[1] = 0;   // group 0 constant
+      buf[5] |= 0x80;  // group 1 flagged
+      // Random scales can be NaN/Inf; NaN payloads may legitimately differ, so NaN matches any NaN here.
+      const auto a = decode(isa, buf, n, c), b = decode(Isa::Scalar, buf, n, c);
+      for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(a[i]) && std::isnan(b[i])) continue;
+        ASSERT_EQ(bitsOf(a[i]), bitsOf(b[i])) << label(c, n, isa) << " i=" << i;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// bf16 payload conversions.
+
+TEST(QuantBf16, RoundToNearestEvenByHand) {
+  struct Case {
+    uint32_t in;
+    uint16_t out;
+  };
+  const Case cases[] = {
+      {0x3F800000u, 0x3F80u},  // 1.0
+      {0x3F808000u, 0x3F80u},  // tie, even below: stays
+      {0x3F818000u, 0x3F82u},  // tie, odd below: up to even
+      {0x3F808001u, 0x3F81u},  // just above the tie
+      {0x3F807FFFu, 0x3F80u},  // just below the tie
+      {0xBF808000u, 0xBF80u},  // negative tie, even
+      {0xBF818000u, 0xBF82u},  // negative tie, odd: magnitude up
+      {0x7F7FFFFFu, 0x7F80u},  // FLT_MAX rounds to +Inf
+      {0x7F7F7FFFu, 0x7F7Fu},  // largest value that stays finite
+      {0x7F800000u, 0x7F80u},  // +Inf
+      {0xFF800000u, 0xFF80u},  // -Inf
+      {0x00000000u, 0x0000u},  // +0
+      {0x80000000u, 0x8000u},  // -0
+      {0x00008000u, 0x0000u},  // denormal tie to even (0)
+      {0x00018000u, 0x0002u},  // denormal tie to even (2)
+      {0x007FFFFFu, 0x0080u},  // largest denormal rounds to FLT_MIN
+      {0x7FC00000u, 0x7FC0u},  // quiet NaN
+      {0x7F800001u, 0x7FC0u},  // signalling NaN, payload only in the low half: stays NaN, made quiet
+      {0xFFA00000u, 0xFFE0u},  // negative signalling NaN: quiet, sign and payload top kept
+  };
+  for (const Case& t : cases) {
+    EXPECT_EQ(floatToBf16(fromBits(t.in)), t.out) << std::hex << "0x" << t.in;
+    for (Isa isa : supportedIsas()) {
+      // Put the case at every lane position of a vector, plus a scalar tail.
+      std::vector<float> x(37, 1.0f);
+      for (size_t pos = 0; pos < x.size(); ++pos) {
+        std::vector<float> v = x;
+        v[pos] = fromBits(t.in);
+        std::vector<uint16_t> out(v.size());
+        toBf16(isa, v.data(), v.size(), out.data());
+        ASSERT_EQ(out[pos], t.out) << std::hex << "0x" << t.in << " pos " << std::dec << pos << " " << isaName(isa);
+      }
+    }
+  }
+  for (uint32_t b : {0x0000u, 0x8000u, 0x3F80u, 0x7F80u, 0xFF80u, 0x7FC0u, 0x0001u, 0x7F7Fu}) {
+    EXPECT_EQ(bitsOf(bf16ToFloat(static_cast<uint16_t>(b))), b << 16);
+  }
+}
+
+TEST(QuantBf16, SimdMatchesScalarOnRandomBits) {
+  std::mt19937 rng(123);
+  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{15}, size_t{16}, size_t{17}, size_t{33}, size_t{1000},
+                   size_t{65537}}) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = fromBits(static_cast<uint32_t>(rng()));  // every class: NaN, Inf, denormal, ties
+    for (size_t i = 0; i < n; i += 5) x[i] = fromBits((static_cast<uint32_t>(rng()) & 0xFFFF0000u) | 0x8000u);
+    std::vector<uint16_t> ref(n);
+    toBf16(Isa::Scalar, x.data(), n, ref.data());
+    for (size_t i = 0; i < n; ++i) ASSERT_EQ(ref[i], floatToBf16(x[i]));
+    std::vector<float> wref(n), aref(n, 0.25f);
+    fromBf16(Isa::Scalar, ref.data(), n, wref.data());
+    fromBf16Accumulate(Isa::Scalar, ref.data(), n, aref.data());
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(bitsOf(wref[i]), static_cast<uint32_t>(ref[i]) << 16);
+      if (std::isnan(x[i])) {
+        ASSERT_TRUE(std::isnan(wref[i]));
+      }
+    }
+    for (Isa isa : simdIsas()) {
+      std::vector<uint16_t> out(n);
+      toBf16(isa, x.data(), n, out.data());
+      ASSERT_EQ(out, ref) << isaName(isa) << " n=" << n;
+      std::vector<float> w(n), a(n, 0.25f);
+      fromBf16(isa, ref.data(), n, w.data());
+      fromBf16Accumulate(isa, ref.data(), n, a.data());
+      ASSERT_TRUE(sameBits(w, wref)) << isaName(isa) << " n=" << n;
+      ASSERT_TRUE(sameBits(a, aref)) << isaName(isa) << " n=" << n;
+    }
+  }
+}
+
+TEST(QuantBf16, RoundTripErrorAndAccumulate) {
+  const auto x = makeData(Dist::Large, 1000, 3);
+  std::vector<uint16_t> b(x.size());
+  toBf16(x.data(), x.size(), b.data());
+  std::vector<float> y(x.size()), acc(x.size(), 1.0f);
+  fromBf16(b.data(), b.size(), y.data());
+  fromBf16Accumulate(b.data(), b.size(), acc.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    EXPECT_LE(std::fabs(y[i] - x[i]), std::fabs(x[i]) * (1.0f / 256.0f));  // half a bf16 ulp: 2^-8 relative
+    EXPECT_EQ(bitsOf(acc[i]), bitsOf(1.0f + y[i]));
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Arguments, configuration and dispatch.
+
+TEST(QuantConfig, InvalidConfigsThrowNamingTheField) {
+  auto expectThrowWith = [](const Config& c, const std::string& field) {
+    try {
+      validate(c);
+      ADD_FAILURE() << "no throw for " << describe(c);
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  };
+  for (int bits : {0, 1, 2, 3, 5, 6, 7, 16, -8}) expectThrowWith(Config{bits, 128, false}, "bits");
+  for (int g : {0, 16, 31, 33, 100, 4097, 4128, 8192, -128}) expectThrowWith(Config{8, g, false}, "group_size");
+  for (int g : {32, 64, 96, 4064, 4096}) EXPECT_NO_THROW(validate(Config{4, g, false}));
+
+  const Config bad{3, 128, false};
+  std::vector<float> x(64, 1.0f), y(64);
+  std::vector<uint8_t> buf(1024);
+  EXPECT_THROW(encodedBytes(64, bad), InvalidArgument);
+  EXPECT_THROW(quantize(x.data(), 64, bad, buf.data()), InvalidArgument);
+  EXPECT_THROW(dequantize(buf.data(), 64, bad, y.data()), InvalidArgument);
+  EXPECT_THROW(dequantizeAccumulate(buf.data(), 64, bad, y.data()), InvalidArgument);
+}
+
+TEST(QuantConfig, NullPointersAndEmptyRuns) {
+  const Config c{8, 128, false};
+  std::vector<float> x(64, 1.0f);
+  std::vector<uint8_t> buf(1024);
+  std::vector<uint16_t> b(64);
+  for (Isa isa : supportedIsas()) {
+    EXPECT_THROW(quantize(isa, nullptr, 64, c, buf.data()), InvalidArgument);
+    EXPECT_THROW(quantize(isa, x.data(), 64, c, nullptr), InvalidArgument);
+    EXPECT_THROW(dequantize(isa, nullptr, 64, c, x.data()), InvalidArgument);
+    EXPECT_THROW(dequantize(isa, buf.data(), 64, c, nullptr), InvalidArgument);
+    EXPECT_THROW(dequantizeAccumulate(isa, buf.data(), 64, c, nullptr), InvalidArgument);
+    EXPECT_THROW(toBf16(isa, nullptr, 64, b.data()), InvalidArgument);
+    EXPECT_THROW(fromBf16(isa, b.data(), 64, nullptr), InvalidArgument);
+    EXPECT_THROW(fromBf16Accumulate(isa, nullptr, 64, x.data()), InvalidArgument);
+    // n = 0 is valid and touches nothing, null pointers included.
+    EXPECT_NO_THROW(quantize(isa, nullptr, 0, c, nullptr));
+    EXPECT_NO_THROW(dequantize(isa, nullptr, 0, c, nullptr));
+    EXPECT_NO_THROW(dequantizeAccumulate(isa, nullptr, 0, c, nullptr));
+    EXPECT_NO_THROW(toBf16(isa, nullptr, 0, nullptr));
+    EXPECT_NO_THROW(fromBf16(isa, nullptr, 0, nullptr));
+    EXPECT_NO_THROW(fromBf16Accumulate(isa, nullptr, 0, nullptr));
+  }
+  try {
+    quantize(Isa::Scalar, nullptr, 64, c, buf.data());
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("x"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(encodedBytes(0, c), 0u);
+}
+
+TEST(QuantConfig, DescribeAndIsaNames) {
+  EXPECT_EQ(describe(Config{}), "int8-g128");
+  EXPECT_EQ(describe(Config{4, 64, true}), "int4-g64-sym");
+  EXPECT_STREQ(isaName(Isa::Scalar), "scalar");
+  EXPECT_STREQ(isaName(Isa::Avx2), "avx2");
+  EXPECT_STREQ(isaName(Isa::Avx512), "avx512");
+}
+
+TEST(QuantDispatch, SelectionAndOverride) {
+  EXPECT_TRUE(isaSupported(Isa::Scalar));
+  EXPECT_TRUE(isaSupported(bestIsa()));
+  if (isaSupported(Isa::Avx512)) {
+    EXPECT_EQ(bestIsa(), Isa::Avx512);
+  } else if (isaSupported(Isa::Avx2)) {
+    EXPECT_EQ(bestIsa(), Isa::Avx2);
+  } else {
+    EXPECT_EQ(bestIsa(), Isa::Scalar);
+  }
+  const Isa before = activeIsa();
+  for (Isa isa : supportedIsas()) {
+    setActiveIsa(isa);
+    EXPECT_EQ(activeIsa(), isa);
+    // The dispatching entry points then produce exactly that ISA's output.
+    const auto x = makeData(Dist::Normal, 1000, 8);
+    const Config c{4, 64, false};
+    std::vector<uint8_t> buf(encodedBytes(x.size(), c));
+    quantize(x.data(), x.size(), c, buf.data());
+    EXPECT_TRUE(sameBytes(buf, encode(isa, x, c)));
+  }
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    if (!isaSupported(isa)) {
+      EXPECT_THROW(setActiveIsa(isa), InvalidArgument);
+      const Config c{8, 128, false};
+      std::vector<float> x(128, 1.0f);
+      std::vector<uint8_t> buf(1024);
+      EXPECT_THROW(quantize(isa, x.data(), x.size(), c, buf.data()), InvalidArgument) << "unsupported ISA must not run";
+    }
+  }
+  setActiveIsa(before);
+}
+
+}  // namespace
+}  // namespace flashring::quant
