@@ -327,6 +327,7 @@ TEST_F(MpiTest, WrapsASplitCommunicatorWithoutSeeingItsMessages) {
     int flag = 1;
     MPI_Test(&user_recv, &flag, &user_status);
     EXPECT_FALSE(flag) << "the application's receive matched a flashring message";
+    MPI_Barrier(user);  // every rank has looked before any application message is sent
 
     const int user_out = 1000 + ur;
     MPI_Send(&user_out, 1, MPI_INT, uright, 5, user);

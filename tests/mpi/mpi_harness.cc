@@ -23,7 +23,7 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
   void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
     const std::string msg = r.message();
-    if (msg.rfind(kHarnessTag, 0) == 0) return;  // the echo of another rank's failure
+    if (msg.find(kHarnessTag) != std::string::npos) return;  // the echo of another rank's failure
     std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", g_rank, r.file_name() ? r.file_name() : "?",
                  r.line_number(), msg.c_str());
     std::fflush(stderr);
