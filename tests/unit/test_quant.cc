@@ -159,6 +159,39 @@ std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, co
   return ::testing::AssertionSuccess();
 }
 
+// Structural invariants of every group's metadata, independent of the error bound:
+//  - the flag is set exactly when the group holds a NaN or an Inf;
+//  - scale == 0 only for a group of bit-identical finite values (and then zero/code bytes hold the value);
+//  - otherwise s is a finite bf16 >= 2^-126 and z is finite.
+::testing::AssertionResult metaInvariants(const std::vector<float>& x, const std::vector<uint8_t>& buf,
+                                          const Config& c) {
+  const size_t n = x.size();
+  for (size_t k = 0; k < groupsOf(n, c); ++k) {
+    const size_t b = k * c.group_size, e = std::min(n, b + c.group_size);
+    bool nonfinite = false, same = true;
+    for (size_t i = b; i < e; ++i) {
+      nonfinite |= !std::isfinite(x[i]);
+      same &= bitsOf(x[i]) == bitsOf(x[b]);
+    }
+    const GroupMeta m = metaAt(buf, k);
+    const bool flag = (m.scale & 0x8000u) != 0;
+    if (flag != nonfinite) {
+      return ::testing::AssertionFailure() << "group " << k << ": flag " << flag << " but non-finite " << nonfinite
+                                           << " (scale 0x" << std::hex << m.scale << ")";
+    }
+    if (m.scale == 0) {
+      if (!same || nonfinite) return ::testing::AssertionFailure() << "group " << k << " encoded as constant";
+      continue;
+    }
+    if (same && !nonfinite) return ::testing::AssertionFailure() << "constant group " << k << " not encoded as such";
+    const float s = bf16(static_cast<uint16_t>(m.scale & 0x7FFFu)), z = bf16(m.zero);
+    if (!(std::isfinite(s) && s >= FLT_MIN && std::isfinite(z))) {
+      return ::testing::AssertionFailure() << "group " << k << ": s=" << s << " z=" << z;
+    }
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Data.
 
@@ -400,6 +433,7 @@ TEST(QuantRoundTrip, ErrorWithinHalfScale) {
         for (Isa isa : supportedIsas()) {
           const auto buf = encode(isa, x, c);
           const auto y = decode(isa, buf, n, c);
+          ASSERT_TRUE(metaInvariants(x, buf, c)) << label(c, n, isa) << " " << distName(d);
           ASSERT_TRUE(withinBound(x, y, buf, c)) << label(c, n, isa) << " " << distName(d);
         }
       }
@@ -458,7 +492,7 @@ TEST(QuantRoundTrip, MixedSignedZerosDecodeToZero) {
       for (size_t i = 0; i < x.size(); i += 3) x[i] = -0.0f;
       for (Isa isa : supportedIsas()) {
         const auto buf = encode(isa, x, c);
-        EXPECT_NE(metaAt(buf, 0).scale, 0u);
+        ASSERT_TRUE(metaInvariants(x, buf, c)) << label(c, x.size(), isa);
         const auto y = decode(isa, buf, x.size(), c);
         for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(bitsOf(y[i]), 0u) << label(c, x.size(), isa) << " i=" << i;
       }
@@ -483,11 +517,7 @@ TEST(QuantRoundTrip, NanAndInfKeepTheirPositions) {
         const auto buf = encode(isa, x, c);
         const auto y = decode(isa, buf, n, c);
         ASSERT_TRUE(withinBound(x, y, buf, c)) << label(c, n, isa);
-        for (size_t k = 0; k < groupsOf(n, c); ++k) {
-          bool has = false;
-          for (size_t i = k * c.group_size; i < std::min(n, (k + 1) * c.group_size); ++i) has |= !std::isfinite(x[i]);
-          EXPECT_EQ((metaAt(buf, k).scale & 0x8000u) != 0, has) << "flag of group " << k;
-        }
+        ASSERT_TRUE(metaInvariants(x, buf, c)) << label(c, n, isa);
       }
     }
   }
@@ -506,6 +536,7 @@ TEST(QuantRoundTrip, AllNonFiniteAndConstantFiniteWithNan) {
     for (Isa isa : supportedIsas()) {
       for (const auto* x : {&all, &mixed, &inf_only}) {
         const auto buf = encode(isa, *x, c);
+        ASSERT_TRUE(metaInvariants(*x, buf, c)) << isaName(isa);
         ASSERT_TRUE(withinBound(*x, decode(isa, buf, 32, c), buf, c)) << isaName(isa);
       }
     }
@@ -532,6 +563,7 @@ TEST(QuantRoundTrip, ExtremeRangesNeverDecodeToInf) {
         for (const auto* x : {&wide, &top}) {
           const auto buf = encode(isa, *x, c);
           const auto y = decode(isa, buf, x->size(), c);
+          ASSERT_TRUE(metaInvariants(*x, buf, c)) << label(c, x->size(), isa);
           ASSERT_TRUE(withinBound(*x, y, buf, c, /*wide_ok=*/true)) << label(c, x->size(), isa);
         }
       }
