@@ -1,0 +1,112 @@
+// Every all-reduce algorithm on real MPI ranks: fp64 reference, bit-exact model of the quantized one,
+// replica consistency across processes, NaN/Inf, and mismatched sizes failing on every rank.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "common/allreduce_reference.h"
+#include "flashring/allreduce.h"
+#include "mpi_harness.h"
+
+using namespace flashring;
+using namespace flashring::mpitest;
+
+namespace {
+
+// Hash of the result compared across processes (replica consistency).
+uint64_t hashOf(const std::vector<float>& v) {
+  uint64_t h = 1469598103934665603ull;
+  const auto* b = reinterpret_cast<const unsigned char*>(v.data());
+  for (size_t i = 0; i < v.size() * 4; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+bool sameOnAllRanks(uint64_t h) {
+  uint64_t mn = 0, mx = 0;
+  MPI_Allreduce(&h, &mn, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(&h, &mx, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+  return mn == mx;
+}
+
+}  // namespace
+
+class MpiAllreduce : public MpiTest, public ::testing::WithParamInterface<std::string> {};
+class MpiAllreduceErrors : public MpiTest {};
+
+TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
+  const std::string name = GetParam();
+  for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{5000}, size_t{100003}}) {
+    AllreduceOptions o = allreduceOptionsFromName(name);
+    o.chunk_elems = 8192;
+    auto x = testref::rankInput(rank(), n);
+    allreduce(comm(), x, o);
+    EXPECT_TRUE(sameOnAllRanks(hashOf(x))) << name << " n=" << n << ": ranks hold different results";
+    const auto exact = testref::exactSum(size(), n);
+    const auto mag = testref::absSum(size(), n);
+    if (name.rfind("flash", 0) == 0) {
+      std::vector<std::vector<float>> inputs;
+      for (int r = 0; r < size(); ++r) inputs.push_back(testref::rankInput(r, n));
+      const auto model = testref::quantizedModel(inputs, o);
+      EXPECT_EQ(0, std::memcmp(model.data(), x.data(), n * 4)) << name << " n=" << n << " differs from the model";
+    } else {
+      const bool bf16 = name.find("bf16") != std::string::npos;
+      const double rel = bf16 ? size() * std::ldexp(1.0, -8) + 1e-6 : (size() + 1) * std::ldexp(1.0, -23);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_LE(std::fabs(x[i] - exact[i]), rel * mag[i] + 1e-30) << name << " n=" << n << " element " << i;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, MpiAllreduce,
+                         ::testing::Values("ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16", "mpi", "auto",
+                                           "flash-int8", "flash-int4", "flash-int4-int8"),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           std::string s = i.param;
+                           for (auto& c : s) c = c == '-' ? '_' : c;
+                           return s;
+                         });
+
+TEST_F(MpiAllreduceErrors, NanAndInfSurviveTheQuantizedPath) {
+  FLASHRING_REQUIRE_RANKS(2);
+  auto x = testref::rankInput(rank(), 4000);
+  if (rank() == 1) x[10] = std::numeric_limits<float>::quiet_NaN();
+  if (rank() == 0) x[3000] = std::numeric_limits<float>::infinity();
+  allreduce(comm(), x, allreduceOptionsFromName("flash-int4"));
+  EXPECT_TRUE(std::isnan(x[10]));
+  EXPECT_EQ(x[3000], std::numeric_limits<float>::infinity());
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (i == 10 || i == 3000) continue;
+    ASSERT_TRUE(std::isfinite(x[i])) << "element " << i;
+  }
+}
+
+TEST_F(MpiAllreduceErrors, MismatchedSizesFailOnEveryRankWithoutHanging) {
+  FLASHRING_REQUIRE_RANKS(2);
+  for (const char* name : {"ring-fp32", "twostep-bf16", "flash-int8", "mpi"}) {
+    auto c = freshComm();
+    c->setTimeout(std::chrono::milliseconds(20000));
+    std::vector<float> x(rank() == size() - 1 ? 30001 : 30000, 1.f);
+    AllreduceOptions o = allreduceOptionsFromName(name);
+    o.chunk_elems = 4096;
+    const auto t0 = Clock::now();
+    bool threw = false;
+    std::string what;
+    try {
+      allreduce(*c, x, o);
+    } catch (const Error& e) {
+      threw = true;
+      what = e.what();
+    }
+    EXPECT_TRUE(threw) << name << ": rank " << rank() << " did not fail";
+    EXPECT_LT(Clock::now() - t0, std::chrono::seconds(15)) << name << ": " << what;
+    EXPECT_TRUE(what.find("mismatch") != std::string::npos || what.find("elements") != std::string::npos ||
+                what.find("differs") != std::string::npos)
+        << name << ": " << what;
+  }
+}
