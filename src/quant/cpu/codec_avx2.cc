@@ -159,30 +159,28 @@ void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
   const size_t groups = numGroups(n, g), full = n / g;
   const size_t cb = fullGroupCodeBytes(g, bits);
   uint8_t* codes = out + groups * sizeof(GroupMeta);
-  // Statistics and metadata for a batch of groups first, then the codes: the per-group scalar work
-  // (reductions, two divisions) of different groups is independent, so the core overlaps it instead of
-  // waiting on one group's chain before its pass 2. A batch holds at most 8 KiB of input (one group when
-  // g > 2048), so pass 2 reads it from L1.
+  // Pass 1 and the metadata for a batch of groups first, then the codes. The metadata is a ~60-cycle chain
+  // of scalar conversions and a divide per group; chains of different groups are independent, so the core
+  // overlaps each with the next group's pass 1 instead of stalling pass 2 on it. A batch holds at most
+  // 8 KiB of input (one group when g > 2048), so pass 2 reads it from L1.
   const size_t batch = std::clamp<size_t>(2048 / g, 1, kMaxBatch);
   GroupParams params[kMaxBatch];
   for (size_t k0 = 0; k0 < full; k0 += batch) {
     const size_t nb = std::min(batch, full - k0);
-    SimdStats st[kMaxBatch];
-    for (size_t j = 0; j < nb; ++j) st[j] = groupStats(x + (k0 + j) * g, g);
+    const float* xb = x + k0 * g;
     for (size_t j = 0; j < nb; ++j) {
+      const SimdStats st = groupStats(xb + j * g, g);
       // NaN/Inf or max == min (constant, or a 0/-0 mix): the scalar rules decide from the values themselves.
-      params[j] = (st[j].nonfinite || st[j].mn == st[j].mx)
-                      ? planGroup(x + (k0 + j) * g, g, cfg)
-                      : paramsFromStats(st[j].mn, st[j].mx, false, bits, cfg.symmetric);
+      params[j] = (st.nonfinite || st.mn == st.mx) ? planGroup(xb + j * g, g, cfg)
+                                                   : paramsFromStats(st.mn, st.mx, false, bits, cfg.symmetric);
       storeMeta(out + (k0 + j) * sizeof(GroupMeta), params[j].meta);
     }
     for (size_t j = 0; j < nb; ++j) {
-      const float* xg = x + (k0 + j) * g;
       uint8_t* cg = codes + (k0 + j) * cb;
       if (params[j].kind == GroupKind::Fast) {
-        encodeFastGroup(xg, g, params[j], bits, cg);
+        encodeFastGroup(xb + j * g, g, params[j], bits, cg);
       } else {
-        encodeGroupScalar(xg, g, params[j], bits, cg, cb);
+        encodeGroupScalar(xb + j * g, g, params[j], bits, cg, cb);
       }
     }
   }

@@ -75,15 +75,17 @@ inline uint16_t bf16Down(float f) {
   return static_cast<uint16_t>(hi);
 }
 
-// Smallest bf16 >= d, for finite d (+0 for d <= 0) that fits in fp32 (the callers guarantee d <= FLT_MAX / 3).
-inline uint16_t bf16UpFromDouble(double d) {
-  if (!(d > 0.0)) return 0;  // never a negative zero: its sign bit would read as the NaN/Inf flag
-  float f = static_cast<float>(d);  // nearest
-  uint32_t u = floatBits(f);
-  if (static_cast<double>(f) < d) ++u;  // next float up (f >= 0)
-  uint32_t hi = u >> 16;
-  if ((u & 0xFFFFu) != 0) ++hi;
-  return static_cast<uint16_t>(hi);
+// max(smallest bf16 >= d, 2^-126) for d < 2^126 (the callers guarantee d <= 2^129 / 12). Rounds the double's
+// significand up to 7 fraction bits in the integer domain (a carry into the exponent is the right answer);
+// d <= 2^-126, zero, -0.0 and negative d give the floor 2^-126, so a sign bit can never appear.
+inline constexpr uint16_t kMinScaleBits = 0x0080u;  // bf16 2^-126: keeps 1/s finite in fp32
+
+inline uint16_t bf16UpAtLeastMin(double d) {
+  if (!(d > 0x1p-126)) return kMinScaleBits;
+  uint64_t u;
+  std::memcpy(&u, &d, sizeof u);
+  u = (u + ((uint64_t{1} << 45) - 1)) >> 45;                  // (double exponent << 7) | 7 fraction bits
+  return static_cast<uint16_t>(u - (uint64_t{1023 - 127} << 7));  // rebias the exponent to fp32's
 }
 
 // 1.0f / s for a positive bf16 s, bit-identical to the fp32 division: s = 2^(E-127) * (1 + m/128)
@@ -151,7 +153,6 @@ struct GroupParams {
 };
 
 inline constexpr uint16_t kScaleFlag = 0x8000u;
-inline constexpr uint16_t kMinScaleBits = 0x0080u;  // bf16 2^-126: keeps 1/s finite in fp32
 
 inline GroupParams constantParams(uint32_t bits) {
   GroupParams p;
@@ -165,7 +166,7 @@ inline GroupParams constantParams(uint32_t bits) {
 // Metadata of a non-constant group from its statistics: mn/mx over the finite values (mn > mx when there
 // are none), has_nonfinite when a NaN or Inf is present. Every kernel calls this with identical inputs
 // (min/max are order independent up to the sign of zero, which is normalised here).
-inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int bits, bool symmetric) {
+[[gnu::always_inline]] inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int bits, bool symmetric) {
   const int L = 1 << bits;
   if (!(mn <= mx)) mn = mx = 0.0f;  // no finite value at all
   if (mn == 0.0f) mn = 0.0f;        // -0.0 -> +0.0
@@ -174,7 +175,7 @@ inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int b
   if (symmetric && !has_nonfinite) {
     const int half = L / 2;
     const float amax = std::max(std::fabs(mn), std::fabs(mx));  // not max(-mn, mx): -(+0) is -0
-    const uint16_t sb = std::max(bf16UpFromDouble(static_cast<double>(amax) / (half - 1)), kMinScaleBits);
+    const uint16_t sb = bf16UpAtLeastMin(static_cast<double>(amax) / (half - 1));
     const float s = bf16Value(sb);
     const float z = -static_cast<float>(half) * s;  // exact: a power of two times a bf16
     if (std::isfinite(z)) {
@@ -193,9 +194,10 @@ inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int b
   const int qmax = has_nonfinite ? L - 4 : L - 1;
   const uint16_t zb = bf16Down(mn);
   const float z = bf16Value(zb);
-  // >= 0, except when every value lies below the saturated z (all within 0.4% of -FLT_MAX).
-  const double range = std::max(0.0, static_cast<double>(mx) - static_cast<double>(z));
-  const uint16_t sb = std::max(bf16UpFromDouble(range / qmax), kMinScaleBits);
+  // Exact in double unless the exponents of mx and z are far apart. Negative only when every value lies
+  // below the saturated z (all within 0.4% of -FLT_MAX); bf16UpAtLeastMin then gives the floor.
+  const double range = static_cast<double>(mx) - static_cast<double>(z);
+  const uint16_t sb = bf16UpAtLeastMin(range / qmax);
   const float s = bf16Value(sb);
   p.s = s;
   p.z = z;
@@ -203,15 +205,20 @@ inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int b
   p.qmax = qmax;
   p.meta.scale = static_cast<uint16_t>(sb | (has_nonfinite ? kScaleFlag : 0u));
   p.meta.zero = zb;
-  constexpr double kFltMax = static_cast<double>(FLT_MAX);
-  const double ds = static_cast<double>(s), dz = static_cast<double>(z);
-  if (range > kFltMax || dz + qmax * ds > kFltMax) {
-    p.wide = true;
-    // Largest code whose decoded value stays finite (the exact value z + q*s <= FLT_MAX rounds to at most
-    // FLT_MAX in fp32).
-    int q = qmax;
-    while (q > 0 && dz + q * ds > kFltMax) --q;
-    p.qmax = q;
+  // Wide group: x - z can overflow fp32, or the top code would decode past FLT_MAX. Since s*qmax exceeds
+  // range by at most 2^-7 of it, z + qmax*s <= mx + range/128: neither can happen while mx and range are
+  // below 2^126, which skips the exact test for all but extreme groups.
+  if (mx > 0x1p126f || range > 0x1p126) [[unlikely]] {
+    constexpr double kFltMax = static_cast<double>(FLT_MAX);
+    const double ds = static_cast<double>(s), dz = static_cast<double>(z);
+    if (range > kFltMax || dz + qmax * ds > kFltMax) {
+      p.wide = true;
+      // Largest code whose decoded value stays finite (the exact value z + q*s <= FLT_MAX rounds to at most
+      // FLT_MAX in fp32).
+      int q = qmax;
+      while (q > 0 && dz + q * ds > kFltMax) --q;
+      p.qmax = q;
+    }
   }
   p.kind = (has_nonfinite || p.wide) ? GroupKind::General : GroupKind::Fast;
   return p;
