@@ -1,0 +1,607 @@
+#!/usr/bin/env bash
+# bench/netem/run.sh -- run an MPI command across emulated, rate-limited network links.
+# See bench/netem/README.md and `run.sh --help`.
+set -u -o pipefail
+
+PROG=run.sh
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+RANK_EXEC="$SCRIPT_DIR/rank-exec.sh"
+LINKCHECK_SRC="$SCRIPT_DIR/linkcheck.c"
+
+# Exit codes: 2 = usage error or missing prerequisite (tool, privilege, kernel feature);
+#             3 = setting up the emulated network failed; otherwise the command's own status.
+EX_USAGE=2
+EX_SETUP=3
+
+# Address plan (inside the private namespaces only; the root namespace is never touched).
+CTL_NET=10.77.0.0/24 # control network: the bridge in the hub namespace
+CTL_HUB=10.77.0.254  # hub (mpirun) address on the bridge; rank i has 10.77.0.(i+1)
+MESH_NET=10.78.0.0/16 # mesh: one /30 per pair of ranks, carved from this /16
+MAX_RANKS=64
+
+usage() {
+    cat <<'EOF'
+Usage: bench/netem/run.sh --ranks N --rate RATE [--topology star|mesh] [options] -- COMMAND [ARGS...]
+       bench/netem/run.sh --selftest --ranks N --rate RATE [--topology star|mesh] [options] [-- LINKCHECK-ARGS]
+       bench/netem/run.sh --cleanup
+
+Runs an MPI command with one rank per Linux network namespace, the ranks connected by veth
+links shaped with tc, so that the network and not the CPU is the bottleneck. mpirun runs in
+a hub namespace (OpenMPI, TCP transport only); each rank is started through `ip netns exec`.
+Everything created is torn down on exit, on failure and on Ctrl-C. Needs root (or
+CAP_NET_ADMIN + CAP_SYS_ADMIN), ip, tc and mpirun (and mpicc for --selftest).
+
+Topologies:
+  star   PCIe-switch-like. Every rank has ONE full-duplex link of RATE to a bridge in the hub
+         namespace (shaped on both ends of its veth), through which all its traffic passes:
+         two sends from one rank share the rate.
+             r0 ==\                 (== : shaped veth, RATE each way)
+             r1 ===[ bridge (hub) ]
+             r2 ==/
+  mesh   NVLink-bridge-like, fully connected. One shaped veth link of RATE per pair of ranks
+         (a /30 each; N(N-1)/2 links), plus an unshaped control network (the hub's bridge)
+         used only for process start-up. MPI data only on the mesh links:
+             r0 ===== r1        and every rank also has an unshaped
+               \\    //          control veth to the hub bridge
+                 r2
+
+Options:
+  --ranks N          number of MPI ranks, 2..64 (required)
+  --rate RATE        link rate per direction, tc syntax: e.g. 100mbit, 1gbit, 2.5gbit,
+                     500kbit, or bytes per second as 125mbps (required)
+  --topology T       star (default) or mesh
+  --delay D          extra one-way delay per direction on every shaped link (e.g. 1ms, 200us;
+                     default 0ms). Needs the sch_netem qdisc in the kernel (refused with exit 2 if
+                     missing; this machine's kernel has no netem).
+  --burst B          token-bucket burst (tc size: 1mb, 512kb, 64k ...). Default: 1mb, or 1 ms
+                     worth of RATE if that is larger. ~1 MB is needed for full duplex at 1gbit.
+  --limit L          queue limit of each shaped interface, tc size (default: 4mb, or 4x burst
+                     if larger)
+  --shaper S         tbf (default) or htb
+  --mpirun-arg ARG   extra argument for mpirun (repeatable), e.g. --mpirun-arg -x --mpirun-arg FOO=1
+  --selftest         build bench/netem/linkcheck.c with mpicc (into a temp dir) and run it:
+                     one-way, both-ways and one-to-two bandwidth; output is key=value lines
+  --dry-run          print the commands that would run, run nothing (no privileges needed)
+  --cleanup          remove namespaces (and temp dirs) left by earlier runs of this script that
+                     were killed (SIGKILL) before they could clean up; runs whose process is still
+                     alive are left alone. On its own: clean up and exit.
+  -v, --verbose      print every setup command (to stderr) as it runs
+  -q, --quiet        no summary line on stderr
+  -h, --help         this help
+
+Exit status: that of COMMAND (as mpirun reports it); 2 for usage errors and missing tools,
+privileges or kernel features; 3 if building the emulated network failed; 130/143 on
+SIGINT/SIGTERM (after teardown).
+
+Examples:
+  bench/netem/run.sh --ranks 4 --rate 1gbit --topology star -- ./build/bench/allreduce_bench --json out.json
+  bench/netem/run.sh --selftest --ranks 3 --rate 1gbit --topology mesh
+  bench/netem/run.sh --dry-run --ranks 8 --rate 1gbit --topology mesh -- ./a.out
+EOF
+}
+
+die_usage() {
+    echo "$PROG: error: $*" >&2
+    echo "$PROG: try '$PROG --help'" >&2
+    exit $EX_USAGE
+}
+die_prereq() {
+    echo "$PROG: error: $*" >&2
+    exit $EX_USAGE
+}
+die_setup() {
+    echo "$PROG: error: $*" >&2
+    exit $EX_SETUP
+}
+info() { ((QUIET)) || echo "$PROG: $*" >&2; }
+
+# ---------------------------------------------------------------- arguments
+RANKS=""
+RATE=""
+TOPO=star
+DELAY=0ms
+BURST=""
+LIMIT=""
+SHAPER=tbf
+PEAK=""
+DRY=0
+CLEANUP=0
+SELFTEST=0
+VERBOSE=0
+QUIET=0
+MPIRUN_EXTRA=()
+CMD=()
+
+need_val() { [[ $# -ge 2 && -n "$2" ]] || die_usage "option $1 needs a value"; }
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+    --ranks) need_val "$@"; RANKS=$2; shift 2 ;;
+    --ranks=*) RANKS=${1#*=}; shift ;;
+    --rate) need_val "$@"; RATE=$2; shift 2 ;;
+    --rate=*) RATE=${1#*=}; shift ;;
+    --topology) need_val "$@"; TOPO=$2; shift 2 ;;
+    --topology=*) TOPO=${1#*=}; shift ;;
+    --delay) need_val "$@"; DELAY=$2; shift 2 ;;
+    --delay=*) DELAY=${1#*=}; shift ;;
+    --burst) need_val "$@"; BURST=$2; shift 2 ;;
+    --burst=*) BURST=${1#*=}; shift ;;
+    --limit) need_val "$@"; LIMIT=$2; shift 2 ;;
+    --limit=*) LIMIT=${1#*=}; shift ;;
+    --shaper) need_val "$@"; SHAPER=$2; shift 2 ;;
+    --peak) need_val "$@"; PEAK=$2; shift 2 ;;
+    --peak=*) PEAK=${1#*=}; shift ;;
+    --shaper=*) SHAPER=${1#*=}; shift ;;
+    --mpirun-arg) [[ $# -ge 2 ]] || die_usage "option $1 needs a value"; MPIRUN_EXTRA+=("$2"); shift 2 ;;
+    --mpirun-arg=*) MPIRUN_EXTRA+=("${1#*=}"); shift ;;
+    --selftest) SELFTEST=1; shift ;;
+    --dry-run) DRY=1; shift ;;
+    --cleanup) CLEANUP=1; shift ;;
+    -v | --verbose) VERBOSE=1; shift ;;
+    -q | --quiet) QUIET=1; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; CMD=("$@"); break ;;
+    -*) die_usage "unknown option '$1'" ;;
+    *) die_usage "unexpected argument '$1' (put the command after --)" ;;
+    esac
+done
+
+# Sizes and rates: convert tc syntax to numbers (bits/s, bytes) for validation and defaults.
+rate_to_bps() { # prints bits per second, or fails
+    local s=${1,,} num unit
+    [[ $s =~ ^([0-9]+(\.[0-9]+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$ ]] || return 1
+    num=${BASH_REMATCH[1]} unit=${BASH_REMATCH[3]}
+    awk -v n="$num" -v u="$unit" 'BEGIN {
+        m["bit"]=1; m["kbit"]=1e3; m["mbit"]=1e6; m["gbit"]=1e9; m["tbit"]=1e12;
+        m["bps"]=8; m["kbps"]=8e3; m["mbps"]=8e6; m["gbps"]=8e9; m["tbps"]=8e12;
+        v = n * m[u]; if (v < 8000) exit 1; printf "%.0f\n", v }'
+}
+size_to_bytes() { # tc size syntax: b, k/kb, m/mb, g/gb (bytes, binary multiples), kbit/mbit/gbit
+    local s=${1,,} num unit
+    [[ $s =~ ^([0-9]+(\.[0-9]+)?)(b|k|kb|m|mb|g|gb|kbit|mbit|gbit)?$ ]] || return 1
+    num=${BASH_REMATCH[1]} unit=${BASH_REMATCH[3]}
+    awk -v n="$num" -v u="$unit" 'BEGIN {
+        m[""]=1; m["b"]=1; m["k"]=1024; m["kb"]=1024; m["m"]=1048576; m["mb"]=1048576;
+        m["g"]=1073741824; m["gb"]=1073741824; m["kbit"]=128; m["mbit"]=131072; m["gbit"]=134217728;
+        v = n * m[u]; if (v < 1) exit 1; printf "%.0f\n", v }'
+}
+time_to_us() {
+    local s=${1,,} num unit
+    [[ $s =~ ^([0-9]+(\.[0-9]+)?)(us|usec|ms|msec|s|sec)$ ]] || return 1
+    num=${BASH_REMATCH[1]} unit=${BASH_REMATCH[3]}
+    awk -v n="$num" -v u="$unit" 'BEGIN {
+        m["us"]=1; m["usec"]=1; m["ms"]=1000; m["msec"]=1000; m["s"]=1e6; m["sec"]=1e6;
+        printf "%.0f\n", n * m[u] }'
+}
+
+validate_args() {
+    [[ -n $RANKS ]] || die_usage "--ranks N is required"
+    [[ $RANKS =~ ^[0-9]+$ ]] || die_usage "--ranks must be an integer, got '$RANKS'"
+    RANKS=$((10#$RANKS))
+    ((RANKS >= 2)) || die_usage "--ranks must be at least 2, got $RANKS"
+    ((RANKS <= MAX_RANKS)) || die_usage "--ranks must be at most $MAX_RANKS, got $RANKS"
+    [[ -n $RATE ]] || die_usage "--rate RATE is required (e.g. 1gbit, 100mbit)"
+    RATE_BPS=$(rate_to_bps "$RATE") ||
+        die_usage "--rate '$RATE' is not a rate like 100mbit, 1gbit, 2.5gbit or 125mbps (at least 8kbit)"
+    case "$TOPO" in star | mesh) ;; *) die_usage "--topology must be star or mesh, got '$TOPO'" ;; esac
+    case "$SHAPER" in tbf | htb) ;; *) die_usage "--shaper must be tbf or htb, got '$SHAPER'" ;; esac
+    DELAY_US=$(time_to_us "$DELAY") || die_usage "--delay '$DELAY' is not a time like 0ms, 1ms, 200us"
+    local rate_Bps=$((RATE_BPS / 8))
+    # burst: default max(1 MiB, 8 ms of RATE)
+    if [[ -n $BURST ]]; then
+        BURST_B=$(size_to_bytes "$BURST") || die_usage "--burst '$BURST' is not a size like 1mb, 512kb, 65536"
+        ((BURST_B >= 131072)) ||
+            die_usage "--burst must be at least 128kb (two 64 KiB GSO packets; less stalls TCP), got '$BURST'"
+    else
+        BURST_B=$((rate_Bps * 8 / 1000))
+        ((BURST_B < 1048576)) && BURST_B=1048576
+    fi
+    # limit: default 2x burst
+    if [[ -n $LIMIT ]]; then
+        LIMIT_B=$(size_to_bytes "$LIMIT") || die_usage "--limit '$LIMIT' is not a size like 4mb, 1mb"
+        ((LIMIT_B >= BURST_B)) || die_usage "--limit must be at least the burst ($BURST_B bytes)"
+    else
+        LIMIT_B=$((2 * BURST_B))
+    fi
+    # peak rate: the burst drains at most at PEAK x RATE; its bucket holds max(128 KiB, 1 ms of RATE)
+    if [[ -z $PEAK ]]; then
+        if [[ $SHAPER == tbf ]]; then PEAK=1.5; else PEAK=0; fi
+    fi
+    [[ $PEAK =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--peak must be a number (a multiple of the rate, or 0 for none), got '$PEAK'"
+    PEAK_BPS=$(awk -v r="$RATE_BPS" -v m="$PEAK" 'BEGIN{printf "%.0f", r*m}')
+    if ((PEAK_BPS > 0)); then
+        awk -v m="$PEAK" 'BEGIN{exit !(m > 1.0)}' || die_usage "--peak must be greater than 1 (or 0 for no peak rate), got '$PEAK'"
+        [[ $SHAPER == tbf ]] || die_usage "--peak needs --shaper tbf (htb has no peak rate); add --peak 0"
+    fi
+    MINBURST_B=$((rate_Bps / 1000))
+    ((MINBURST_B < 131072)) && MINBURST_B=131072
+    ((MINBURST_B > BURST_B)) && MINBURST_B=$BURST_B
+    if ((SELFTEST)); then
+        :
+    elif ((${#CMD[@]} == 0)); then
+        die_usage "no command given (put it after --), or use --selftest or --cleanup"
+    fi
+}
+
+# ---------------------------------------------------------------- command execution
+# Every state-changing command goes through RUN: printed in --dry-run, executed otherwise.
+RUN() {
+    if ((DRY)); then
+        local line
+        line=$(printf '%q ' "$@")
+        echo "${line% }"
+        return 0
+    fi
+    if ((VERBOSE)); then
+        { printf '+ '; printf '%q ' "$@"; echo; } >&2
+    fi
+    local err
+    if ! err=$("$@" 2>&1 >/dev/null); then
+        echo "$PROG: command failed: $(printf '%q ' "$@")" >&2
+        [[ -n $err ]] && echo "$PROG:   $err" >&2
+        return 1
+    fi
+    return 0
+}
+
+# ---------------------------------------------------------------- teardown
+PREFIX="frn$$"
+HUB="$PREFIX-hub"
+CREATED_NS=() # namespaces this run created (or is creating), torn down in reverse order
+TMPD=""
+MPIRUN_PID=""
+TEARING_DOWN=0
+
+kill_ns_procs() { # kill whatever still runs in namespace $1 (only our ranks can be there)
+    local ns=$1 pids i
+    pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+    [[ -z ${pids// /} ]] && return 0
+    kill -TERM $pids 2>/dev/null
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        sleep 0.2
+        pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
+        [[ -z ${pids// /} ]] && return 0
+    done
+    kill -KILL $pids 2>/dev/null
+    sleep 0.1
+}
+
+teardown() {
+    ((TEARING_DOWN)) && return 0
+    TEARING_DOWN=1
+    if [[ -n $MPIRUN_PID ]] && kill -0 "$MPIRUN_PID" 2>/dev/null; then
+        kill -TERM "$MPIRUN_PID" 2>/dev/null
+        local i
+        for i in $(seq 1 25); do
+            kill -0 "$MPIRUN_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -KILL "$MPIRUN_PID" 2>/dev/null
+        wait "$MPIRUN_PID" 2>/dev/null
+    fi
+    local idx ns
+    for ((idx = ${#CREATED_NS[@]} - 1; idx >= 0; idx--)); do
+        ns=${CREATED_NS[idx]}
+        [[ -e /run/netns/$ns ]] || continue
+        kill_ns_procs "$ns"
+        ip netns delete "$ns" 2>/dev/null || echo "$PROG: warning: could not delete namespace $ns" >&2
+    done
+    [[ -n $TMPD && -d $TMPD ]] && rm -rf "$TMPD"
+    return 0
+}
+
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    teardown
+    exit $rc
+}
+on_signal() {
+    local sig=$1 code=$2
+    trap - INT TERM HUP
+    echo "$PROG: caught SIG$sig, tearing down" >&2
+    exit "$code" # runs on_exit
+}
+
+# ---------------------------------------------------------------- stale cleanup (--cleanup)
+cleanup_stale() {
+    local ns pid removed=0 d
+    command -v ip >/dev/null 2>&1 || die_prereq "required tool 'ip' (iproute2) not found in PATH"
+    while read -r ns _; do
+        [[ $ns =~ ^frn([0-9]+)-(hub|r[0-9]+)$ ]] || continue
+        pid=${BASH_REMATCH[1]}
+        if [[ $pid == "$$" ]]; then continue; fi
+        if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' </proc/"$pid"/cmdline | grep -q 'run\.sh'; then
+            info "leaving $ns alone: its run (pid $pid) is still alive"
+            continue
+        fi
+        if ((DRY)); then
+            echo "ip netns delete $ns"
+        else
+            kill_ns_procs "$ns"
+            ip netns delete "$ns" && removed=$((removed + 1))
+        fi
+    done < <(ip netns list 2>/dev/null)
+    for d in /tmp/frn[0-9]*.netem.*; do
+        [[ -d $d ]] || continue
+        [[ $d =~ ^/tmp/frn([0-9]+)\.netem\. ]] || continue
+        pid=${BASH_REMATCH[1]}
+        [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' </proc/"$pid"/cmdline | grep -q 'run\.sh' && continue
+        if ((DRY)); then echo "rm -rf $d"; else rm -rf "$d"; fi
+    done
+    ((DRY)) || info "cleanup: removed $removed stale namespace(s)"
+}
+
+# ---------------------------------------------------------------- prerequisites
+check_prereqs() {
+    local t
+    for t in ip tc mpirun; do
+        command -v "$t" >/dev/null 2>&1 || die_prereq "required tool '$t' not found in PATH"
+    done
+    if ((SELFTEST)); then
+        command -v mpicc >/dev/null 2>&1 || die_prereq "required tool 'mpicc' (for --selftest) not found in PATH"
+    fi
+    if [[ $(id -u) -ne 0 ]]; then
+        # not root: need CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set
+        local capeff
+        capeff=$(awk '/^CapEff:/ {print $2}' /proc/self/status 2>/dev/null)
+        if [[ -z $capeff ]] || (((0x$capeff >> 12 & 1) == 0 || (0x$capeff >> 21 & 1) == 0)); then
+            die_prereq "not root and missing CAP_NET_ADMIN/CAP_SYS_ADMIN: cannot create network namespaces (run as root)"
+        fi
+    fi
+}
+
+# ---------------------------------------------------------------- building the network
+rank_ns() { echo "$PREFIX-r$1"; }
+ctl_addr() { echo "10.77.0.$(($1 + 1))"; }
+# mesh link index for pair i<j, and the address of rank $1 on the link to rank $2
+pair_index() {
+    local i=$1 j=$2
+    if ((i > j)); then local t=$i; i=$j; j=$t; fi
+    echo $((i * RANKS - i * (i + 1) / 2 + (j - i - 1)))
+}
+mesh_addr() { # address of rank $1 on its link to rank $2
+    local k base
+    k=$(pair_index "$1" "$2")
+    base=$((k * 4 + ($1 < $2 ? 1 : 2)))
+    echo "10.78.$((base >> 8)).$((base & 255))"
+}
+
+data_addr() { echo "10.79.0.$(($1 + 1))"; }
+MESH_ADDR=${FRN_MESH_ADDR:-data0}
+
+tc_size() { echo "${1}b"; }
+
+# shape NS DEV: rate-limit the egress of DEV in namespace NS
+shape() {
+    local ns=$1 dev=$2 parent
+    local burst limit
+    burst=$(tc_size "$BURST_B")
+    limit=$(tc_size "$LIMIT_B")
+    if ((DELAY_US > 0)); then
+        # netem for the delay at the root, the shaper below it (see tc-netem(8))
+        local pkts=$((LIMIT_B / 1000 + 1000))
+        RUN tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "${DELAY_US}us" limit "$pkts" || return 1
+        parent="parent 1:1 handle 10:"
+    else
+        parent="root handle 1:"
+    fi
+    if [[ $SHAPER == tbf ]]; then
+        # shellcheck disable=SC2086
+        local peak=()
+        if ((PEAK_BPS > 0)); then
+            peak=(peakrate "${PEAK_BPS}bit" mtu "$(tc_size "$MINBURST_B")")
+        fi
+        RUN tc -n "$ns" qdisc add dev "$dev" $parent tbf rate "$RATE_BPS"bit burst "$burst" limit "$limit" "${peak[@]}" || return 1
+    else
+        local h
+        if ((DELAY_US > 0)); then h=10; else h=1; fi
+        # quantum: keep htb from warning about huge quanta; one class takes everything anyway
+        # shellcheck disable=SC2086
+        RUN tc -n "$ns" qdisc add dev "$dev" $parent htb default 1 r2q 100000 || return 1
+        RUN tc -n "$ns" class add dev "$dev" parent "$h": classid "$h":1 htb rate "$RATE_BPS"bit ceil "$RATE_BPS"bit \
+            burst "$burst" cburst "$burst" quantum 60000 || return 1
+        RUN tc -n "$ns" qdisc add dev "$dev" parent "$h":1 handle "$((h + 1))": bfifo limit "$limit" || return 1
+    fi
+}
+
+ns_add() {
+    local ns=$1 err
+    CREATED_NS+=("$ns")
+    if ((DRY)); then
+        echo "ip netns add $ns"
+        return 0
+    fi
+    ((VERBOSE)) && echo "+ ip netns add $ns" >&2
+    if ! err=$(ip netns add "$ns" 2>&1); then
+        if [[ $ns == "$HUB" ]]; then
+            die_prereq "cannot create network namespaces: 'ip netns add' failed: $err"
+        fi
+        die_setup "ip netns add $ns failed: $err"
+    fi
+}
+
+ns_sysctl() { # disable IPv6 (no DAD/RS noise, MPI stays on IPv4) and reverse-path filtering
+    local ns=$1
+    RUN ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
+        net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 || return 1
+    if [[ -n ${FRN_TSQ:-} ]]; then RUN ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_limit_output_bytes="$FRN_TSQ" || return 1; fi
+    if [[ -n ${FRN_WMEM:-} ]]; then RUN ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_wmem="4096 16384 $FRN_WMEM" || return 1; fi
+}
+
+build_network() {
+    local i j ns
+    # hub with the bridge (the star's switch; the mesh's control network)
+    ns_add "$HUB"
+    ns_sysctl "$HUB" || die_setup "sysctl in $HUB failed"
+    RUN ip -n "$HUB" link set lo up || die_setup "lo up in $HUB failed"
+    RUN ip -n "$HUB" link add br0 type bridge stp_state 0 forward_delay 0 ||
+        die_setup "cannot create a bridge in the hub namespace (CONFIG_BRIDGE?)"
+    RUN ip -n "$HUB" addr add "$CTL_HUB/24" dev br0 || die_setup "address on br0 failed"
+    RUN ip -n "$HUB" link set br0 up || die_setup "br0 up failed"
+
+    for ((i = 0; i < RANKS; i++)); do
+        ns=$(rank_ns "$i")
+        ns_add "$ns"
+        ns_sysctl "$ns" || die_setup "sysctl in $ns failed"
+        RUN ip -n "$ns" link set lo up || die_setup "lo up in $ns failed"
+        # veth created inside the hub, its peer end moved straight into the rank namespace
+        local rdev=eth0
+        [[ $TOPO == mesh ]] && rdev=ctl
+        RUN ip -n "$HUB" link add "r$i" type veth peer name "$rdev" netns "$ns" ||
+            die_setup "cannot create veth pair hub:r$i <-> $ns:$rdev (CONFIG_VETH?)"
+        RUN ip -n "$HUB" link set "r$i" master br0 up || die_setup "r$i into bridge failed"
+        RUN ip -n "$ns" addr add "$(ctl_addr "$i")/24" dev "$rdev" || die_setup "address on $ns:$rdev failed"
+        RUN ip -n "$ns" link set "$rdev" up || die_setup "$ns:$rdev up failed"
+        if [[ $TOPO == star ]]; then
+            # both ends: rank uplink (rank -> hub) and downlink (hub -> rank)
+            shape "$ns" "$rdev" || die_setup "tc $SHAPER shaping on $ns:$rdev failed (CONFIG_NET_SCH_${SHAPER^^}?)"
+            shape "$HUB" "r$i" || die_setup "tc $SHAPER shaping on $HUB:r$i failed"
+        fi
+    done
+
+    if [[ $TOPO == mesh ]]; then
+        local ni nj ai aj
+        for ((i = 0; i < RANKS; i++)); do
+            for ((j = i + 1; j < RANKS; j++)); do
+                ni=$(rank_ns "$i") nj=$(rank_ns "$j")
+                ai=$(mesh_addr "$i" "$j") aj=$(mesh_addr "$j" "$i")
+                # on rank i the link to j is p<j>, on rank j the link to i is p<i>
+                RUN ip -n "$ni" link add "p$j" type veth peer name "p$i" netns "$nj" ||
+                    die_setup "cannot create veth pair $ni:p$j <-> $nj:p$i"
+                RUN ip -n "$ni" addr add "$ai/30" dev "p$j" || die_setup "address on $ni:p$j failed"
+                RUN ip -n "$nj" addr add "$aj/30" dev "p$i" || die_setup "address on $nj:p$i failed"
+                RUN ip -n "$ni" link set "p$j" up || die_setup "$ni:p$j up failed"
+                RUN ip -n "$nj" link set "p$i" up || die_setup "$nj:p$i up failed"
+                shape "$ni" "p$j" || die_setup "tc $SHAPER shaping on $ni:p$j failed (CONFIG_NET_SCH_${SHAPER^^}?)"
+                shape "$nj" "p$i" || die_setup "tc $SHAPER shaping on $nj:p$i failed"
+            done
+        done
+        if [[ $MESH_ADDR != link ]]; then
+            # one data address per rank (on $MESH_ADDR), reached by /32 routes over the direct links
+            for ((i = 0; i < RANKS; i++)); do
+                ni=$(rank_ns "$i")
+                if [[ $MESH_ADDR == data0 ]]; then
+                    RUN ip -n "$ni" link add data0 type veth peer name data0p || die_setup "data0 in $ni failed"
+                    RUN ip -n "$ni" link set data0p up || die_setup "data0p up failed"
+                    RUN ip -n "$ni" link set data0 up || die_setup "data0 up failed"
+                fi
+                RUN ip -n "$ni" addr add "$(data_addr "$i")/32" dev "$MESH_ADDR" || die_setup "data address in $ni failed"
+                for ((j = 0; j < RANKS; j++)); do
+                    ((j == i)) && continue
+                    RUN ip -n "$ni" route add "$(data_addr "$j")/32" via "$(mesh_addr "$j" "$i")" dev "p$j" ||
+                        die_setup "route in $ni failed"
+                done
+            done
+        fi
+        # host routes: every address of peer j (on its links to third ranks k) through the
+        # direct link to j, so that whichever address OpenMPI picks, the bytes take link i-j.
+        local k batch
+        for ((i = 0; i < RANKS; i++)); do
+            ni=$(rank_ns "$i")
+            batch=""
+            for ((j = 0; j < RANKS; j++)); do
+                ((j == i)) && continue
+                aj=$(mesh_addr "$j" "$i")
+                for ((k = 0; k < RANKS; k++)); do
+                    ((k == i || k == j)) && continue
+                    batch+="route add $(mesh_addr "$j" "$k")/32 via $aj dev p$j"$'\n'
+                done
+            done
+            [[ -z $batch ]] && continue
+            if ((DRY)); then
+                printf '%s' "$batch" | sed "s|^|ip -n $ni |"
+            else
+                ((VERBOSE)) && printf '%s' "$batch" | sed "s|^|+ ip -n $ni |" >&2
+                local err
+                err=$(printf '%s' "$batch" | ip -n "$ni" -batch - 2>&1) ||
+                    die_setup "host routes in $ni failed: $err"
+            fi
+        done
+    fi
+}
+
+# ---------------------------------------------------------------- main
+if ((CLEANUP)); then
+    if [[ -z $RANKS && -z $RATE && $SELFTEST -eq 0 && ${#CMD[@]} -eq 0 ]]; then
+        cleanup_stale
+        exit 0
+    fi
+fi
+
+validate_args
+
+if ((!DRY)); then
+    check_prereqs
+fi
+
+trap on_exit EXIT
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+
+((CLEANUP)) && cleanup_stale
+
+if [[ $TOPO == star ]]; then DATA_NET=$CTL_NET; else DATA_NET=$MESH_NET; fi
+if [[ $TOPO == mesh && $MESH_ADDR != link ]]; then DATA_NET=10.79.0.0/24; fi
+
+if ((SELFTEST)); then
+    if ((DRY)); then
+        TMPD="/tmp/$PREFIX.netem.XXXXXX"
+        echo "mpicc -O2 -o $TMPD/linkcheck $LINKCHECK_SRC"
+    else
+        TMPD=$(mktemp -d "/tmp/$PREFIX.netem.XXXXXX") || die_setup "mktemp failed"
+        err=$(mpicc -O2 -o "$TMPD/linkcheck" "$LINKCHECK_SRC" 2>&1) ||
+            die_setup "building linkcheck failed: $err"
+    fi
+    CMD=("$TMPD/linkcheck" "${CMD[@]}")
+fi
+
+# delay needs netem: probe once, on a dummy device inside a throwaway namespace of our own
+if ((DELAY_US > 0 && !DRY)); then
+    ns_add "$PREFIX-probe"
+    ip -n "$PREFIX-probe" link add d0 type dummy 2>/dev/null
+    if ! tc -n "$PREFIX-probe" qdisc add dev d0 root netem delay 1ms 2>/dev/null; then
+        die_prereq "--delay needs the netem qdisc (sch_netem), which this kernel does not have; use --delay 0ms"
+    fi
+    ip netns delete "$PREFIX-probe"
+fi
+
+desc="$SHAPER burst ${BURST_B}B limit ${LIMIT_B}B"
+((PEAK_BPS > 0)) && desc+=" peakrate ${PEAK}x (bucket ${MINBURST_B}B)"
+((DELAY_US > 0)) && desc+=", delay ${DELAY_US}us"
+info "$TOPO, $RANKS ranks, $RATE ($RATE_BPS bit/s) per link and direction, $desc; namespaces $PREFIX-*"
+t_setup=$(date +%s.%N)
+build_network
+((DRY)) || info "network ready in $(awk -v a="$t_setup" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
+
+MPIRUN=(mpirun -np "$RANKS" --oversubscribe --allow-run-as-root --bind-to none
+    --mca pml ob1 --mca btl tcp,self --mca osc '^ucx,sm' --mca coll '^sm'
+    --mca btl_tcp_flags send,inplace,need-ack,need-csum --mca mpi_yield_when_idle 1
+    --mca btl_tcp_if_include "$DATA_NET" --mca oob_tcp_if_include "$CTL_NET"
+    -x PMIX_MCA_ptl_tcp_remote_connections=1 -x "PMIX_MCA_ptl_tcp_if_include=$CTL_NET"
+    -x "FRN_NETEM_PREFIX=$PREFIX"
+    "${MPIRUN_EXTRA[@]}" "$RANK_EXEC" "${CMD[@]}")
+# the PMIx server (mpirun) itself needs the same settings in its environment
+LAUNCH=(ip netns exec "$HUB" env PMIX_MCA_ptl_tcp_remote_connections=1 "PMIX_MCA_ptl_tcp_if_include=$CTL_NET"
+    "FRN_NETEM_PREFIX=$PREFIX" "${MPIRUN[@]}")
+
+if ((DRY)); then
+    line=$(printf '%q ' "${LAUNCH[@]}")
+    echo "${line% }"
+    echo "# teardown:"
+    for ((idx = ${#CREATED_NS[@]} - 1; idx >= 0; idx--)); do echo "ip netns delete ${CREATED_NS[idx]}"; done
+    CREATED_NS=()
+    TMPD=""
+    trap - EXIT
+    exit 0
+fi
+
+((VERBOSE)) && { printf '+ '; printf '%q ' "${LAUNCH[@]}"; echo; } >&2
+# In the background so that our INT/TERM traps run at once (bash defers traps while it waits
+# for a foreground child); stdin is passed on explicitly (a background job would get /dev/null).
+"${LAUNCH[@]}" <&0 &
+MPIRUN_PID=$!
+wait "$MPIRUN_PID"
+rc=$?
+MPIRUN_PID=""
+exit $rc
