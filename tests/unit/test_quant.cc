@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -16,6 +17,7 @@
 
 #include "flashring/error.h"
 #include "flashring/quant.h"
+#include "quant/cpu/codec_internal.h"  // resetIsaSelectionForTesting
 
 namespace flashring::quant {
 namespace {
@@ -880,6 +882,46 @@ TEST(QuantDispatch, SelectionAndOverride) {
       EXPECT_THROW(quantize(isa, x.data(), x.size(), c, buf.data()), InvalidArgument) << "unsupported ISA must not run";
     }
   }
+  setActiveIsa(before);
+}
+
+TEST(QuantDispatch, EnvironmentVariableSelectsIsa) {
+  const Isa before = activeIsa();
+  const char* old = std::getenv("FLASHRING_ISA");
+  const std::string saved = old ? old : "";
+  auto withEnv = [](const char* value) {
+    if (value) {
+      setenv("FLASHRING_ISA", value, 1);
+    } else {
+      unsetenv("FLASHRING_ISA");
+    }
+    detail::resetIsaSelectionForTesting();
+  };
+  withEnv("scalar");
+  EXPECT_EQ(activeIsa(), Isa::Scalar);
+  withEnv(nullptr);
+  EXPECT_EQ(activeIsa(), bestIsa());
+  withEnv("");
+  EXPECT_EQ(activeIsa(), bestIsa());
+  for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+    withEnv(isaName(isa));
+    if (isaSupported(isa)) {
+      EXPECT_EQ(activeIsa(), isa);
+    } else {
+      EXPECT_THROW(activeIsa(), InvalidArgument) << "FLASHRING_ISA=" << isaName(isa) << " on a CPU without it";
+    }
+  }
+  withEnv("sse9");
+  try {
+    activeIsa();
+    ADD_FAILURE() << "FLASHRING_ISA=sse9 accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("FLASHRING_ISA"), std::string::npos) << e.what();
+  }
+  // setActiveIsa overrides the environment.
+  setActiveIsa(Isa::Scalar);
+  EXPECT_EQ(activeIsa(), Isa::Scalar);
+  withEnv(old ? saved.c_str() : nullptr);
   setActiveIsa(before);
 }
 

@@ -1,6 +1,9 @@
 // AVX-512 (F, BW, VL, DQ) codecs; compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma
 // and entered only when CPUID reports all of them. Same structure and per-lane arithmetic as the AVX2 file
 // (see there); 16 lanes, clamping in int32 and narrowing with vpmovdb / vpmovwb instead of saturating packs.
+// Not executed on the development machine (no AVX-512 there); QuantSimd.Avx512MatchesScalarBitForBit runs it
+// against the scalar reference wherever the CPU has it.
+
 // GCC 12's AVX-512 headers self-initialise their "undefined" vectors (`__m512i __Y = __Y;`), which
 // -Wmaybe-uninitialized reports at every use (GCC PR 105593). The warning is silenced for the header only.
 #pragma GCC diagnostic push

@@ -38,6 +38,10 @@ extern const Kernels kScalarKernels;  // codec_scalar.cc
 extern const Kernels kAvx2Kernels;    // codec_avx2.cc
 extern const Kernels kAvx512Kernels;  // codec_avx512.cc
 
+// Forgets setActiveIsa() and the FLASHRING_ISA reading, so that the next activeIsa() reads the environment
+// again. Tests only (dispatch.cc).
+void resetIsaSelectionForTesting();
+
 namespace {
 
 // ---------------------------------------------------------------------------------------------------------

@@ -13,15 +13,22 @@
 namespace flashring::quant {
 namespace {
 
+// CPUID (and the OS's saving of the wide registers, which libgcc checks through XGETBV) once per process.
 bool cpuHasAvx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return has;
 }
 
 bool cpuHasAvx512() {
-  __builtin_cpu_init();
-  return cpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return cpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }();
+  return has;
 }
 
 constexpr int kUnset = -1;
@@ -80,6 +87,10 @@ void checkBf16Args(const void* src, const char* src_name, const void* dst, const
 }
 
 }  // namespace
+
+namespace detail {
+void resetIsaSelectionForTesting() { g_active.store(kUnset, std::memory_order_release); }
+}  // namespace detail
 
 const char* isaName(Isa isa) {
   switch (isa) {
