@@ -110,8 +110,7 @@ std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, co
   if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes " << a.size() << " vs " << b.size();
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i] != b[i]) {
-      return ::testing::AssertionFailure() << "byte " << i << ": 0x" << std::hex << int(a[i]) << " vs 0x"
-                                           << int(b[i]);
+      return ::testing::AssertionFailure() << "byte " << i << ": 0x" << std::hex << int(a[i]) << " vs 0x" << int(b[i]);
     }
   }
   return ::testing::AssertionSuccess();
@@ -141,7 +140,8 @@ std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, co
       continue;
     }
     if (std::isinf(xi)) {
-      if (bitsOf(xi) != bitsOf(yi)) return ::testing::AssertionFailure() << "element " << i << ": " << xi << " -> " << yi;
+      if (bitsOf(xi) != bitsOf(yi))
+        return ::testing::AssertionFailure() << "element " << i << ": " << xi << " -> " << yi;
       if ((m.scale & 0x8000u) == 0) return ::testing::AssertionFailure() << "Inf in a group without the flag";
       continue;
     }
@@ -153,9 +153,9 @@ std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, co
     const double err = std::fabs(static_cast<double>(yi) - static_cast<double>(xi));
     const double tol = s * ((wide_ok ? 1.0 : 0.5) + 1e-4) + 1.2e-7 * std::fabs(static_cast<double>(xi));
     if (!(err <= tol)) {
-      return ::testing::AssertionFailure() << "element " << i << " (group " << i / c.group_size << "): x=" << xi
-                                           << " y=" << yi << " err=" << err << " > tol=" << tol << " (s=" << s
-                                           << ", z=" << z << ")";
+      return ::testing::AssertionFailure()
+             << "element " << i << " (group " << i / c.group_size << "): x=" << xi << " y=" << yi << " err=" << err
+             << " > tol=" << tol << " (s=" << s << ", z=" << z << ")";
     }
   }
   return ::testing::AssertionSuccess();
@@ -200,17 +200,24 @@ std::vector<float> decode(Isa isa, const std::vector<uint8_t>& buf, size_t n, co
 enum class Dist { Normal, Large, Offset, Tiny, Denormal, MixedScale, Sparse };
 const char* distName(Dist d) {
   switch (d) {
-    case Dist::Normal: return "normal";
-    case Dist::Large: return "large1e4";
-    case Dist::Offset: return "offset1000";
-    case Dist::Tiny: return "tiny1e-30";
-    case Dist::Denormal: return "denormal";
-    case Dist::MixedScale: return "mixedscale";
-    case Dist::Sparse: return "sparse";
+    case Dist::Normal:
+      return "normal";
+    case Dist::Large:
+      return "large1e4";
+    case Dist::Offset:
+      return "offset1000";
+    case Dist::Tiny:
+      return "tiny1e-30";
+    case Dist::Denormal:
+      return "denormal";
+    case Dist::MixedScale:
+      return "mixedscale";
+    case Dist::Sparse:
+      return "sparse";
   }
   return "?";
 }
-const Dist kDists[] = {Dist::Normal, Dist::Large,      Dist::Offset, Dist::Tiny,
+const Dist kDists[] = {Dist::Normal,   Dist::Large,      Dist::Offset, Dist::Tiny,
                        Dist::Denormal, Dist::MixedScale, Dist::Sparse};
 
 std::vector<float> makeData(Dist d, size_t n, uint32_t seed) {
@@ -221,16 +228,28 @@ std::vector<float> makeData(Dist d, size_t n, uint32_t seed) {
   float scale = 1.0f;
   for (size_t i = 0; i < n; ++i) {
     switch (d) {
-      case Dist::Normal: x[i] = normal(rng); break;
-      case Dist::Large: x[i] = 1e4f * uni(rng); break;
-      case Dist::Offset: x[i] = 1000.0f + 0.01f * normal(rng); break;
-      case Dist::Tiny: x[i] = 1e-30f * normal(rng); break;
-      case Dist::Denormal: x[i] = 1e-39f * uni(rng); break;
+      case Dist::Normal:
+        x[i] = normal(rng);
+        break;
+      case Dist::Large:
+        x[i] = 1e4f * uni(rng);
+        break;
+      case Dist::Offset:
+        x[i] = 1000.0f + 0.01f * normal(rng);
+        break;
+      case Dist::Tiny:
+        x[i] = 1e-30f * normal(rng);
+        break;
+      case Dist::Denormal:
+        x[i] = 1e-39f * uni(rng);
+        break;
       case Dist::MixedScale:
         if (i % 32 == 0) scale = std::pow(10.0f, 40.0f * (uni(rng) + 1.0f) / 2.0f - 20.0f);
         x[i] = scale * normal(rng);
         break;
-      case Dist::Sparse: x[i] = (rng() % 16 == 0) ? normal(rng) : 0.0f; break;
+      case Dist::Sparse:
+        x[i] = (rng() % 16 == 0) ? normal(rng) : 0.0f;
+        break;
     }
   }
   return x;
@@ -287,10 +306,10 @@ TEST(QuantLayout, Int8GroupByHand) {
     EXPECT_EQ(metaAt(buf, 0).scale, 0x3DF9u) << isaName(isa);
     EXPECT_EQ(metaAt(buf, 0).zero, 0x0000u) << isaName(isa);
     EXPECT_EQ(codeOf(buf, 32, c, 0), 0u);
-    EXPECT_EQ(codeOf(buf, 32, c, 1), 8u);    // 8.22
-    EXPECT_EQ(codeOf(buf, 32, c, 2), 16u);   // 16.45
-    EXPECT_EQ(codeOf(buf, 32, c, 3), 25u);   // 24.67
-    EXPECT_EQ(codeOf(buf, 32, c, 31), 255u); // 254.97
+    EXPECT_EQ(codeOf(buf, 32, c, 1), 8u);     // 8.22
+    EXPECT_EQ(codeOf(buf, 32, c, 2), 16u);    // 16.45
+    EXPECT_EQ(codeOf(buf, 32, c, 3), 25u);    // 24.67
+    EXPECT_EQ(codeOf(buf, 32, c, 31), 255u);  // 254.97
   }
 }
 
@@ -363,11 +382,11 @@ TEST(QuantLayout, RoundHalfEvenCodes) {
   const Config c{8, 256, false};
   std::vector<float> x(256);
   for (int i = 0; i < 256; ++i) x[i] = static_cast<float>(i);
-  x[10] = 2.5f;   // -> 2
-  x[11] = 3.5f;   // -> 4
-  x[12] = 0.5f;   // -> 0
-  x[13] = 254.5f; // -> 254
-  x[14] = 253.5f; // -> 254
+  x[10] = 2.5f;    // -> 2
+  x[11] = 3.5f;    // -> 4
+  x[12] = 0.5f;    // -> 0
+  x[13] = 254.5f;  // -> 254
+  x[14] = 253.5f;  // -> 254
   for (Isa isa : supportedIsas()) {
     const auto buf = encode(isa, x, c);
     EXPECT_EQ(metaAt(buf, 0).scale, 0x3F80u);
@@ -467,8 +486,8 @@ TEST(QuantRoundTrip, LargeRunInt8AndInt4) {
 }
 
 TEST(QuantRoundTrip, ConstantGroupsAreBitExact) {
-  const float values[] = {0.1f,    -3.7e5f,  0.0f,     -0.0f, 1e-40f, -1e-45f, FLT_MIN, FLT_MAX,
-                          -FLT_MAX, 1.0f,    -1.0f,    3.14159265f, 65504.0f, 1e30f, -7.77e-20f};
+  const float values[] = {0.1f,     -3.7e5f, 0.0f,  -0.0f,       1e-40f,   -1e-45f, FLT_MIN,   FLT_MAX,
+                          -FLT_MAX, 1.0f,    -1.0f, 3.14159265f, 65504.0f, 1e30f,   -7.77e-20f};
   for (const Config& c : allConfigs()) {
     if (c.group_size > 256) continue;
     for (size_t n : {size_t{1}, size_t{2}, size_t{31}, static_cast<size_t>(c.group_size),
@@ -650,7 +669,8 @@ void expectMatchesScalar(Isa isa) {
       const auto ref = encode(Isa::Scalar, x, c, 0xAB);
       const auto got = encode(isa, x, c, 0x5C);  // a different fill: unwritten bytes would differ
       ASSERT_TRUE(sameBytes(got, ref)) << "quantize " << label(c, n, isa);
-      ASSERT_TRUE(sameBits(decode(isa, ref, n, c), decode(Isa::Scalar, ref, n, c))) << "dequantize " << label(c, n, isa);
+      ASSERT_TRUE(sameBits(decode(isa, ref, n, c), decode(Isa::Scalar, ref, n, c)))
+          << "dequantize " << label(c, n, isa);
       const auto acc0 = makeData(Dist::Normal, n, seed++);
       auto a = acc0, b = acc0;
       dequantizeAccumulate(isa, ref.data(), n, c, a.data());
@@ -684,7 +704,7 @@ TEST(QuantSimd, DecodesArbitraryBytesLikeScalar) {
       for (auto& b : buf) b = static_cast<uint8_t>(rng());
       // Keep scales finite-or-not at random, but make some groups flagged and some constant.
       buf[0] = 0;
-      buf[1] = 0;   // group 0 constant
+      buf[1] = 0;      // group 0 constant
       buf[5] |= 0x80;  // group 1 flagged
       // Random scales can be NaN/Inf; NaN payloads may legitimately differ, so NaN matches any NaN here.
       const auto a = decode(isa, buf, n, c), b = decode(Isa::Scalar, buf, n, c);
@@ -746,8 +766,8 @@ TEST(QuantBf16, RoundToNearestEvenByHand) {
 
 TEST(QuantBf16, SimdMatchesScalarOnRandomBits) {
   std::mt19937 rng(123);
-  for (size_t n : {size_t{1}, size_t{7}, size_t{8}, size_t{15}, size_t{16}, size_t{17}, size_t{33}, size_t{1000},
-                   size_t{65537}}) {
+  for (size_t n :
+       {size_t{1}, size_t{7}, size_t{8}, size_t{15}, size_t{16}, size_t{17}, size_t{33}, size_t{1000}, size_t{65537}}) {
     std::vector<float> x(n);
     for (auto& v : x) v = fromBits(static_cast<uint32_t>(rng()));  // every class: NaN, Inf, denormal, ties
     for (size_t i = 0; i < n; i += 5) x[i] = fromBits((static_cast<uint32_t>(rng()) & 0xFFFF0000u) | 0x8000u);

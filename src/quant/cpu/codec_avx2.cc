@@ -109,9 +109,9 @@ struct FastCoder {
   // 32 codes, one per byte, in order.
   __m256i codes32(const float* x) const {
     const __m256i a = codes8(x), b = codes8(x + 8), c = codes8(x + 16), d = codes8(x + 24);
-    const __m256i ab = _mm256_packus_epi32(a, b);   // a0-3 b0-3 | a4-7 b4-7
-    const __m256i cd = _mm256_packus_epi32(c, d);   // c0-3 d0-3 | c4-7 d4-7
-    __m256i q = _mm256_packus_epi16(ab, cd);        // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
+    const __m256i ab = _mm256_packus_epi32(a, b);  // a0-3 b0-3 | a4-7 b4-7
+    const __m256i cd = _mm256_packus_epi32(c, d);  // c0-3 d0-3 | c4-7 d4-7
+    __m256i q = _mm256_packus_epi16(ab, cd);       // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
     q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     if constexpr (Sym) q = _mm256_max_epu8(q, _mm256_set1_epi8(1));
     if constexpr (Bits == 4) q = _mm256_min_epu8(q, _mm256_set1_epi8(15));
@@ -209,12 +209,12 @@ inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, 
     for (size_t i = 0; i < g; i += 32) {
       const uint8_t* c = codes + i;
       emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))), s, z);
-      emit8<Accumulate>(out + i + 8,
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8))), s, z);
-      emit8<Accumulate>(out + i + 16,
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 16))), s, z);
-      emit8<Accumulate>(out + i + 24,
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 24))), s, z);
+      emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8))), s,
+                        z);
+      emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 16))),
+                        s, z);
+      emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 24))),
+                        s, z);
     }
     return;
   }
@@ -264,8 +264,8 @@ void dequantizeAccumulateAvx2(const uint8_t* in, size_t n, const Config& cfg, fl
 inline __m256i bf16Rne8(__m256i u) {
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
-  const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
-                                            _mm256_set1_epi32(0x7F800000));
+  const __m256i is_nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)), _mm256_set1_epi32(0x7F800000));
   const __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
   return _mm256_srli_epi32(_mm256_blendv_epi8(rounded, quiet, is_nan), 16);
 }
@@ -308,7 +308,7 @@ void fromBf16AccumulateAvx2(const uint16_t* in, size_t n, float* acc) {
 
 }  // namespace
 
-const Kernels kAvx2Kernels = {quantizeAvx2,   dequantizeAvx2,   dequantizeAccumulateAvx2,
-                              toBf16Avx2,     fromBf16Avx2,     fromBf16AccumulateAvx2};
+const Kernels kAvx2Kernels = {quantizeAvx2, dequantizeAvx2, dequantizeAccumulateAvx2,
+                              toBf16Avx2,   fromBf16Avx2,   fromBf16AccumulateAvx2};
 
 }  // namespace flashring::quant::detail

@@ -88,7 +88,7 @@ inline uint16_t bf16UpAtLeastMin(double d) {
   if (!(d > 0x1p-126)) return kMinScaleBits;
   uint64_t u;
   std::memcpy(&u, &d, sizeof u);
-  u = (u + ((uint64_t{1} << 45) - 1)) >> 45;                  // (double exponent << 7) | 7 fraction bits
+  u = (u + ((uint64_t{1} << 45) - 1)) >> 45;                      // (double exponent << 7) | 7 fraction bits
   return static_cast<uint16_t>(u - (uint64_t{1023 - 127} << 7));  // rebias the exponent to fp32's
 }
 
@@ -110,7 +110,8 @@ inline float bf16Reciprocal(uint16_t sb) {
   const uint32_t e = (sb >> 7) & 0xFFu;  // biased exponent
   const uint32_t m = sb & 0x7Fu;
   // Subnormal s, or 1/s subnormal (s >= 2^126): never produced by the metadata rules, divide anyway.
-  if (e == 0 || e >= 253) [[unlikely]] return 1.0f / bf16Value(sb);
+  if (e == 0 || e >= 253) [[unlikely]]
+    return 1.0f / bf16Value(sb);
   return bitsFloat(kRecip.bits[m] + ((127u - e) << 23));  // unsigned wrap-around adds a negative exponent
 }
 
@@ -119,9 +120,7 @@ inline float bf16Reciprocal(uint16_t sb) {
 
 inline size_t numGroups(size_t n, size_t g) { return (n + g - 1) / g; }
 inline size_t fullGroupCodeBytes(size_t g, int bits) { return g * static_cast<size_t>(bits) / 8; }
-inline size_t tailCodeBytes(size_t r, int bits) {
-  return std::max<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8);
-}
+inline size_t tailCodeBytes(size_t r, int bits) { return std::max<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8); }
 inline size_t encodedSize(size_t n, const Config& cfg) {
   if (n == 0) return 0;
   const size_t g = static_cast<size_t>(cfg.group_size);
@@ -152,8 +151,8 @@ struct GroupParams {
   bool symmetric = false;  // Fast symmetric: q = clamp(rne(x * inv) + L/2, 1, L-1)
   bool wide = false;       // General: q from the double formula
   float s = 0.0f, z = 0.0f, inv = 0.0f;
-  int qmax = 0;            // largest code a finite value may take
-  uint32_t const_bits = 0; // Constant: the value
+  int qmax = 0;             // largest code a finite value may take
+  uint32_t const_bits = 0;  // Constant: the value
 };
 
 inline constexpr uint16_t kScaleFlag = 0x8000u;
@@ -170,7 +169,8 @@ inline GroupParams constantParams(uint32_t bits) {
 // Metadata of a non-constant group from its statistics: mn/mx over the finite values (mn > mx when there
 // are none), has_nonfinite when a NaN or Inf is present. Every kernel calls this with identical inputs
 // (min/max are order independent up to the sign of zero, which is normalised here).
-[[gnu::always_inline]] inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int bits, bool symmetric) {
+[[gnu::always_inline]] inline GroupParams paramsFromStats(float mn, float mx, bool has_nonfinite, int bits,
+                                                          bool symmetric) {
   const int L = 1 << bits;
   if (!(mn <= mx)) mn = mx = 0.0f;  // no finite value at all
   if (mn == 0.0f) mn = 0.0f;        // -0.0 -> +0.0

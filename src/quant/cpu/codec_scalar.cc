@@ -12,8 +12,8 @@ void validate(const Config& cfg) {
     throw InvalidArgument("quant::Config: bits must be 4 or 8, got " + std::to_string(cfg.bits));
   }
   if (cfg.group_size < kMinGroup || cfg.group_size > kMaxGroup || cfg.group_size % 32 != 0) {
-    throw InvalidArgument("quant::Config: group_size must be a multiple of 32 in [" + std::to_string(kMinGroup) +
-                          ", " + std::to_string(kMaxGroup) + "], got " + std::to_string(cfg.group_size));
+    throw InvalidArgument("quant::Config: group_size must be a multiple of 32 in [" + std::to_string(kMinGroup) + ", " +
+                          std::to_string(kMaxGroup) + "], got " + std::to_string(cfg.group_size));
   }
 }
 

@@ -160,9 +160,7 @@ void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, 
 }
 
 void quantize(const float* x, size_t n, const Config& cfg, void* out) { quantize(activeIsa(), x, n, cfg, out); }
-void dequantize(const void* in, size_t n, const Config& cfg, float* out) {
-  dequantize(activeIsa(), in, n, cfg, out);
-}
+void dequantize(const void* in, size_t n, const Config& cfg, float* out) { dequantize(activeIsa(), in, n, cfg, out); }
 void dequantizeAccumulate(const void* in, size_t n, const Config& cfg, float* acc) {
   dequantizeAccumulate(activeIsa(), in, n, cfg, acc);
 }
