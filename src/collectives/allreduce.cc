@@ -36,6 +36,10 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
   st.algorithm = algo;
   const Payload payload = options.algorithm == AllreduceAlgorithm::Auto ? Payload::F32 : options.payload;
   if (comm.size() == 1) return;  // the sum over one rank is the buffer itself, bit for bit
+  // An empty buffer still takes part (a peer with a non-empty one must get an error, not a hang); give
+  // it a non-null address so the algorithms' zero-length copies stay defined.
+  float empty_slot = 0;
+  if (data.empty()) data = std::span<float>(&empty_slot, 0);
 
   const uint64_t sent0 = comm.bytesSent();
   detail::abortOnError(comm, "all-reduce", [&] {

@@ -49,9 +49,10 @@ void abortOnError(Communicator& comm, const char* what, F&& body) {
 }
 
 // Per-thread scratch that grows and is reused across calls (no page faults on the hot path).
+// Never null, even for n = 0, so that memset/memcpy of zero bytes stay defined.
 template <typename T>
 T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
+  if (v.size() < std::max<size_t>(n, 1)) v.resize(std::max<size_t>(n, 1));
   return v.data();
 }
 

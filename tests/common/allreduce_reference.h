@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -45,6 +46,11 @@ inline std::vector<double> absSum(int ranks, size_t n, uint32_t seed = 1) {
     for (size_t i = 0; i < n; ++i) s[i] += std::fabs(x[i]);
   }
   return s;
+}
+
+// Bitwise equality of two float vectors (NaN payloads included); defined for empty vectors too.
+inline bool sameBits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
 // ||a - e||_2 / ||e||_2

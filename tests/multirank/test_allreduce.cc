@@ -36,7 +36,7 @@ std::vector<std::vector<float>> runAllreduce(int ranks, size_t n, const Allreduc
 
 void expectReplicasIdentical(const std::vector<std::vector<float>>& res) {
   for (size_t r = 1; r < res.size(); ++r)
-    ASSERT_EQ(0, std::memcmp(res[0].data(), res[r].data(), res[0].size() * sizeof(float)))
+    ASSERT_TRUE(testref::sameBits(res[0], res[r]))
         << "rank " << r << " differs from rank 0";
 }
 
@@ -61,7 +61,7 @@ TEST_P(AllreduceSweep, MatchesReferenceOnEveryRank) {
     std::vector<std::vector<float>> inputs;
     for (int r = 0; r < ranks; ++r) inputs.push_back(testref::rankInput(r, n));
     const auto model = testref::quantizedModel(inputs, o);
-    ASSERT_EQ(0, std::memcmp(model.data(), res[0].data(), n * sizeof(float))) << "differs from the sequential model";
+    ASSERT_TRUE(testref::sameBits(model, res[0])) << "differs from the sequential model";
     // And the model itself is a faithful low-bit sum: INT8 ~1%, INT4 ~20% relative L2 error on these inputs,
     // whose rare 40x outliers widen a quarter of the groups.
     const double tol = (o.reduce_scatter.bits == 4 || o.all_gather.bits == 4) ? 0.4 : 0.02;
@@ -103,7 +103,7 @@ TEST(Allreduce, OneChunkAndManyChunksBothMatchTheModel) {
       std::vector<std::vector<float>> inputs;
       for (int r = 0; r < 4; ++r) inputs.push_back(testref::rankInput(r, 50001, 3));
       auto model = testref::quantizedModel(inputs, o);
-      EXPECT_EQ(0, std::memcmp(model.data(), res[2].data(), model.size() * 4)) << "chunk " << chunk << " g " << gs;
+      EXPECT_TRUE(testref::sameBits(model, res[2])) << "chunk " << chunk << " g " << gs;
     }
   }
 }
@@ -117,7 +117,7 @@ TEST(Allreduce, SymmetricCodecAndMixedGroupSizes) {
   std::vector<std::vector<float>> inputs;
   for (int r = 0; r < 3; ++r) inputs.push_back(testref::rankInput(r, 10000));
   auto model = testref::quantizedModel(inputs, o);
-  EXPECT_EQ(0, std::memcmp(model.data(), res[0].data(), model.size() * 4));
+  EXPECT_TRUE(testref::sameBits(model, res[0]));
 }
 
 TEST(Allreduce, AutoPicksExactBelowTheThresholdAndFlashAbove) {
@@ -187,7 +187,7 @@ TEST(Allreduce, NanAndInfLandWhereTheExactSumPutsThem) {
         ASSERT_EQ(model[i], res[0][i]) << name << " element " << i;
       }
     }
-    for (int r = 1; r < 3; ++r) EXPECT_EQ(0, std::memcmp(res[0].data(), res[static_cast<size_t>(r)].data(), n * 4)) << name;
+    for (int r = 1; r < 3; ++r) EXPECT_TRUE(testref::sameBits(res[0], res[static_cast<size_t>(r)])) << name;
   }
 }
 
