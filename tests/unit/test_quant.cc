@@ -442,6 +442,57 @@ TEST(QuantLayout, AsymmetricMetadataRoundsZDownAndSUp) {
   }
 }
 
+// The metadata rules of quant.h restated independently (long double, 64-bit significand: products of a
+// bf16 and a code, and differences of fp32 values of similar magnitude, are exact):
+//   asymmetric: z = largest bf16 <= min, s = smallest bf16 >= 2^-126 with s * qmax >= max - z;
+//   symmetric:  s = smallest bf16 >= 2^-126 with s * (L/2 - 1) >= max|x|, z = -(L/2) s.
+TEST(QuantLayout, MetadataIsTheExactRoundedValue) {
+  auto nextUp = [](uint16_t b) {
+    return static_cast<uint16_t>((b & 0x8000u) ? (b == 0x8000u ? 0x0001u : b - 1) : b + 1);
+  };
+  auto nextDown = [](uint16_t b) { return static_cast<uint16_t>((b & 0x8000u) ? b + 1 : (b == 0 ? 0x8001u : b - 1)); };
+  uint32_t seed = 900;
+  for (const Config& c : allConfigs()) {
+    if (c.group_size > 256) continue;
+    const int L = 1 << c.bits;
+    for (Dist d : kDists) {
+      if (d == Dist::Denormal) continue;  // the floor decides there; covered by TinyGroupsUseMinimumScale
+      const size_t n = static_cast<size_t>(c.group_size) * 6;
+      const auto x = makeData(d, n, seed++);
+      const auto buf = encode(Isa::Scalar, x, c);
+      for (size_t k = 0; k < n / c.group_size; ++k) {
+        float mn = INFINITY, mx = -INFINITY;
+        for (size_t i = k * c.group_size; i < (k + 1) * c.group_size; ++i) {
+          mn = std::min(mn, x[i]);
+          mx = std::max(mx, x[i]);
+        }
+        const GroupMeta m = metaAt(buf, k);
+        if (m.scale == 0) continue;  // constant
+        const long double s = bf16(m.scale), z = bf16(m.zero);
+        const long double s_below = bf16(nextDown(m.scale));
+        const bool at_floor = m.scale == 0x0080u;
+        if (c.symmetric) {
+          const long double amax = std::max(std::fabs(mn), std::fabs(mx));
+          EXPECT_GE(s * (L / 2 - 1), amax) << describe(c) << " group " << k;
+          if (!at_floor) {
+            EXPECT_LT(s_below * (L / 2 - 1), amax) << describe(c) << " group " << k << ": s not minimal";
+          }
+          EXPECT_EQ(z, -(L / 2) * s);
+        } else {
+          EXPECT_LE(z, static_cast<long double>(mn) + 0.0L) << describe(c) << " group " << k;
+          EXPECT_GT(static_cast<long double>(bf16(nextUp(m.zero))), mn + 0.0L)
+              << describe(c) << " group " << k << ": z not the largest bf16 <= min";
+          const long double range = static_cast<long double>(mx) - z;
+          EXPECT_GE(s * (L - 1), range) << describe(c) << " group " << k;
+          if (!at_floor) {
+            EXPECT_LT(s_below * (L - 1), range) << describe(c) << " group " << k << ": s not minimal";
+          }
+        }
+      }
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Round trips.
 
