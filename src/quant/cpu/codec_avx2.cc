@@ -89,7 +89,7 @@ inline SimdStats groupStats(const float* x, size_t g) {
 // Lane-for-lane the scalar fastAsymCode / fastSymCode:
 //   asymmetric: q = clamp(rne((x - z) * inv), 0, qmax)        (qmax = L-1: a Fast group has no flag)
 //   symmetric:  q = clamp(rne(x * inv) + L/2, 1, L-1)
-// cvtps2dq rounds to nearest even (default MXCSR, like std::nearbyint in the reference). The saturating packs
+// cvtps2dq rounds to nearest even (default MXCSR, like nearbyint in the reference). The saturating packs
 // clamp to [0, 255], so only the clamps that differ from that remain.
 template <int Bits, bool Sym>
 struct FastCoder {
@@ -163,10 +163,10 @@ void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
   // of scalar conversions and a divide per group; chains of different groups are independent, so the core
   // overlaps each with the next group's pass 1 instead of stalling pass 2 on it. A batch holds at most
   // 8 KiB of input (one group when g > 2048), so pass 2 reads it from L1.
-  const size_t batch = std::clamp<size_t>(2048 / g, 1, kMaxBatch);
+  const size_t batch = clampOf<size_t>(2048 / g, 1, kMaxBatch);
   GroupParams params[kMaxBatch];
   for (size_t k0 = 0; k0 < full; k0 += batch) {
-    const size_t nb = std::min(batch, full - k0);
+    const size_t nb = minOf(batch, full - k0);
     const float* xb = x + k0 * g;
     for (size_t j = 0; j < nb; ++j) {
       const SimdStats st = groupStats(xb + j * g, g);

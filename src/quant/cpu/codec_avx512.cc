@@ -126,10 +126,10 @@ void quantizeAvx512(const float* x, size_t n, const Config& cfg, uint8_t* out) {
   // of scalar conversions and a divide per group; chains of different groups are independent, so the core
   // overlaps each with the next group's pass 1 instead of stalling pass 2 on it. A batch holds at most
   // 8 KiB of input (one group when g > 2048), so pass 2 reads it from L1.
-  const size_t batch = std::clamp<size_t>(2048 / g, 1, kMaxBatch);
+  const size_t batch = clampOf<size_t>(2048 / g, 1, kMaxBatch);
   GroupParams params[kMaxBatch];
   for (size_t k0 = 0; k0 < full; k0 += batch) {
-    const size_t nb = std::min(batch, full - k0);
+    const size_t nb = minOf(batch, full - k0);
     const float* xb = x + k0 * g;
     for (size_t j = 0; j < nb; ++j) {
       const SimdStats st = groupStats(xb + j * g, g);

@@ -10,12 +10,13 @@
 //
 // Everything here has internal linkage (anonymous namespace): the SIMD files are compiled with -mavx2 or
 // -mavx512*, and an inline function with external linkage instantiated there could be picked by the linker
-// for baseline code and execute AVX instructions on a CPU without them.
+// for baseline code and execute AVX instructions on a CPU without them. For the same reason this header and
+// the SIMD files call no std:: inline function or template (std::min, std::fma, std::isnan...: in an
+// unoptimised build they are emitted as weak symbols compiled for AVX); they use the helpers and compiler
+// builtins below (the memcpy/memset library functions are fine).
 #pragma once
 
-#include <algorithm>
 #include <cfloat>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -43,6 +44,30 @@ extern const Kernels kAvx512Kernels;  // codec_avx512.cc
 void resetIsaSelectionForTesting();
 
 namespace {
+
+// ---------------------------------------------------------------------------------------------------------
+// Internal-linkage replacements for std::min/max/clamp (same semantics, NaN and signed zeros included)
+// and the <cmath> functions used here.
+
+template <class T>
+inline T minOf(T a, T b) {
+  return b < a ? b : a;
+}
+template <class T>
+inline T maxOf(T a, T b) {
+  return a < b ? b : a;
+}
+template <class T>
+inline T clampOf(T v, T lo, T hi) {
+  return v < lo ? lo : (hi < v ? hi : v);
+}
+inline float fmaF(float a, float b, float c) { return __builtin_fmaf(a, b, c); }  // one rounding
+inline float nearbyintF(float x) { return __builtin_nearbyintf(x); }              // current mode: nearest even
+inline double nearbyintD(double x) { return __builtin_nearbyint(x); }
+inline bool isNan(float x) { return __builtin_isnan(x); }
+inline bool isInf(float x) { return __builtin_isinf(x); }
+inline bool isFinite(float x) { return __builtin_isfinite(x); }
+inline constexpr float kInf = __builtin_inff();
 
 // ---------------------------------------------------------------------------------------------------------
 // Bits and bf16.
@@ -120,7 +145,7 @@ inline float bf16Reciprocal(uint16_t sb) {
 
 inline size_t numGroups(size_t n, size_t g) { return (n + g - 1) / g; }
 inline size_t fullGroupCodeBytes(size_t g, int bits) { return g * static_cast<size_t>(bits) / 8; }
-inline size_t tailCodeBytes(size_t r, int bits) { return std::max<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8); }
+inline size_t tailCodeBytes(size_t r, int bits) { return maxOf<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8); }
 inline size_t encodedSize(size_t n, const Config& cfg) {
   if (n == 0) return 0;
   const size_t g = static_cast<size_t>(cfg.group_size);
@@ -178,11 +203,11 @@ inline GroupParams constantParams(uint32_t bits) {
   GroupParams p;
   if (symmetric && !has_nonfinite) {
     const int half = L / 2;
-    const float amax = std::max(std::fabs(mn), std::fabs(mx));  // not max(-mn, mx): -(+0) is -0
+    const float amax = maxOf(__builtin_fabsf(mn), __builtin_fabsf(mx));  // not max(-mn, mx): -(+0) is -0
     const uint16_t sb = bf16UpAtLeastMin(static_cast<double>(amax) / (half - 1));
     const float s = bf16Value(sb);
     const float z = -static_cast<float>(half) * s;  // exact: a power of two times a bf16
-    if (std::isfinite(z)) {
+    if (isFinite(z)) {
       p.kind = GroupKind::Fast;
       p.symmetric = true;
       p.s = s;
@@ -229,7 +254,7 @@ inline GroupParams constantParams(uint32_t bits) {
 }
 
 struct GroupStats {
-  float mn = INFINITY, mx = -INFINITY;  // over finite values
+  float mn = kInf, mx = -kInf;  // over finite values
   bool has_nonfinite = false;
   bool constant = true;  // all values bit-identical (and finite, see planGroup)
 };
@@ -262,24 +287,24 @@ inline GroupParams planGroup(const float* x, size_t r, const Config& cfg) {
 
 inline int fastAsymCode(float x, float z, float inv, int qmax) {
   const float t = (x - z) * inv;
-  const float r = std::nearbyint(t);
-  return static_cast<int>(std::min(std::max(r, 0.0f), static_cast<float>(qmax)));
+  const float r = nearbyintF(t);
+  return static_cast<int>(minOf(maxOf(r, 0.0f), static_cast<float>(qmax)));
 }
 
 inline int fastSymCode(float x, float inv, int L) {
-  const float r = std::nearbyint(x * inv);
+  const float r = nearbyintF(x * inv);
   const float q = r + static_cast<float>(L / 2);  // exact: |r| <= L/2 here
-  return static_cast<int>(std::min(std::max(q, 1.0f), static_cast<float>(L - 1)));
+  return static_cast<int>(minOf(maxOf(q, 1.0f), static_cast<float>(L - 1)));
 }
 
 inline int codeOf(float x, const GroupParams& p, int L) {
-  if (std::isnan(x)) return L - 1;
-  if (std::isinf(x)) return x > 0 ? L - 2 : L - 3;
+  if (isNan(x)) return L - 1;
+  if (isInf(x)) return x > 0 ? L - 2 : L - 3;
   if (p.symmetric) return fastSymCode(x, p.inv, L);
   if (p.wide) {
     const double t = (static_cast<double>(x) - static_cast<double>(p.z)) / static_cast<double>(p.s);
-    const double r = std::nearbyint(t);
-    return static_cast<int>(std::min(std::max(r, 0.0), static_cast<double>(p.qmax)));
+    const double r = nearbyintD(t);
+    return static_cast<int>(minOf(maxOf(r, 0.0), static_cast<double>(p.qmax)));
   }
   return fastAsymCode(x, p.z, p.inv, p.qmax);
 }
@@ -333,9 +358,9 @@ inline void decodeGroupScalar(GroupMeta m, const uint8_t* codes, size_t r, int b
     const unsigned q = codeAt(codes, i, bits);
     float v;
     if (flagged && q >= L - 3) {
-      v = q == L - 1 ? bitsFloat(0x7FC00000u) : (q == L - 2 ? INFINITY : -INFINITY);
+      v = q == L - 1 ? bitsFloat(0x7FC00000u) : (q == L - 2 ? kInf : -kInf);
     } else {
-      v = std::fma(static_cast<float>(q), s, z);
+      v = fmaF(static_cast<float>(q), s, z);
     }
     if constexpr (Accumulate) {
       out[i] = out[i] + v;

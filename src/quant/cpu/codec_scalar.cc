@@ -40,7 +40,7 @@ void quantizeScalar(const float* x, size_t n, const Config& cfg, uint8_t* out) {
   uint8_t* codes = out + groups * sizeof(GroupMeta);
   for (size_t k = 0; k < groups; ++k) {
     const size_t begin = k * g;
-    const size_t r = std::min(g, n - begin);
+    const size_t r = minOf(g, n - begin);
     const size_t bytes = r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
     const GroupParams p = planGroup(x + begin, r, cfg);
     storeMeta(out + k * sizeof(GroupMeta), p.meta);
@@ -56,7 +56,7 @@ void dequantizeScalarT(const uint8_t* in, size_t n, const Config& cfg, float* ou
   const uint8_t* codes = in + groups * sizeof(GroupMeta);
   for (size_t k = 0; k < groups; ++k) {
     const size_t begin = k * g;
-    const size_t r = std::min(g, n - begin);
+    const size_t r = minOf(g, n - begin);
     const size_t bytes = r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
     decodeGroupScalar<Accumulate>(loadMeta(in + k * sizeof(GroupMeta)), codes, r, cfg.bits, out + begin);
     codes += bytes;
