@@ -17,6 +17,7 @@ EX_SETUP=3
 CTL_NET=10.77.0.0/24 # control network: the bridge in the hub namespace
 CTL_HUB=10.77.0.254  # hub (mpirun) address on the bridge; rank i has 10.77.0.(i+1)
 MESH_NET=10.78.0.0/16 # mesh: one /30 per pair of ranks, carved from this /16
+DATA_ADDR_NET=10.79.0.0/24 # mesh: each rank's one MPI address (on its data0), rank i has 10.79.0.(i+1)
 MAX_RANKS=64
 
 usage() {
@@ -28,55 +29,71 @@ Usage: bench/netem/run.sh --ranks N --rate RATE [--topology star|mesh] [options]
 Runs an MPI command with one rank per Linux network namespace, the ranks connected by veth
 links shaped with tc, so that the network and not the CPU is the bottleneck. mpirun runs in
 a hub namespace (OpenMPI, TCP transport only); each rank is started through `ip netns exec`.
-Everything created is torn down on exit, on failure and on Ctrl-C. Needs root (or
-CAP_NET_ADMIN + CAP_SYS_ADMIN), ip, tc and mpirun (and mpicc for --selftest).
+Everything created is torn down on exit, on failure and on Ctrl-C/SIGTERM. Needs root with
+CAP_NET_ADMIN + CAP_SYS_ADMIN, ip, tc and mpirun (and mpicc for --selftest).
 
 Topologies:
-  star   PCIe-switch-like. Every rank has ONE full-duplex link of RATE to a bridge in the hub
-         namespace (shaped on both ends of its veth), through which all its traffic passes:
-         two sends from one rank share the rate.
-             r0 ==\                 (== : shaped veth, RATE each way)
-             r1 ===[ bridge (hub) ]
-             r2 ==/
-  mesh   NVLink-bridge-like, fully connected. One shaped veth link of RATE per pair of ranks
-         (a /30 each; N(N-1)/2 links), plus an unshaped control network (the hub's bridge)
-         used only for process start-up. MPI data only on the mesh links:
-             r0 ===== r1        and every rank also has an unshaped
-               \\    //          control veth to the hub bridge
-                 r2
+  star   PCIe-switch-like. Every rank has ONE full-duplex link of RATE to a bridge in the
+         hub namespace (shaped on both ends of its veth), through which all its traffic
+         passes: two sends from one rank share RATE, as do two sends to one rank.
+
+             r0 ==+
+             r1 ==+== [bridge, hub: mpirun]      == : shaped veth, RATE each way
+             r2 ==+
+
+  mesh   NVLink-bridge-like, fully connected. One shaped veth link of RATE per pair of
+         ranks (N(N-1)/2 links, each its own /30), plus an unshaped control network (the
+         hub's bridge) used only for start-up. Each rank's MPI address is routed (/32 host
+         routes) through the direct link to that rank, so MPI data never leaves the mesh.
+
+             r0 ========= r1       every rank also has an unshaped control veth
+               \\       //         to the bridge in the hub (where mpirun runs)
+                 \\   //
+                   r2
 
 Options:
   --ranks N          number of MPI ranks, 2..64 (required)
-  --rate RATE        link rate per direction, tc syntax: e.g. 100mbit, 1gbit, 2.5gbit,
-                     500kbit, or bytes per second as 125mbps (required)
+  --rate RATE        link rate per direction, tc syntax: 100mbit, 1gbit, 2.5gbit, 500kbit,
+                     or bytes per second: 125mbps (required)
   --topology T       star (default) or mesh
-  --delay D          extra one-way delay per direction on every shaped link (e.g. 1ms, 200us;
-                     default 0ms). Needs the sch_netem qdisc in the kernel (refused with exit 2 if
-                     missing; this machine's kernel has no netem).
-  --burst B          token-bucket burst (tc size: 1mb, 512kb, 64k ...). Default: 1mb, or 1 ms
-                     worth of RATE if that is larger. ~1 MB is needed for full duplex at 1gbit.
-  --limit L          queue limit of each shaped interface, tc size (default: 4mb, or 4x burst
-                     if larger)
-  --shaper S         tbf (default) or htb
-  --mpirun-arg ARG   extra argument for mpirun (repeatable), e.g. --mpirun-arg -x --mpirun-arg FOO=1
-  --selftest         build bench/netem/linkcheck.c with mpicc (into a temp dir) and run it:
-                     one-way, both-ways and one-to-two bandwidth; output is key=value lines
-  --dry-run          print the commands that would run, run nothing (no privileges needed)
-  --cleanup          remove namespaces (and temp dirs) left by earlier runs of this script that
-                     were killed (SIGKILL) before they could clean up; runs whose process is still
-                     alive are left alone. On its own: clean up and exit.
-  -v, --verbose      print every setup command (to stderr) as it runs
-  -q, --quiet        no summary line on stderr
+  --burst B          token bucket size, tc size (1mb, 512kb, 131072). Default max(1mb, 8 ms
+                     of RATE); at least 128kb
+  --peak P           tbf peak rate as a multiple of RATE (default 1.2; 0 = none): the burst
+                     drains at most at P x RATE, so a message sent after an idle period is
+                     at most ~P times faster than RATE (without it, up to B bytes pass at
+                     memory speed)
+  --limit L          queue limit of each shaped interface, tc size (default 2x burst)
+  --shaper S         tbf (default) or htb (no peak rate; measured worse, see README)
+  --delay D          one-way delay added per direction on every shaped link (1ms, 200us;
+                     default 0ms). Needs the kernel's netem qdisc: refused (exit 2) without
+                     it, and this machine's kernel has none
+  --mpirun-arg ARG   one extra argument for mpirun (repeatable): --mpirun-arg -x
+                     --mpirun-arg FOO=1. A `--mca NAME VALUE` given this way replaces ours
+  --selftest         build bench/netem/linkcheck.c with mpicc into a temp dir and run it
+                     (one-way, both ways, one-to-two, two-to-one, after-idle; key=value
+                     lines). Arguments after -- go to linkcheck (e.g. -- --pairs --incast)
+  --dry-run          print the commands that would run; run nothing (needs no privileges)
+  --cleanup          remove namespaces and temp dirs left by earlier runs of this script
+                     that were killed (SIGKILL) before cleaning up; namespaces of runs still
+                     alive are left alone. On its own: clean up and exit
+  -v, --verbose      print every setup command (stderr) as it runs
+  -q, --quiet        no summary lines on stderr
   -h, --help         this help
 
-Exit status: that of COMMAND (as mpirun reports it); 2 for usage errors and missing tools,
-privileges or kernel features; 3 if building the emulated network failed; 130/143 on
-SIGINT/SIGTERM (after teardown).
+MPI settings used (each replaceable through --mpirun-arg --mca NAME VALUE): pml ob1,
+btl tcp,self, osc ^ucx,sm, coll ^sm, btl_tcp_if_include <data net>, oob_tcp_if_include
+10.77.0.0/24, btl_tcp_flags send,inplace,need-ack,need-csum (no emulated RDMA put),
+mpi_yield_when_idle 1; plus --oversubscribe --allow-run-as-root --bind-to none and
+PMIX_MCA_ptl_tcp_remote_connections=1, PMIX_MCA_ptl_tcp_if_include=10.77.0.0/24.
+
+Exit status: that of COMMAND as mpirun reports it (127 if it is not found); 2 for usage
+errors and missing tools, privileges or kernel features; 3 if building the emulated network
+failed; 130/143/129 on SIGINT/SIGTERM/SIGHUP (after teardown).
 
 Examples:
-  bench/netem/run.sh --ranks 4 --rate 1gbit --topology star -- ./build/bench/allreduce_bench --json out.json
   bench/netem/run.sh --selftest --ranks 3 --rate 1gbit --topology mesh
-  bench/netem/run.sh --dry-run --ranks 8 --rate 1gbit --topology mesh -- ./a.out
+  bench/netem/run.sh --ranks 8 --rate 1gbit --topology star -- ./build/bench/bench_allreduce --json out.json
+  bench/netem/run.sh --dry-run --ranks 4 --rate 500mbit --topology mesh -- ./a.out
 EOF
 }
 
@@ -204,7 +221,7 @@ validate_args() {
     fi
     # peak rate: the burst drains at most at PEAK x RATE; its bucket holds max(128 KiB, 1 ms of RATE)
     if [[ -z $PEAK ]]; then
-        if [[ $SHAPER == tbf ]]; then PEAK=1.5; else PEAK=0; fi
+        if [[ $SHAPER == tbf ]]; then PEAK=1.2; else PEAK=0; fi
     fi
     [[ $PEAK =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "--peak must be a number (a multiple of the rate, or 0 for none), got '$PEAK'"
     PEAK_BPS=$(awk -v r="$RATE_BPS" -v m="$PEAK" 'BEGIN{printf "%.0f", r*m}')
@@ -307,7 +324,7 @@ cleanup_stale() {
     local ns pid removed=0 d
     command -v ip >/dev/null 2>&1 || die_prereq "required tool 'ip' (iproute2) not found in PATH"
     while read -r ns _; do
-        [[ $ns =~ ^frn([0-9]+)-(hub|r[0-9]+)$ ]] || continue
+        [[ $ns =~ ^frn([0-9]+)-(hub|probe|r[0-9]+)$ ]] || continue
         pid=${BASH_REMATCH[1]}
         if [[ $pid == "$$" ]]; then continue; fi
         if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' </proc/"$pid"/cmdline | grep -q 'run\.sh'; then
@@ -340,13 +357,19 @@ check_prereqs() {
     if ((SELFTEST)); then
         command -v mpicc >/dev/null 2>&1 || die_prereq "required tool 'mpicc' (for --selftest) not found in PATH"
     fi
-    if [[ $(id -u) -ne 0 ]]; then
-        # not root: need CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set
-        local capeff
-        capeff=$(awk '/^CapEff:/ {print $2}' /proc/self/status 2>/dev/null)
-        if [[ -z $capeff ]] || (((0x$capeff >> 12 & 1) == 0 || (0x$capeff >> 21 & 1) == 0)); then
-            die_prereq "not root and missing CAP_NET_ADMIN/CAP_SYS_ADMIN: cannot create network namespaces (run as root)"
-        fi
+    # need CAP_NET_ADMIN (bit 12) and CAP_SYS_ADMIN (bit 21) in the effective set (root normally has both)
+    local capeff missing=()
+    capeff=$(awk '/^CapEff:/ {print $2}' /proc/self/status 2>/dev/null)
+    if [[ -n $capeff ]]; then
+        (((0x$capeff >> 12) & 1)) || missing+=(CAP_NET_ADMIN)
+        (((0x$capeff >> 21) & 1)) || missing+=(CAP_SYS_ADMIN)
+    elif [[ $(id -u) -ne 0 ]]; then
+        missing+=(root)
+    fi
+    if ((${#missing[@]})); then
+        local who="running as root but without"
+        [[ $(id -u) -ne 0 ]] && who="not root and without"
+        die_prereq "cannot create network namespaces: $who ${missing[*]} (run as root with full capabilities)"
     fi
 }
 
@@ -367,7 +390,12 @@ mesh_addr() { # address of rank $1 on its link to rank $2
 }
 
 data_addr() { echo "10.79.0.$(($1 + 1))"; }
-MESH_ADDR=${FRN_MESH_ADDR:-data0}
+# Mesh addressing: "rank" (default): every rank has ONE MPI address (on a local interface data0)
+# that its peers reach by a /32 route over their direct link, so OpenMPI opens one TCP connection
+# per pair. "link" (the plain recipe, for comparison; FRN_MESH_ADDRESSING=link): MPI uses the
+# per-link /30 addresses; OpenMPI then opens N-1 connections per pair (one per local interface)
+# and stripes each message over them, all on the one direct link - measured less stable.
+MESH_ADDRESSING=${FRN_MESH_ADDRESSING:-rank}
 
 tc_size() { echo "${1}b"; }
 
@@ -406,6 +434,10 @@ shape() {
 
 ns_add() {
     local ns=$1 err
+    if ((!DRY)) && [[ -e /run/netns/$ns ]]; then
+        # same pid as an earlier run that was killed before cleaning up: not ours to delete
+        die_setup "namespace $ns already exists (left by a killed earlier run?); remove it with: $0 --cleanup"
+    fi
     CREATED_NS+=("$ns")
     if ((DRY)); then
         echo "ip netns add $ns"
@@ -424,8 +456,6 @@ ns_sysctl() { # disable IPv6 (no DAD/RS noise, MPI stays on IPv4) and reverse-pa
     local ns=$1
     RUN ip netns exec "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 \
         net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0 || return 1
-    if [[ -n ${FRN_TSQ:-} ]]; then RUN ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_limit_output_bytes="$FRN_TSQ" || return 1; fi
-    if [[ -n ${FRN_WMEM:-} ]]; then RUN ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_wmem="4096 16384 $FRN_WMEM" || return 1; fi
 }
 
 build_network() {
@@ -476,16 +506,15 @@ build_network() {
                 shape "$nj" "p$i" || die_setup "tc $SHAPER shaping on $nj:p$i failed"
             done
         done
-        if [[ $MESH_ADDR != link ]]; then
-            # one data address per rank (on $MESH_ADDR), reached by /32 routes over the direct links
+        if [[ $MESH_ADDRESSING == rank ]]; then
+            # one MPI address per rank, on data0: a veth with both ends in the rank's namespace,
+            # standing in for a dummy device (this kernel has none; OpenMPI ignores addresses on lo)
             for ((i = 0; i < RANKS; i++)); do
                 ni=$(rank_ns "$i")
-                if [[ $MESH_ADDR == data0 ]]; then
-                    RUN ip -n "$ni" link add data0 type veth peer name data0p || die_setup "data0 in $ni failed"
-                    RUN ip -n "$ni" link set data0p up || die_setup "data0p up failed"
-                    RUN ip -n "$ni" link set data0 up || die_setup "data0 up failed"
-                fi
-                RUN ip -n "$ni" addr add "$(data_addr "$i")/32" dev "$MESH_ADDR" || die_setup "data address in $ni failed"
+                RUN ip -n "$ni" link add data0 type veth peer name data0p || die_setup "data0 in $ni failed"
+                RUN ip -n "$ni" link set data0p up || die_setup "data0p up in $ni failed"
+                RUN ip -n "$ni" link set data0 up || die_setup "data0 up in $ni failed"
+                RUN ip -n "$ni" addr add "$(data_addr "$i")/32" dev data0 || die_setup "data address in $ni failed"
                 for ((j = 0; j < RANKS; j++)); do
                     ((j == i)) && continue
                     RUN ip -n "$ni" route add "$(data_addr "$j")/32" via "$(mesh_addr "$j" "$i")" dev "p$j" ||
@@ -494,7 +523,8 @@ build_network() {
             done
         fi
         # host routes: every address of peer j (on its links to third ranks k) through the
-        # direct link to j, so that whichever address OpenMPI picks, the bytes take link i-j.
+        # direct link to j, so that whichever address OpenMPI picks, the bytes take link i-j
+        # (needed for "link" addressing; kept for "rank" so that no path can leave the mesh).
         local k batch
         for ((i = 0; i < RANKS; i++)); do
             ni=$(rank_ns "$i")
@@ -542,7 +572,12 @@ trap 'on_signal HUP 129' HUP
 ((CLEANUP)) && cleanup_stale
 
 if [[ $TOPO == star ]]; then DATA_NET=$CTL_NET; else DATA_NET=$MESH_NET; fi
-if [[ $TOPO == mesh && $MESH_ADDR != link ]]; then DATA_NET=10.79.0.0/24; fi
+if [[ $TOPO == mesh && $MESH_ADDRESSING == rank ]]; then DATA_NET=$DATA_ADDR_NET; fi
+
+if ((!SELFTEST && !DRY)) && ! command -v -- "${CMD[0]}" >/dev/null 2>&1; then
+    echo "$PROG: error: command not found: ${CMD[0]}" >&2
+    exit 127
+fi
 
 if ((SELFTEST)); then
     if ((DRY)); then
@@ -556,11 +591,10 @@ if ((SELFTEST)); then
     CMD=("$TMPD/linkcheck" "${CMD[@]}")
 fi
 
-# delay needs netem: probe once, on a dummy device inside a throwaway namespace of our own
+# delay needs netem: probe once, on the loopback of a throwaway namespace of our own
 if ((DELAY_US > 0 && !DRY)); then
     ns_add "$PREFIX-probe"
-    ip -n "$PREFIX-probe" link add d0 type dummy 2>/dev/null
-    if ! tc -n "$PREFIX-probe" qdisc add dev d0 root netem delay 1ms 2>/dev/null; then
+    if ! tc -n "$PREFIX-probe" qdisc add dev lo root netem delay 1ms 2>/dev/null; then
         die_prereq "--delay needs the netem qdisc (sch_netem), which this kernel does not have; use --delay 0ms"
     fi
     ip netns delete "$PREFIX-probe"
@@ -574,10 +608,30 @@ t_setup=$(date +%s.%N)
 build_network
 ((DRY)) || info "network ready in $(awk -v a="$t_setup" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
 
-MPIRUN=(mpirun -np "$RANKS" --oversubscribe --allow-run-as-root --bind-to none
-    --mca pml ob1 --mca btl tcp,self --mca osc '^ucx,sm' --mca coll '^sm'
-    --mca btl_tcp_flags send,inplace,need-ack,need-csum --mca mpi_yield_when_idle 1
-    --mca btl_tcp_if_include "$DATA_NET" --mca oob_tcp_if_include "$CTL_NET"
+# MCA settings (a user's own --mpirun-arg --mca NAME VALUE replaces ours: mpirun refuses duplicates)
+declare -A USER_MCA=()
+for ((idx = 0; idx < ${#MPIRUN_EXTRA[@]}; idx++)); do
+    case "${MPIRUN_EXTRA[idx]}" in
+    --mca | -mca | --gmca | -gmca) USER_MCA[${MPIRUN_EXTRA[idx + 1]:-}]=1 ;;
+    esac
+done
+MCA=()
+add_mca() { [[ -n ${USER_MCA[$1]:-} ]] || MCA+=(--mca "$1" "$2"); }
+add_mca pml ob1                 # not UCX: it would take shared memory past the shaped links
+add_mca btl tcp,self            # TCP only: no vader shared memory between ranks
+add_mca osc '^ucx,sm'           # one-sided traffic over the pml too
+add_mca coll '^sm'
+add_mca btl_tcp_if_include "$DATA_NET"
+add_mca oob_tcp_if_include "$CTL_NET"
+# no emulated RDMA put: with it, the rest of a long message goes as ONE fragment of up to 2 GB,
+# and control messages queued behind it serialise the two directions of an exchange (measured:
+# 0<->1 took 2x the one-way time in about half the runs); plain send/recv fragments interleave
+add_mca btl_tcp_flags send,inplace,need-ack,need-csum
+# poll politely: busy-polling ranks starve the kernel's packet processing on 2 cores (mpirun
+# sets this itself only when ranks > cores; measured: 2 ranks got ~2/3 of the duplex rate)
+add_mca mpi_yield_when_idle 1
+
+MPIRUN=(mpirun -np "$RANKS" --oversubscribe --allow-run-as-root --bind-to none "${MCA[@]}"
     -x PMIX_MCA_ptl_tcp_remote_connections=1 -x "PMIX_MCA_ptl_tcp_if_include=$CTL_NET"
     -x "FRN_NETEM_PREFIX=$PREFIX"
     "${MPIRUN_EXTRA[@]}" "$RANK_EXEC" "${CMD[@]}")
