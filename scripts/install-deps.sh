@@ -11,6 +11,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev                    # --json output of the benchmarks
   libgtest-dev libgmock-dev             # unit and multi-rank tests
   libbenchmark-dev                      # kernel benchmarks (Google Benchmark)
+  libopenblas-dev                       # GEMMs of the attention kernel
   iproute2                              # bench/netem: network namespaces, veth, tc shaping
   clang-format                          # style check in CI
   python3 python3-pip                   # bench/plot.py
