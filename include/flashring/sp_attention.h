@@ -1,0 +1,79 @@
+// Sequence-parallel exact attention: TokenRing and the baselines behind one call.
+//
+// Each rank holds a shard of the sequence: q [batch, local_len, heads, head_dim], k and v
+// [batch, local_len, kv_heads, head_dim] (layouts as attention.h). The global sequence of `seq_len`
+// tokens is cut into shards by `layout`:
+//   Contiguous  rank r holds part r of N (parts differ by at most one token)
+//   Zigzag      the sequence is cut into 2N chunks; rank r holds chunks r and 2N-1-r, concatenated,
+//               which balances causal work across ranks
+// localLength() says how many tokens a rank holds. Every scheme returns the exact attention output of
+// the rank's own queries over the whole sequence (causal or not), differing only in data movement:
+//   TokenRing    K/V stay; each rank's Q travels one hop per step (to rank r-1, so that under causal
+//                zigzag the hops that need the whole Q come first and later hops carry only the half
+//                that still has work), and the partial (out, lse) goes straight back to the Q's owner
+//                on its own tag, while the next step computes. arXiv 2412.20501.
+//   RingKV       ring attention: Q stays, K/V rotate one hop per step (to rank r+1), merged locally.
+//   Ulysses      all-to-all to head-sharded full-sequence tensors (uneven head splits allowed; KV heads
+//                replicated where query heads of a rank need them), local attention, all-to-all back.
+//   AllGatherKV  all-gather K/V, local Q against the full sequence.
+//   Auto         the cost model (costmodel.h) picks per call from the shape, the measured link and
+//                kernel speeds and the topology.
+// Partial results merge by log-sum-exp in fp32 (attention.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "flashring/attention.h"
+#include "flashring/comm.h"
+
+namespace flashring {
+
+enum class SpScheme { Auto, TokenRing, RingKV, Ulysses, AllGatherKV };
+enum class SeqLayout { Contiguous, Zigzag };
+
+struct SpShape {
+  int batch = 1;
+  int64_t seq_len = 0;  // global
+  int heads = 1;
+  int kv_heads = 1;
+  int head_dim = 64;
+};
+
+class CostModel;
+
+struct SpAttentionOptions {
+  SpScheme scheme = SpScheme::Auto;
+  SeqLayout layout = SeqLayout::Zigzag;
+  bool causal = true;
+  float scale = 0.f;                  // 0: 1/sqrt(head_dim)
+  const CostModel* model = nullptr;   // Auto: the calibrated model (nullptr: a default, uncalibrated one)
+};
+
+struct SpAttentionStats {
+  SpScheme scheme = SpScheme::Auto;   // what ran
+  double compute_s = 0;               // in the block kernel and merges
+  double comm_s = 0;                  // blocked waiting for messages
+  uint64_t bytes_fwd = 0;             // bytes this rank sent in the forward direction (Q / KV / all-to-all in)
+  uint64_t bytes_bwd = 0;             // bytes sent back (results / all-to-all out)
+  double predicted_s = 0;             // the cost model's prediction for the scheme that ran (0 if none)
+  std::vector<double> step_compute_s, step_comm_s;  // per step, for the ring schemes
+};
+
+// Tokens rank `rank` of `ranks` holds, and their global positions as (offset, length) segments.
+int64_t localLength(int64_t seq_len, int ranks, int rank, SeqLayout layout);
+struct Segment {
+  int64_t global_offset;
+  int64_t length;
+};
+std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayout layout);
+
+// out: [batch, local_len, heads, head_dim]. Shapes and options must agree on every rank (checked).
+void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
+                 const SpAttentionOptions& options, float* out, SpAttentionStats* stats = nullptr);
+
+std::string spSchemeName(SpScheme s);
+SpScheme spSchemeFromName(const std::string& name);  // tokenring, ring-kv, ulysses, allgather-kv, auto
+
+}  // namespace flashring

@@ -1,0 +1,618 @@
+// Sequence-parallel attention schemes: TokenRing (pass-Q), RingKV (pass-KV), Ulysses, AllGatherKV.
+#include "flashring/sp_attention.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "collectives/common.h"
+#include "comm/patterns/ring.h"
+#include "comm/tags.h"
+#include "flashring/costmodel.h"
+
+namespace flashring {
+
+using detail::Range;
+
+int64_t localLength(int64_t seq_len, int ranks, int rank, SeqLayout layout) {
+  int64_t n = 0;
+  for (const auto& s : localSegments(seq_len, ranks, rank, layout)) n += s.length;
+  return n;
+}
+
+std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayout layout) {
+  const auto S = static_cast<size_t>(seq_len);
+  if (layout == SeqLayout::Contiguous) {
+    const Range r = detail::part(S, ranks, rank);
+    return {{static_cast<int64_t>(r.begin), static_cast<int64_t>(r.size())}};
+  }
+  const Range a = detail::part(S, 2 * ranks, rank), b = detail::part(S, 2 * ranks, 2 * ranks - 1 - rank);
+  return {{static_cast<int64_t>(a.begin), static_cast<int64_t>(a.size())},
+          {static_cast<int64_t>(b.begin), static_cast<int64_t>(b.size())}};
+}
+
+std::string spSchemeName(SpScheme s) {
+  switch (s) {
+    case SpScheme::Auto: return "auto";
+    case SpScheme::TokenRing: return "tokenring";
+    case SpScheme::RingKV: return "ring-kv";
+    case SpScheme::Ulysses: return "ulysses";
+    case SpScheme::AllGatherKV: return "allgather-kv";
+  }
+  return "?";
+}
+
+SpScheme spSchemeFromName(const std::string& name) {
+  for (SpScheme s : {SpScheme::Auto, SpScheme::TokenRing, SpScheme::RingKV, SpScheme::Ulysses, SpScheme::AllGatherKV})
+    if (spSchemeName(s) == name) return s;
+  throw InvalidArgument(
+      fmt::format("unknown attention scheme '{}' (valid: tokenring, ring-kv, ulysses, allgather-kv, auto)", name));
+}
+
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Per-rank geometry of one call.
+struct Geometry {
+  int N, r;
+  SpShape shape;
+  SeqLayout layout;
+  bool causal;
+  float scale;
+  size_t qrow, kvrow;  // floats per token of q / of k (heads*d, kv_heads*d)
+  std::vector<std::vector<Segment>> segs;  // per rank
+  std::vector<int64_t> len;                // per rank
+
+  Geometry(int n, int rank, const SpShape& s, const SpAttentionOptions& o)
+      : N(n), r(rank), shape(s), layout(o.layout), causal(o.causal), scale(o.scale) {
+    qrow = static_cast<size_t>(s.heads) * static_cast<size_t>(s.head_dim);
+    kvrow = static_cast<size_t>(s.kv_heads) * static_cast<size_t>(s.head_dim);
+    for (int p = 0; p < n; ++p) {
+      segs.push_back(localSegments(s.seq_len, n, p, o.layout));
+      len.push_back(localLength(s.seq_len, n, p, o.layout));
+    }
+  }
+  size_t B() const { return static_cast<size_t>(shape.batch); }
+  size_t L(int p) const { return static_cast<size_t>(len[static_cast<size_t>(p)]); }
+  const std::vector<Segment>& S(int p) const { return segs[static_cast<size_t>(p)]; }
+
+  // First local row of owner o's queries that has any visible key among holder h's keys. Rows before it
+  // have no work at h; for the layouts here the rows with work always form a suffix.
+  int64_t needStart(int o, int h) const {
+    const auto& qs = S(o);
+    if (!causal) return 0;
+    int64_t kmin = std::numeric_limits<int64_t>::max();
+    for (const auto& k : S(h))
+      if (k.length > 0) kmin = std::min(kmin, k.global_offset);
+    int64_t row = 0;
+    for (const auto& q : qs) {
+      if (q.length > 0 && q.global_offset + q.length - 1 >= kmin) return row;
+      row += q.length;
+    }
+    return row;  // no work
+  }
+};
+
+// Rows [a, a+rows) of owner's local query rows, restricted to its segments: the segments of that range.
+std::vector<Segment> subSegments(const std::vector<Segment>& segs, int64_t a) {
+  std::vector<Segment> out;
+  int64_t row = 0;
+  for (const auto& s : segs) {
+    const int64_t b = std::max(a, row), e = row + s.length;
+    if (b < e) out.push_back({s.global_offset + (b - row), e - b});
+    row += s.length;
+  }
+  return out;
+}
+
+// Scratch of one rank for one call (thread_local: survives unwinding, reused across calls).
+struct Scratch {
+  std::vector<float> tmp_out, tmp_lse;
+};
+
+// Attention of packed queries q [B, qrows, H, D] (global positions qsegs) against packed keys/values
+// [B, kvrows, Hkv, D] (positions ksegs), merged into (out, lse) [B, qrows, H, D] / [B, qrows, H].
+void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vector<Segment>& qsegs, const float* k,
+                const float* v, int64_t kvrows, const std::vector<Segment>& ksegs, float* out, float* lse,
+                Communicator& comm, Scratch& sc) {
+  if (qrows == 0 || kvrows == 0) return;
+  const size_t H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
+  BlockAttentionOptions bo;
+  bo.scale = g.scale;
+  bo.progress = [&comm] { comm.progress(); };
+  for (size_t b = 0; b < g.B(); ++b) {
+    int64_t qa = 0;
+    for (const auto& qs : qsegs) {
+      if (qs.length == 0) continue;
+      float* o = out + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * H * D;
+      float* l = lse + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * H;
+      const float* qp = q + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * g.qrow;
+      const size_t tokens = static_cast<size_t>(qs.length);
+      sc.tmp_out.resize(tokens * H * D);
+      sc.tmp_lse.resize(tokens * H);
+      // Non-causal: all keys at once (positions do not matter, and the packed K/V rows are contiguous).
+      if (!g.causal) {
+        AttentionShape as{1, static_cast<int>(qs.length), static_cast<int>(kvrows), g.shape.heads, g.shape.kv_heads,
+                          g.shape.head_dim};
+        const size_t kb = b * static_cast<size_t>(kvrows) * g.kvrow;
+        blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
+        mergeAttention(o, l, sc.tmp_out.data(), sc.tmp_lse.data(), qs.length, g.shape.heads, g.shape.head_dim);
+      } else {
+        int64_t ka = 0;
+        for (const auto& ks : ksegs) {
+          const int64_t krow = ka;
+          ka += ks.length;
+          if (ks.length == 0 || ks.global_offset > qs.global_offset + qs.length - 1) continue;  // all masked
+          // Fully visible blocks skip the mask.
+          bo.causal = ks.global_offset + ks.length - 1 > qs.global_offset;
+          bo.q_offset = qs.global_offset;
+          bo.k_offset = ks.global_offset;
+          AttentionShape as{1, static_cast<int>(qs.length), static_cast<int>(ks.length), g.shape.heads,
+                            g.shape.kv_heads, g.shape.head_dim};
+          const size_t kb = (b * static_cast<size_t>(kvrows) + static_cast<size_t>(krow)) * g.kvrow;
+          blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
+          mergeAttention(o, l, sc.tmp_out.data(), sc.tmp_lse.data(), qs.length, g.shape.heads, g.shape.head_dim);
+        }
+      }
+      qa += qs.length;
+    }
+  }
+}
+
+void initAcc(float* out, float* lse, size_t rows, size_t H, size_t D) {
+  std::fill(out, out + rows * H * D, 0.f);
+  std::fill(lse, lse + rows * H, kNegInf);
+}
+
+// Copy rows [a, a+rows) of every batch of a packed [B, total, width] tensor into dst [B, rows, width].
+void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, size_t width, float* dst) {
+  for (size_t b = 0; b < B; ++b) std::memcpy(dst + b * rows * width, src + (b * total + a) * width, rows * width * 4);
+}
+
+struct Timer {
+  double& into;
+  Clock::time_point t0 = Clock::now();
+  explicit Timer(double& t) : into(t) {}
+  ~Timer() { into += std::chrono::duration<double>(Clock::now() - t0).count(); }
+};
+
+// ---------------------------------------------------------------------------------------------------- TokenRing
+void tokenRing(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
+               SpAttentionStats& st) {
+  const int N = g.N, r = g.r;
+  const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
+  const size_t resw = H * D + H;  // floats per result row: out then lse, packed per message as [out | lse]
+  thread_local Scratch sc;
+  thread_local std::vector<float> acc_lse, qbuf[3], res[2], rres;
+  const size_t Lr = g.L(r);
+  acc_lse.assign(B * Lr * H, kNegInf);
+  std::fill(out, out + B * Lr * H * D, 0.f);
+  st.step_compute_s.assign(static_cast<size_t>(N), 0);
+  st.step_comm_s.assign(static_cast<size_t>(N), 0);
+  const int prev = ring::prev(r, N), next = ring::next(r, N);
+
+  // Results for my queries: at step s they come from holder r - s, rows [needStart(r, r-s), Lr).
+  std::vector<size_t> res_off(static_cast<size_t>(N), 0);
+  size_t total = 0;
+  for (int s = 1; s < N; ++s) {
+    res_off[static_cast<size_t>(s)] = total;
+    total += B * (Lr - static_cast<size_t>(g.needStart(r, ring::wrap(r, -s, N)))) * resw;
+  }
+  rres.resize(std::max<size_t>(total, 1));
+  std::vector<Request> res_recv(static_cast<size_t>(N)), res_send(static_cast<size_t>(N)), q_send(static_cast<size_t>(N)),
+      q_recv(static_cast<size_t>(N));
+  std::vector<std::vector<float>> fwdbufs(static_cast<size_t>(N));
+  for (int s = 1; s < N; ++s) {
+    const int h = ring::wrap(r, -s, N);
+    const size_t rows = Lr - static_cast<size_t>(g.needStart(r, h));
+    if (rows == 0) continue;
+    res_recv[static_cast<size_t>(s)] = comm.irecv(rres.data() + res_off[static_cast<size_t>(s)], B * rows * resw * 4, h,
+                                                  tags::make(tags::kSpBackward, s));
+  }
+  auto waitTimed = [&](Request& req, int s) {
+    Timer t(st.step_comm_s[static_cast<size_t>(s)]);
+    comm.wait(req, comm.deadline());
+  };
+  // Q rows that holder `h` needs of owner `o`, as a suffix start.
+  auto need = [&](int o, int h) { return static_cast<size_t>(g.needStart(o, h)); };
+
+  // Step 0 -> 1: my Q to rank r-1 (the rows it needs), and the receive of the Q I hold at step 1.
+  if (N > 1) {
+    const size_t a = need(r, prev), rows = Lr - a;
+    qbuf[0].resize(std::max<size_t>(B * rows * g.qrow, 1));
+    packRows(q, B, Lr, a, rows, g.qrow, qbuf[0].data());
+    if (rows > 0) {
+      q_send[0] = comm.isend(qbuf[0].data(), B * rows * g.qrow * 4, prev, tags::make(tags::kSpForward, 1));
+      st.bytes_fwd += B * rows * g.qrow * 4;
+    }
+    const int o = ring::wrap(r, 1, N);
+    const size_t rrows = g.L(o) - need(o, r);
+    qbuf[1].resize(std::max<size_t>(B * rrows * g.qrow, 1));
+    if (rrows > 0) q_recv[1] = comm.irecv(qbuf[1].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
+  }
+  {
+    Timer t(st.step_compute_s[0]);
+    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), k, v, static_cast<int64_t>(Lr), g.S(r), out, acc_lse.data(),
+               comm, sc);
+  }
+  for (int s = 1; s < N; ++s) {
+    const int o = ring::wrap(r, s, N);  // owner of the Q I hold at step s
+    const size_t a = need(o, r), rows = g.L(o) - a;
+    float* qcur = qbuf[s % 3].data();
+    if (rows > 0) waitTimed(q_recv[static_cast<size_t>(s)], s);
+    // Forward what rank r-1 needs at step s+1 (a suffix of what I hold), and post my next receive.
+    if (s + 1 < N) {
+      const size_t a2 = need(o, prev), rows2 = g.L(o) - a2;
+      if (a2 < a) throw Error(fmt::format("TokenRing: rank {} holds rows from {} of rank {}'s Q, rank {} needs rows from {}", r, a, o, prev, a2), r);
+      if (rows2 > 0) {
+        const float* src = qcur;
+        if (B > 1 && a2 > a) {  // a shorter suffix of every batch: repack (kept until the send completes)
+          auto& fwd = fwdbufs[static_cast<size_t>(s)];
+          fwd.resize(B * rows2 * g.qrow);
+          packRows(qcur, B, rows, a2 - a, rows2, g.qrow, fwd.data());
+          src = fwd.data();
+        } else {
+          src = qcur + (a2 - a) * g.qrow;
+        }
+        q_send[static_cast<size_t>(s)] = comm.isend(src, B * rows2 * g.qrow * 4, prev, tags::make(tags::kSpForward, s + 1));
+        st.bytes_fwd += B * rows2 * g.qrow * 4;
+      }
+      const int o2 = ring::wrap(r, s + 1, N);
+      const size_t rrows = g.L(o2) - need(o2, r);
+      // The buffer for step s+1 held step s-2's Q; its forward send must be done before we overwrite it.
+      if (s >= 2) waitTimed(q_send[static_cast<size_t>(s - 2)], s);
+      qbuf[(s + 1) % 3].resize(std::max<size_t>(B * rrows * g.qrow, 1));
+      if (rrows > 0)
+        q_recv[static_cast<size_t>(s + 1)] = comm.irecv(qbuf[(s + 1) % 3].data(), B * rrows * g.qrow * 4, next,
+                                                         tags::make(tags::kSpForward, s + 1));
+    }
+    if (rows == 0) continue;
+    // Compute the visiting Q against my K/V into a result buffer [out | lse], and send it to its owner.
+    std::vector<float>& rb = res[s % 2];
+    if (s >= 3 && res_send[static_cast<size_t>(s - 2)].valid()) waitTimed(res_send[static_cast<size_t>(s - 2)], s);
+    rb.resize(B * rows * resw);
+    {
+      Timer t(st.step_compute_s[static_cast<size_t>(s)]);
+      float* ro = rb.data();
+      float* rl = rb.data() + B * rows * H * D;
+      initAcc(ro, rl, B * rows, H, D);
+      attendInto(g, qcur, static_cast<int64_t>(rows), subSegments(g.S(o), static_cast<int64_t>(a)), k, v,
+                 static_cast<int64_t>(Lr), g.S(r), ro, rl, comm, sc);
+    }
+    res_send[static_cast<size_t>(s)] = comm.isend(rb.data(), B * rows * resw * 4, o, tags::make(tags::kSpBackward, s));
+    st.bytes_bwd += B * rows * resw * 4;
+  }
+  // Merge the partial results for my queries, in step order.
+  for (int s = 1; s < N; ++s) {
+    const int h = ring::wrap(r, -s, N);
+    const size_t a = need(r, h), rows = Lr - a;
+    if (rows == 0) continue;
+    waitTimed(res_recv[static_cast<size_t>(s)], s);
+    Timer t(st.compute_s);
+    const float* ro = rres.data() + res_off[static_cast<size_t>(s)];
+    const float* rl = ro + B * rows * H * D;
+    for (size_t b = 0; b < B; ++b)
+      mergeAttention(out + (b * Lr + a) * H * D, acc_lse.data() + (b * Lr + a) * H, ro + b * rows * H * D,
+                     rl + b * rows * H, static_cast<int64_t>(rows), g.shape.heads, g.shape.head_dim);
+  }
+  for (auto& rq : q_send) waitTimed(rq, N - 1);
+  for (auto& rq : res_send) waitTimed(rq, N - 1);
+  for (int s = 0; s < N; ++s) {
+    st.compute_s += st.step_compute_s[static_cast<size_t>(s)];
+    st.comm_s += st.step_comm_s[static_cast<size_t>(s)];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------------ RingKV
+void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
+            SpAttentionStats& st) {
+  const int N = g.N, r = g.r;
+  const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
+  thread_local Scratch sc;
+  thread_local std::vector<float> acc_lse, kvbuf[3];
+  const size_t Lr = g.L(r);
+  acc_lse.assign(B * Lr * H, kNegInf);
+  std::fill(out, out + B * Lr * H * D, 0.f);
+  st.step_compute_s.assign(static_cast<size_t>(N), 0);
+  st.step_comm_s.assign(static_cast<size_t>(N), 0);
+  const int prev = ring::prev(r, N), next = ring::next(r, N);
+  std::vector<Request> sends(static_cast<size_t>(N)), recvs(static_cast<size_t>(N));
+  auto kvFloats = [&](int owner) { return 2 * B * g.L(owner) * g.kvrow; };
+  // Packed [K | V] of my shard.
+  kvbuf[0].resize(std::max<size_t>(kvFloats(r), 1));
+  std::memcpy(kvbuf[0].data(), k, B * Lr * g.kvrow * 4);
+  std::memcpy(kvbuf[0].data() + B * Lr * g.kvrow, v, B * Lr * g.kvrow * 4);
+  auto waitTimed = [&](Request& req, int s) {
+    Timer t(st.step_comm_s[static_cast<size_t>(s)]);
+    comm.wait(req, comm.deadline());
+  };
+  for (int s = 0; s < N; ++s) {
+    const int owner = ring::wrap(r, -s, N);  // whose K/V I hold at step s
+    const float* kv = kvbuf[s % 3].data();
+    if (s > 0) waitTimed(recvs[static_cast<size_t>(s)], s);
+    if (s + 1 < N) {
+      if (s >= 2) waitTimed(sends[static_cast<size_t>(s - 2)], s);
+      const int o2 = ring::wrap(r, -(s + 1), N);
+      kvbuf[(s + 1) % 3].resize(std::max<size_t>(kvFloats(o2), 1));
+      recvs[static_cast<size_t>(s + 1)] =
+          comm.irecv(kvbuf[(s + 1) % 3].data(), kvFloats(o2) * 4, prev, tags::make(tags::kSpForward, s + 1));
+      sends[static_cast<size_t>(s)] = comm.isend(kv, kvFloats(owner) * 4, next, tags::make(tags::kSpForward, s + 1));
+      st.bytes_fwd += kvFloats(owner) * 4;
+    }
+    Timer t(st.step_compute_s[static_cast<size_t>(s)]);
+    const size_t Lo = g.L(owner);
+    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kv, kv + B * Lo * g.kvrow, static_cast<int64_t>(Lo),
+               g.S(owner), out, acc_lse.data(), comm, sc);
+  }
+  for (auto& rq : sends) waitTimed(rq, N - 1);
+  for (int s = 0; s < N; ++s) {
+    st.compute_s += st.step_compute_s[static_cast<size_t>(s)];
+    st.comm_s += st.step_comm_s[static_cast<size_t>(s)];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------- AllGatherKV
+void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
+                 SpAttentionStats& st) {
+  const int N = g.N, r = g.r;
+  const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
+  const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
+  thread_local std::vector<float> kfull, vfull, recvbuf, acc_lse;
+  thread_local Scratch sc;
+  kfull.resize(std::max<size_t>(B * S * g.kvrow, 1));
+  vfull.resize(std::max<size_t>(B * S * g.kvrow, 1));
+  std::vector<size_t> off(static_cast<size_t>(N) + 1, 0);
+  for (int p = 0; p < N; ++p) off[static_cast<size_t>(p) + 1] = off[static_cast<size_t>(p)] + 2 * B * g.L(p) * g.kvrow;
+  recvbuf.resize(std::max<size_t>(off[static_cast<size_t>(N)], 1));
+  // My packed [K | V] lives in my slot of recvbuf and is sent to everyone.
+  float* mine = recvbuf.data() + off[static_cast<size_t>(r)];
+  std::memcpy(mine, k, B * Lr * g.kvrow * 4);
+  std::memcpy(mine + B * Lr * g.kvrow, v, B * Lr * g.kvrow * 4);
+  std::vector<Request> reqs;
+  const Tag tag = tags::make(tags::kSpAllToAll, 0);
+  for (int p = 0; p < N; ++p)
+    if (p != r) reqs.push_back(comm.irecv(recvbuf.data() + off[static_cast<size_t>(p)], 2 * B * g.L(p) * g.kvrow * 4, p, tag));
+  for (int i = 1; i < N; ++i) {
+    const int p = (r + i) % N;
+    reqs.push_back(comm.isend(mine, 2 * B * Lr * g.kvrow * 4, p, tag));
+    st.bytes_fwd += 2 * B * Lr * g.kvrow * 4;
+  }
+  {
+    Timer t(st.comm_s);
+    comm.waitAll(reqs, comm.deadline());
+  }
+  Timer t(st.compute_s);
+  // Assemble K and V in global order.
+  for (int p = 0; p < N; ++p) {
+    const float* src = recvbuf.data() + off[static_cast<size_t>(p)];
+    const size_t Lp = g.L(p);
+    for (size_t b = 0; b < B; ++b) {
+      int64_t row = 0;
+      for (const auto& seg : g.S(p)) {
+        const size_t n = static_cast<size_t>(seg.length) * g.kvrow;
+        const size_t dst = (b * S + static_cast<size_t>(seg.global_offset)) * g.kvrow;
+        const size_t srow = (b * Lp + static_cast<size_t>(row)) * g.kvrow;
+        std::memcpy(kfull.data() + dst, src + srow, n * 4);
+        std::memcpy(vfull.data() + dst, src + B * Lp * g.kvrow + srow, n * 4);
+        row += seg.length;
+      }
+    }
+  }
+  acc_lse.assign(B * Lr * H, kNegInf);
+  std::fill(out, out + B * Lr * H * D, 0.f);
+  const std::vector<Segment> all{{0, static_cast<int64_t>(S)}};
+  attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kfull.data(), vfull.data(), static_cast<int64_t>(S), all, out,
+             acc_lse.data(), comm, sc);
+}
+
+// ----------------------------------------------------------------------------------------------------- Ulysses
+void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
+             SpAttentionStats& st) {
+  const int N = g.N, r = g.r;
+  const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
+  const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
+  const size_t H = static_cast<size_t>(g.shape.heads), Hkv = static_cast<size_t>(g.shape.kv_heads), grp = H / Hkv;
+  auto qh = [&](int p) { return detail::part(H, N, p); };
+  auto kvh = [&](int p) {
+    const Range h = qh(p);
+    return h.size() == 0 ? Range{0, 0} : Range{h.begin / grp, (h.end - 1) / grp + 1};
+  };
+  const Range myq = qh(r), mykv = kvh(r);
+  const size_t hq = myq.size(), hk = mykv.size();
+  // Message to p: my rows of p's heads: [Q (B, Lr, |qh p|, D) | K (B, Lr, |kvh p|, D) | V (same)].
+  auto inFloats = [&](int p, size_t rows) { return B * rows * (qh(p).size() + 2 * kvh(p).size()) * D; };
+  thread_local std::vector<float> sendbuf, recvbuf, qf, kf, vf, of, lf, obuf, orecv;
+  std::vector<size_t> soff(static_cast<size_t>(N) + 1, 0), roff(static_cast<size_t>(N) + 1, 0);
+  for (int p = 0; p < N; ++p) {
+    soff[static_cast<size_t>(p) + 1] = soff[static_cast<size_t>(p)] + inFloats(p, Lr);
+    roff[static_cast<size_t>(p) + 1] = roff[static_cast<size_t>(p)] + B * g.L(p) * (hq + 2 * hk) * D;
+  }
+  sendbuf.resize(std::max<size_t>(soff[static_cast<size_t>(N)], 1));
+  recvbuf.resize(std::max<size_t>(roff[static_cast<size_t>(N)], 1));
+  {
+    Timer t(st.compute_s);
+    for (int p = 0; p < N; ++p) {
+      float* dst = sendbuf.data() + soff[static_cast<size_t>(p)];
+      const Range hp = qh(p), kp = kvh(p);
+      for (size_t row = 0; row < B * Lr; ++row) {
+        std::memcpy(dst + row * hp.size() * D, q + row * H * D + hp.begin * D, hp.size() * D * 4);
+      }
+      dst += B * Lr * hp.size() * D;
+      for (const float* src : {k, v}) {
+        for (size_t row = 0; row < B * Lr; ++row)
+          std::memcpy(dst + row * kp.size() * D, src + row * Hkv * D + kp.begin * D, kp.size() * D * 4);
+        dst += B * Lr * kp.size() * D;
+      }
+    }
+  }
+  std::vector<Request> reqs;
+  const Tag tin = tags::make(tags::kSpAllToAll, 1), tout = tags::make(tags::kSpAllToAll, 2);
+  for (int p = 0; p < N; ++p) {
+    if (p == r) continue;
+    reqs.push_back(comm.irecv(recvbuf.data() + roff[static_cast<size_t>(p)],
+                              (roff[static_cast<size_t>(p) + 1] - roff[static_cast<size_t>(p)]) * 4, p, tin));
+  }
+  for (int i = 1; i < N; ++i) {
+    const int p = (r + i) % N;
+    const size_t n = soff[static_cast<size_t>(p) + 1] - soff[static_cast<size_t>(p)];
+    reqs.push_back(comm.isend(sendbuf.data() + soff[static_cast<size_t>(p)], n * 4, p, tin));
+    st.bytes_fwd += n * 4;
+  }
+  std::memcpy(recvbuf.data() + roff[static_cast<size_t>(r)], sendbuf.data() + soff[static_cast<size_t>(r)],
+              (soff[static_cast<size_t>(r) + 1] - soff[static_cast<size_t>(r)]) * 4);
+  {
+    Timer t(st.comm_s);
+    comm.waitAll(reqs, comm.deadline());
+  }
+  reqs.clear();
+  // Full-sequence tensors of my heads, in global order. When my query heads do not start on a KV group
+  // boundary (uneven splits), expand K/V to one head per query head so the kernel's h / group mapping holds.
+  const bool aligned = hq == 0 || (myq.begin % grp == 0 && hq % grp == 0);
+  const size_t hk_local = aligned ? hk : hq;
+  {
+    Timer t(st.compute_s);
+    qf.resize(std::max<size_t>(B * S * hq * D, 1));
+    kf.resize(std::max<size_t>(B * S * hk_local * D, 1));
+    vf.resize(std::max<size_t>(B * S * hk_local * D, 1));
+    for (int p = 0; p < N; ++p) {
+      const float* src = recvbuf.data() + roff[static_cast<size_t>(p)];
+      const size_t Lp = g.L(p);
+      const float* sq = src;
+      const float* sk = src + B * Lp * hq * D;
+      const float* sv = sk + B * Lp * hk * D;
+      for (size_t b = 0; b < B; ++b) {
+        int64_t row = 0;
+        for (const auto& seg : g.S(p)) {
+          for (int64_t i = 0; i < seg.length; ++i) {
+            const size_t lrow = b * Lp + static_cast<size_t>(row + i);
+            const size_t grow = b * S + static_cast<size_t>(seg.global_offset + i);
+            std::memcpy(qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D * 4);
+            if (aligned) {
+              std::memcpy(kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D * 4);
+              std::memcpy(vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D * 4);
+            } else {
+              for (size_t h = 0; h < hq; ++h) {
+                const size_t kh = (myq.begin + h) / grp - mykv.begin;
+                std::memcpy(kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D * 4);
+                std::memcpy(vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D * 4);
+              }
+            }
+          }
+          row += seg.length;
+        }
+      }
+    }
+    of.resize(std::max<size_t>(B * S * hq * D, 1));
+    lf.resize(std::max<size_t>(B * S * hq, 1));
+    if (hq > 0 && S > 0) {
+      BlockAttentionOptions bo;
+      bo.causal = g.causal;
+      bo.scale = g.scale;
+      bo.progress = [&comm] { comm.progress(); };
+      AttentionShape as{g.shape.batch, static_cast<int>(S), static_cast<int>(S), static_cast<int>(hq),
+                        static_cast<int>(hk_local), g.shape.head_dim};
+      blockAttention(qf.data(), kf.data(), vf.data(), as, bo, of.data(), lf.data());
+    }
+    // Back to sequence-sharded: rank p gets its rows of my heads.
+    obuf.resize(std::max<size_t>(B * S * hq * D, 1));
+    size_t o = 0;
+    for (int p = 0; p < N; ++p) {
+      for (size_t b = 0; b < B; ++b)
+        for (const auto& seg : g.S(p)) {
+          const size_t n = static_cast<size_t>(seg.length) * hq * D;
+          std::memcpy(obuf.data() + o, of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n * 4);
+          o += n;
+        }
+    }
+  }
+  std::vector<size_t> ooff(static_cast<size_t>(N) + 1, 0), rooff(static_cast<size_t>(N) + 1, 0);
+  for (int p = 0; p < N; ++p) {
+    ooff[static_cast<size_t>(p) + 1] = ooff[static_cast<size_t>(p)] + B * g.L(p) * hq * D;
+    rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * qh(p).size() * D;
+  }
+  orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
+  for (int p = 0; p < N; ++p) {
+    if (p == r) continue;
+    reqs.push_back(comm.irecv(orecv.data() + rooff[static_cast<size_t>(p)],
+                              (rooff[static_cast<size_t>(p) + 1] - rooff[static_cast<size_t>(p)]) * 4, p, tout));
+  }
+  for (int i = 1; i < N; ++i) {
+    const int p = (r + i) % N;
+    const size_t n = ooff[static_cast<size_t>(p) + 1] - ooff[static_cast<size_t>(p)];
+    reqs.push_back(comm.isend(obuf.data() + ooff[static_cast<size_t>(p)], n * 4, p, tout));
+    st.bytes_bwd += n * 4;
+  }
+  std::memcpy(orecv.data() + rooff[static_cast<size_t>(r)], obuf.data() + ooff[static_cast<size_t>(r)],
+              (ooff[static_cast<size_t>(r) + 1] - ooff[static_cast<size_t>(r)]) * 4);
+  {
+    Timer t(st.comm_s);
+    comm.waitAll(reqs, comm.deadline());
+  }
+  Timer t(st.compute_s);
+  for (int p = 0; p < N; ++p) {
+    const Range hp = qh(p);
+    const float* src = orecv.data() + rooff[static_cast<size_t>(p)];
+    for (size_t row = 0; row < B * Lr; ++row)
+      std::memcpy(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D * 4);
+  }
+}
+
+void checkInputs(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& s,
+                 const SpAttentionOptions& o, const float* out) {
+  const int r = comm.rank();
+  if (s.batch < 1 || s.seq_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1)
+    throw InvalidArgument(fmt::format("spAttention: batch, seq_len, heads, kv_heads and head_dim must be positive "
+                                      "(got batch={} seq_len={} heads={} kv_heads={} head_dim={})",
+                                      s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim),
+                          r);
+  if (s.heads % s.kv_heads != 0)
+    throw InvalidArgument(fmt::format("spAttention: heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads), r);
+  if (s.seq_len > std::numeric_limits<int>::max())
+    throw InvalidArgument(fmt::format("spAttention: seq_len {} is too long", s.seq_len), r);
+  if (localLength(s.seq_len, comm.size(), r, o.layout) > 0 && (!q || !k || !v || !out))
+    throw InvalidArgument("spAttention: null q, k, v or out", r);
+  if (!std::isfinite(o.scale) || o.scale < 0) throw InvalidArgument(fmt::format("spAttention: bad scale {}", o.scale), r);
+  // Same shape and options everywhere, or every rank fails with the values named.
+  const uint64_t key = (static_cast<uint64_t>(s.seq_len) * 1000003u) ^ (static_cast<uint64_t>(s.batch) << 48) ^
+                       (static_cast<uint64_t>(s.heads) << 36) ^ (static_cast<uint64_t>(s.kv_heads) << 24) ^
+                       (static_cast<uint64_t>(s.head_dim) << 8) ^ (static_cast<uint64_t>(o.layout) << 4) ^
+                       (static_cast<uint64_t>(o.causal) << 2) ^ static_cast<uint64_t>(o.scheme) << 60;
+  checkSameOnAllRanks(comm, key, fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} causal={} scheme={})",
+                                             r, s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim,
+                                             o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal,
+                                             spSchemeName(o.scheme)).c_str());
+}
+
+}  // namespace
+
+void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
+                 const SpAttentionOptions& options, float* out, SpAttentionStats* stats) {
+  SpAttentionStats local;
+  SpAttentionStats& st = stats ? *stats : local;
+  st = SpAttentionStats{};
+  detail::abortOnError(comm, "spAttention", [&] {
+    checkInputs(comm, q, k, v, shape, options, out);
+    SpAttentionOptions o = options;
+    if (o.scale == 0.f) o.scale = 1.f / std::sqrt(static_cast<float>(shape.head_dim));
+    const CostModel fallback;
+    const CostModel& model = options.model ? *options.model : fallback;
+    if (o.scheme == SpScheme::Auto) o.scheme = comm.size() == 1 ? SpScheme::AllGatherKV : model.choose(shape, comm.size(), o);
+    st.scheme = o.scheme;
+    st.predicted_s = model.predict(o.scheme, shape, comm.size(), o);
+    const Geometry g(comm.size(), comm.rank(), shape, o);
+    switch (o.scheme) {
+      case SpScheme::TokenRing: tokenRing(comm, g, q, k, v, out, st); break;
+      case SpScheme::RingKV: ringKV(comm, g, q, k, v, out, st); break;
+      case SpScheme::Ulysses: ulysses(comm, g, q, k, v, out, st); break;
+      case SpScheme::AllGatherKV: allGatherKV(comm, g, q, k, v, out, st); break;
+      case SpScheme::Auto: break;
+    }
+  });
+}
+
+}  // namespace flashring
