@@ -28,6 +28,7 @@ void runOnTransport(const TransportOptions& t, const std::function<void(Communic
 
 // Subcommands.
 void addBenchAllreduce(CLI::App& bench);
+void addBenchAttention(CLI::App& bench);
 void addDemo(CLI::App& app);
 
 }  // namespace flashring::cli

@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   auto* bench = app.add_subcommand("bench", "benchmarks that put flashring beside its baselines in the same run");
   bench->require_subcommand(1);
   cli::addBenchAllreduce(*bench);
+  cli::addBenchAttention(*bench);
   cli::addDemo(app);
   auto* info = app.add_subcommand("info", "print build and CPU facts (kernels chosen at run time)");
   info->callback([] {
