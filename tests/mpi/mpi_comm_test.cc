@@ -150,7 +150,8 @@ TEST_F(MpiTest, ZeroByteMessagesMatchInOrder) {
     out[i] = payload(sizes[i], c.rank(), tag + static_cast<int>(i));
     rs.push_back(c.irecv(sizes[i] ? in[i].data() : nullptr, sizes[i], left, tag));
   }
-  for (size_t i = 0; i < sizes.size(); ++i) rs.push_back(c.isend(sizes[i] ? out[i].data() : nullptr, sizes[i], right, tag));
+  for (size_t i = 0; i < sizes.size(); ++i)
+    rs.push_back(c.isend(sizes[i] ? out[i].data() : nullptr, sizes[i], right, tag));
   c.waitAll(rs, after(kWaitBudget));
   for (size_t i = 0; i < sizes.size(); ++i) EXPECT_EQ(firstBadByte(in[i], left, tag + static_cast<int>(i)), -1) << i;
   EXPECT_EQ(c.bytesSent(), 48u);
@@ -409,13 +410,13 @@ TEST_P(SizeMismatch, FailsOnTheReceiverAndAbortsEveryRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SizeMismatch,
-                         ::testing::Values(MismatchCase{1000, 800, 0},                // larger send: truncation
-                                           MismatchCase{800, 1000, 0},                // smaller send
-                                           MismatchCase{6u << 20, 4u << 20, 0},       // rendezvous, truncation
-                                           MismatchCase{4u << 20, 6u << 20, 0},       // rendezvous, short
-                                           MismatchCase{3000, 2000, 1000},            // derived type, truncation
-                                           MismatchCase{2000, 3000, 1000},            // derived type, short
-                                           MismatchCase{2500, 900, 1000}));           // derived vs plain
+                         ::testing::Values(MismatchCase{1000, 800, 0},           // larger send: truncation
+                                           MismatchCase{800, 1000, 0},           // smaller send
+                                           MismatchCase{6u << 20, 4u << 20, 0},  // rendezvous, truncation
+                                           MismatchCase{4u << 20, 6u << 20, 0},  // rendezvous, short
+                                           MismatchCase{3000, 2000, 1000},       // derived type, truncation
+                                           MismatchCase{2000, 3000, 1000},       // derived type, short
+                                           MismatchCase{2500, 900, 1000}));      // derived vs plain
 
 TEST_F(MpiTest, WaitTimesOutWhenThePeerNeverSendsAndCanBeRetried) {
   auto c = freshComm();
@@ -453,8 +454,8 @@ TEST_F(MpiTest, DestroyingACommunicatorWithPendingWorkDoesNotHang) {
     auto c = freshComm();
     const int right = rightOf(*c), left = leftOf(*c);
     std::vector<uint8_t> in(64), big(6u << 20, 9);
-    Request r = c->irecv(in.data(), in.size(), left, 50);          // nobody sends: cancelled
-    Request s = c->isend(big.data(), big.size(), right, 51);       // nobody receives: a rendezvous send
+    Request r = c->irecv(in.data(), in.size(), left, 50);     // nobody sends: cancelled
+    Request s = c->isend(big.data(), big.size(), right, 51);  // nobody receives: a rendezvous send
     EXPECT_FALSE(c->test(r));
     (void)s;
   }
@@ -462,7 +463,8 @@ TEST_F(MpiTest, DestroyingACommunicatorWithPendingWorkDoesNotHang) {
   // A fresh communicator works normally afterwards.
   auto c2 = freshComm();
   int out = c2->rank(), in = -1;
-  std::array<Request, 2> rs = {c2->irecv(&in, sizeof in, leftOf(*c2), 50), c2->isend(&out, sizeof out, rightOf(*c2), 50)};
+  std::array<Request, 2> rs = {c2->irecv(&in, sizeof in, leftOf(*c2), 50),
+                               c2->isend(&out, sizeof out, rightOf(*c2), 50)};
   c2->waitAll(rs, after(kWaitBudget));
   EXPECT_EQ(in, leftOf(*c2));
 }
@@ -508,6 +510,27 @@ TEST_F(MpiTest, AbortOnOneRankReachesEveryRankWithItsReason) {
     EXPECT_THROW(c->test(r), AbortedError);
     EXPECT_THROW(c->wait(r, after(1s)), AbortedError);
     EXPECT_THROW(c->isend(&x, 1, aborter, 5), AbortedError);
+  }
+}
+
+TEST_F(MpiTest, ACommunicatorCreatedAfterAnAbortedOneIsNotAborted) {
+  FLASHRING_REQUIRE_RANKS(2);
+  // Rank 0 aborts and every rank drops the communicator at once, so notices may still be in flight when
+  // the next duplicate is created (OpenMPI reuses context ids): the next one must not see them.
+  for (int round = 0; round < 10; ++round) {
+    {
+      auto dead = freshComm();
+      if (rank() == 0) dead->abort("round " + std::to_string(round));
+    }
+    auto next = freshComm();
+    int out = 100 * round + next->rank(), in = -1;
+    std::array<Request, 2> rs = {next->irecv(&in, sizeof in, leftOf(*next), 1),
+                                 next->isend(&out, sizeof out, rightOf(*next), 1)};
+    next->waitAll(rs, after(kWaitBudget));
+    EXPECT_EQ(in, 100 * round + leftOf(*next));
+    const auto until = Clock::now() + 20ms;
+    while (Clock::now() < until) ASSERT_FALSE(next->aborted()) << "round " << round;
+    MPI_Barrier(MPI_COMM_WORLD);
   }
 }
 

@@ -24,8 +24,8 @@ class FailurePrinter : public ::testing::EmptyTestEventListener {
     if (!r.failed()) return;
     const std::string msg = r.message();
     if (msg.find(kHarnessTag) != std::string::npos) return;  // the echo of another rank's failure
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", g_rank, r.file_name() ? r.file_name() : "?",
-                 r.line_number(), msg.c_str());
+    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", g_rank, r.file_name() ? r.file_name() : "?", r.line_number(),
+                 msg.c_str());
     std::fflush(stderr);
   }
   void OnTestEnd(const ::testing::TestInfo& t) override {

@@ -52,8 +52,8 @@ class MpiTest : public ::testing::Test {
 }  // namespace flashring::mpitest
 
 // Skips the test (on every rank alike) unless the world has at least n ranks.
-#define FLASHRING_REQUIRE_RANKS(n)                                                                   \
-  do {                                                                                               \
-    if (::flashring::mpitest::worldSize() < (n))                                                     \
+#define FLASHRING_REQUIRE_RANKS(n)                                                                      \
+  do {                                                                                                  \
+    if (::flashring::mpitest::worldSize() < (n))                                                        \
       GTEST_SKIP() << "needs at least " << (n) << " ranks, have " << ::flashring::mpitest::worldSize(); \
   } while (0)

@@ -25,21 +25,34 @@
 //   other rank see AbortedError carrying that text. (The too-large message stays matched but unreceived;
 //   its sender's request never completes, which is harmless once the communicator is aborted.)
 // - Abort: abort(reason) sends "rank R aborted: reason" (at most ~1 KiB, far below every eager limit, so
-//   the sends complete locally even when a peer never looks) to every other rank on a reserved tag,
-//   kMaxTag + 1 (OpenMPI's MPI_TAG_UB is 2^31-1; should an MPI offer only 32767, notices travel on a second
-//   duplicate instead). Every wait, test, progress and aborted() call probes for a notice
-//   (MPI_Improbe on MPI_ANY_SOURCE); once one has arrived, or this rank aborted, every wait and test throws
-//   AbortedError with that text, and new isend/irecv calls throw it too. Notices are not forwarded: the
-//   origin sends one to every peer itself.
+//   the sends complete locally even when a peer never looks) to every other rank over a second duplicate,
+//   the control communicator, which carries nothing else. Waits, test, progress and aborted() probe it
+//   (MPI_Improbe on MPI_ANY_SOURCE): aborted() every time, the others at most every kAbortPollInterval
+//   (100 us) while they poll, because each wildcard probe is one more pass of MPI's progress engine
+//   (probing on every spin made an 8-byte round trip over vader 5x slower). Once a notice has arrived, or
+//   this rank aborted, every wait and test throws AbortedError with that text, and isend/irecv throw it
+//   too. Notices are not forwarded: the origin sends one to every peer itself.
+// - Why a separate control communicator, and why it is never freed: a notice reaches every peer, also
+//   peers that destroy the communicator before they look. OpenMPI 4.1.4 keeps a message that arrives for
+//   a freed context id and hands it, with its old sequence number, to the next communicator that gets
+//   that id; the receiver's ob1 sequence numbers for that peer are then off by one and a later message
+//   (even MPI_Barrier on MPI_COMM_WORLD) is never matched. Measured here: a loop of {dup, bcast, rank 0
+//   sends a notice, everyone frees, dup, ring exchange, barrier} hung in 3 of 5 runs of 4 ranks over tcp,
+//   and in 0 of 8 with the notices on a second duplicate that is never freed. So each MpiCommunicator
+//   keeps one MPI context id until MPI_Finalize (OpenMPI has 65535), plus its data duplicate if it was
+//   aborted or destroyed with work pending (stale data messages may still be addressed to it).
 // - Pending operations after an abort: receives not yet matched are simply dropped (MPI never saw their
 //   buffers). Receives already handed to MPI (their message is arriving) are given up to kCleanupGrace
 //   to finish, because the caller frees their buffers as the AbortedError unwinds. Sends cannot be
 //   cancelled in OpenMPI; a send whose receiver never receives stays pending. The destructor gives
 //   everything another kCleanupGrace, then releases what is left with MPI_Request_free (a rendezvous send
-//   nobody receives is never read again) and frees the duplicate. Unreceived messages and freed pending
-//   sends do not keep MPI_Finalize from returning (OpenMPI 4.1.4, vader and tcp: the MPI tests run such
-//   destructive tests and then finalize).
-// - Deadlines: wait polls MPI_Test (plus the abort probe); after kSpinsBeforeYield polls it calls
+//   nobody receives is never read again). Unreceived messages and freed pending sends do not keep
+//   MPI_Finalize from returning (OpenMPI 4.1.4, vader and tcp: the MPI tests run such destructive tests
+//   and then finalize). Residual risk: a rank that destroys a communicator before it has seen a peer's
+//   abort, while that peer's data message to it is still in flight, frees the data duplicate and can
+//   receive the stale message in a later communicator (see above); every rank that waits once more
+//   after the abort keeps the duplicate instead.
+// - Deadlines: wait polls MPI_Test (plus the probes above); after kSpinsBeforeYield polls it calls
 //   sched_yield() between polls so that oversubscribed ranks (4 ranks on 2 cores) let their peers run.
 // - Native all-reduce: MPI_Iallreduce(MPI_IN_PLACE, MPI_FLOAT, MPI_SUM) polled like a wait, in pieces of
 //   at most maxCount() floats. A non-blocking collective cannot be cancelled: after a timeout or an abort
@@ -57,10 +70,10 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
-#include <deque>
-#include <map>
 #include <cstdlib>
+#include <deque>
 #include <exception>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -104,6 +117,7 @@ namespace {
 
 constexpr int kSpinsBeforeYield = 256;
 constexpr auto kCleanupGrace = std::chrono::milliseconds(1000);
+constexpr auto kAbortPollInterval = std::chrono::microseconds(100);
 constexpr size_t kMaxReasonChars = 1024;
 
 std::string mpiErrorString(int rc) {
@@ -146,10 +160,10 @@ std::string describe(const detail::RequestState& s) {
 
 struct MpiCommunicator::Impl {
   MPI_Comm comm = MPI_COMM_NULL;
-  MPI_Comm ctrl = MPI_COMM_NULL;  // where abort notices travel: `comm` itself unless its tag range is too small
+  MPI_Comm ctrl = MPI_COMM_NULL;  // a second duplicate, only for abort notices; never freed (see the top)
   int rank = 0;
   int size = 1;
-  int abort_tag = kMaxTag + 1;
+  static constexpr int kAbortTag = 0;  // on `ctrl`, where nothing else travels
 
   // Operations handed to MPI: sends, and receives whose message has been probed. Completed ones are
   // dropped lazily (compact()).
@@ -169,6 +183,7 @@ struct MpiCommunicator::Impl {
   std::string notice;  // the notice this rank sent; must outlive notice_reqs
   std::vector<MPI_Request> notice_reqs;
   std::string deferred_abort;  // a size mismatch found while matching or testing; aborts afterwards
+  Clock::time_point last_abort_poll{};
 
   [[noreturn]] void fail(int rc, const std::string& what) const {
     throw TransportError(fmt::format("rank {}: {} failed: {}", rank, what, mpiErrorString(rc)), rank);
@@ -231,8 +246,9 @@ struct MpiCommunicator::Impl {
   }
 
   std::string mismatchMessage(const MpiRequest& q, long long sent) const {
-    return fmt::format("rank {}: size mismatch: a receive of {} bytes from peer {} with tag {} matched a send of {} bytes",
-                       rank, q.bytes, q.peer, q.tag, sent);
+    return fmt::format(
+        "rank {}: size mismatch: a receive of {} bytes from peer {} with tag {} matched a send of {} bytes", rank,
+        q.bytes, q.peer, q.tag, sent);
   }
 
   void failMismatch(MpiRequest& q, long long sent) {
@@ -291,8 +307,8 @@ struct MpiCommunicator::Impl {
         got = MPI_UNDEFINED;
       if (got != static_cast<MPI_Count>(q.bytes)) failMismatch(q, static_cast<long long>(got));
     } else if (rc != MPI_SUCCESS) {
-      q.error = std::make_exception_ptr(TransportError(
-          fmt::format("rank {}: {} failed: {}", rank, describe(q), mpiErrorString(rc)), rank));
+      q.error = std::make_exception_ptr(
+          TransportError(fmt::format("rank {}: {} failed: {}", rank, describe(q), mpiErrorString(rc)), rank));
     }
     if (q.type != MPI_DATATYPE_NULL) MPI_Type_free(&q.type);
   }
@@ -349,13 +365,20 @@ struct MpiCommunicator::Impl {
     flushDeferredAbort();
   }
 
+  // pollAbort() at most every kAbortPollInterval: a wildcard MPI_Improbe runs MPI's progress engine once
+  // more, and doing it on every spin tripled the small-message round trip over vader (0.7 -> 4 us).
+  void pollAbortSometimes(Clock::time_point now) {
+    if (now - last_abort_poll >= kAbortPollInterval) pollAbort();
+  }
+
   // Receives an abort notice if one has arrived; never throws for the notice itself.
   void pollAbort() {
     if (aborted) return;
+    last_abort_poll = Clock::now();
     int flag = 0;
     MPI_Message msg = MPI_MESSAGE_NULL;
     MPI_Status st;
-    check(MPI_Improbe(MPI_ANY_SOURCE, abort_tag, ctrl, &flag, &msg, &st), "MPI_Improbe");
+    check(MPI_Improbe(MPI_ANY_SOURCE, kAbortTag, ctrl, &flag, &msg, &st), "MPI_Improbe");
     if (!flag) return;
     int n = 0;
     MPI_Get_count(&st, MPI_CHAR, &n);
@@ -372,8 +395,7 @@ struct MpiCommunicator::Impl {
       if (p == rank) continue;
       MPI_Request req = MPI_REQUEST_NULL;
       // A failing send (a dead peer) must not stop the notice to the others.
-      if (MPI_Isend(notice.data(), static_cast<int>(notice.size()), MPI_CHAR, p, abort_tag, ctrl, &req) ==
-          MPI_SUCCESS)
+      if (MPI_Isend(notice.data(), static_cast<int>(notice.size()), MPI_CHAR, p, kAbortTag, ctrl, &req) == MPI_SUCCESS)
         notice_reqs.push_back(req);
     }
     enterAborted(notice, rank);
@@ -468,19 +490,10 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : impl_(std::make_unique<Impl>()
     d.check(MPI_Comm_rank(d.comm, &d.rank), "MPI_Comm_rank");
     d.check(MPI_Comm_size(d.comm, &d.size), "MPI_Comm_size");
     MPI_Comm_set_name(d.comm, const_cast<char*>("flashring"));
-    int* tag_ub = nullptr;
-    int flag = 0;
-    d.check(MPI_Comm_get_attr(d.comm, MPI_TAG_UB, &tag_ub, &flag), "MPI_Comm_get_attr(MPI_TAG_UB)");
-    if (flag && tag_ub != nullptr && *tag_ub > kMaxTag) {
-      d.ctrl = d.comm;
-      d.abort_tag = kMaxTag + 1;
-    } else {
-      d.check(MPI_Comm_dup(d.comm, &d.ctrl), "MPI_Comm_dup");
-      d.check(MPI_Comm_set_errhandler(d.ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
-      d.abort_tag = 0;
-    }
+    d.check(MPI_Comm_dup(d.comm, &d.ctrl), "MPI_Comm_dup");
+    d.check(MPI_Comm_set_errhandler(d.ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   } catch (...) {
-    if (d.ctrl != MPI_COMM_NULL && d.ctrl != d.comm) MPI_Comm_free(&d.ctrl);
+    if (d.ctrl != MPI_COMM_NULL) MPI_Comm_free(&d.ctrl);
     MPI_Comm_free(&d.comm);
     throw;
   }
@@ -490,9 +503,14 @@ MpiCommunicator::~MpiCommunicator() {
   if (!impl_) return;
   Impl& d = *impl_;
   if (mpiFinalized()) return;  // MPI took its objects with it
+  try {
+    d.pollAbort();  // an abort notice that has arrived decides below whether the duplicate is kept
+  } catch (const std::exception&) {
+  }
+  d.compact();
+  bool unfinished = !d.unmatched.empty() || !d.pending.empty() || !d.stuck.empty();
   d.dropUnmatched();
-  d.drain(d.pending.empty() && d.notice_reqs.empty() && d.stuck.empty() ? std::chrono::milliseconds(0) : kCleanupGrace,
-          /*sends_too=*/true);
+  d.drain(unfinished || !d.notice_reqs.empty() ? kCleanupGrace : std::chrono::milliseconds(0), /*sends_too=*/true);
   for (auto& q : d.pending) {
     if (q->done) continue;
     if (q->req != MPI_REQUEST_NULL) MPI_Request_free(&q->req);  // completes (or not) in the background
@@ -501,7 +519,12 @@ MpiCommunicator::~MpiCommunicator() {
   for (auto& r : d.notice_reqs)
     if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
   // Abandoned non-blocking collectives are left as they are: freeing an active one is not allowed.
-  if (d.ctrl != MPI_COMM_NULL && d.ctrl != d.comm) MPI_Comm_free(&d.ctrl);
+  // A duplicate that was aborted or still had work posted is deliberately NOT freed: messages addressed
+  // to it may still be in flight (abort notices, sends nobody received), and OpenMPI hands a freed
+  // context id to the next new communicator, whose receives would then match those stale messages.
+  // Kept, it costs one context id and a little memory until MPI_Finalize.
+  // The control duplicate is never freed (see the top of this file).
+  if (d.aborted || unfinished) return;
   if (d.comm != MPI_COMM_NULL) MPI_Comm_free(&d.comm);
 }
 
@@ -545,7 +568,7 @@ bool MpiCommunicator::test(Request& r) {
   MpiRequest* q = d.own(r, "test");
   if (q == nullptr) return true;
   if (q->error) std::rethrow_exception(q->error);
-  d.pollAbort();
+  d.pollAbortSometimes(Clock::now());
   d.throwIfAborted();
   if (!q->posted) d.matchAll();
   const bool done = d.testOne(*q);
@@ -559,10 +582,11 @@ void MpiCommunicator::wait(Request& r, Deadline deadline) {
   Impl& d = *impl_;
   MpiRequest* q = d.own(r, "wait");
   if (q == nullptr) return;
+  if (q->error) std::rethrow_exception(q->error);
   const auto start = Clock::now();
   for (int spins = 0;; ++spins) {
-    if (q->error) std::rethrow_exception(q->error);
-    d.pollAbort();
+    const auto now = Clock::now();
+    d.pollAbortSometimes(now);
     d.throwIfAborted();
     // Every queue, not only q's: a peer may be waiting for one of our other receives before it sends q.
     d.matchAll();
@@ -571,11 +595,11 @@ void MpiCommunicator::wait(Request& r, Deadline deadline) {
     if (q->error) std::rethrow_exception(q->error);
     d.throwIfAborted();
     if (done) return;
-    if (Clock::now() >= deadline)
-      throw TimeoutError(fmt::format("rank {}: wait timed out after {} ms: {} has not completed{}", d.rank,
-                                     msSince(start), describe(*q),
-                                     q->is_send || q->posted ? "" : " (no message has arrived)"),
-                         d.rank);
+    if (now >= deadline)
+      throw TimeoutError(
+          fmt::format("rank {}: wait timed out after {} ms: {} has not completed{}", d.rank, msSince(start),
+                      describe(*q), q->is_send || q->posted ? "" : " (no message has arrived)"),
+          d.rank);
     if (spins >= kSpinsBeforeYield) sched_yield();
   }
 }
@@ -583,7 +607,7 @@ void MpiCommunicator::wait(Request& r, Deadline deadline) {
 void MpiCommunicator::progress() {
   Impl& d = *impl_;
   if (d.aborted) return;
-  d.pollAbort();
+  d.pollAbortSometimes(Clock::now());
   if (d.aborted || (d.pending.empty() && d.unmatched.empty())) return;  // the probe drove MPI's progress once
   d.testAll();
 }
@@ -616,12 +640,13 @@ void MpiCommunicator::nativeAllreduceSum(float* data, size_t count, Deadline dea
       int flag = 0;
       d.check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), "MPI_Test(MPI_Iallreduce)");
       if (flag) break;
-      d.pollAbort();
+      const auto now = Clock::now();
+      d.pollAbortSometimes(now);
       if (d.aborted) {
         d.stuck.push_back(req);
         d.throwIfAborted();
       }
-      if (Clock::now() >= deadline) {
+      if (now >= deadline) {
         d.stuck.push_back(req);
         throw TimeoutError(fmt::format("rank {}: native all-reduce of {} floats (piece at {} of {} floats) timed out "
                                        "after {} ms",
