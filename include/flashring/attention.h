@@ -35,15 +35,23 @@ struct BlockAttentionOptions {
   int64_t q_offset = 0;  // global position of the block's first query (causal only)
   int64_t k_offset = 0;  // global position of the block's first key (causal only)
   float scale = 0.f;     // softmax scale; 0 means 1/sqrt(head_dim)
-  // Called between tiles, so that a transport can move bytes while the kernel computes
-  // (MpiCommunicator::progress). Keep it cheap.
+  // Called between tiles, about every 0.5 ms of work (never more often; a call shorter than that may not
+  // call it at all), so that a transport can move bytes while the kernel computes
+  // (MpiCommunicator::progress). Keep it cheap, and do not call blockAttention from it on the same thread
+  // (the kernel's per-thread scratch is in use).
   std::function<void()> progress;
 };
 
 // Throws InvalidArgument naming the bad field (non-positive sizes, heads % kv_heads != 0, null pointers).
 void validate(const AttentionShape& s);
 
-// out and lse are overwritten.
+// out and lse are overwritten. Runs on the calling thread only: it never starts threads (callers run one
+// rank per thread or process). Scratch memory is per thread and kept between calls: about
+// 2 * kv_len * head_dim floats (one KV head's K and V, packed) plus a few row blocks. Accuracy against
+// blockAttentionReference: max abs error <= 1e-5 on out and lse for scaled scores up to ~10-15 in
+// magnitude (larger scores are limited by the fp32 rounding of the scores themselves). Deterministic: the
+// same inputs give the same bits. Uses AVX2/FMA micro-kernels when the CPU has them, else OpenBLAS sgemm
+// (which then sets OpenBLAS to one thread, process-wide, at its first use).
 void blockAttention(const float* q, const float* k, const float* v, const AttentionShape& shape,
                     const BlockAttentionOptions& options, float* out, float* lse);
 
@@ -54,7 +62,9 @@ void blockAttentionReference(const float* q, const float* k, const float* v, con
 // Merge a second partial result into the first, in place, over `rows` rows of `heads` heads each
 // (rows = batch * q_len for whole blocks):
 //   lse' = max + log1p(exp(min - max)),  out' = exp(lse_a - lse') out_a + exp(lse_b - lse') out_b
-// Rows with lse_b = -inf keep (out_a, lse_a); rows with lse_a = -inf take (out_b, lse_b).
+// Rows with lse_b = -inf keep (out_a, lse_a); rows with lse_a = -inf take (out_b, lse_b), bit for bit (the
+// out of a -inf side is never read). rows = 0 does nothing. Agrees with mergeAttentionReference within
+// 1e-6 on out and ~1 ulp on lse.
 void mergeAttention(float* out, float* lse, const float* out_b, const float* lse_b, int64_t rows, int heads,
                     int head_dim);
 // Scalar reference of the merge (fp64 inside).
