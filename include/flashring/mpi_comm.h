@@ -6,6 +6,13 @@
 // into typed exceptions. abort() sends a short notice to every peer; every wait polls for such a notice,
 // so a failure on one rank becomes an AbortedError on all of them instead of a hang.
 //
+// Threads: one thread at a time per MpiCommunicator (every call, test/progress/aborted() included);
+// separate communicators may be driven from separate threads when MPI provides MPI_THREAD_MULTIPLE.
+// Construction and destruction are collective over the wrapped communicator (MPI_Comm_dup /
+// MPI_Comm_free). Each MpiCommunicator keeps one small MPI communicator (its abort-notice channel) until
+// MPI_Finalize, and also its data duplicate if it was aborted or destroyed with operations pending, so
+// that messages still in flight to it can never reach a later communicator (src/comm/mpi/mpi_comm.cc).
+//
 // This header is only available when flashring was built with FLASHRING_WITH_MPI.
 #pragma once
 

@@ -515,6 +515,7 @@ MpiCommunicator::~MpiCommunicator() {
     if (q->done) continue;
     if (q->req != MPI_REQUEST_NULL) MPI_Request_free(&q->req);  // completes (or not) in the background
     if (q->type != MPI_DATATYPE_NULL) MPI_Type_free(&q->type);  // MPI keeps it until the operation ends
+    q->done = true;
   }
   for (auto& r : d.notice_reqs)
     if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
