@@ -215,7 +215,7 @@ validate_args() {
     # limit: default 2x burst
     if [[ -n $LIMIT ]]; then
         LIMIT_B=$(size_to_bytes "$LIMIT") || die_usage "--limit '$LIMIT' is not a size like 4mb, 1mb"
-        ((LIMIT_B >= BURST_B)) || die_usage "--limit must be at least the burst ($BURST_B bytes)"
+        ((LIMIT_B >= 131072)) || die_usage "--limit must be at least 128kb (two 64 KiB GSO packets), got '$LIMIT'"
     else
         LIMIT_B=$((2 * BURST_B))
     fi
