@@ -7,16 +7,23 @@ torch.set_num_threads(1) and (2). Tensors are made in flashring's BSHD layout an
 views [B, H, S, D] (what a caller holding BSHD data would do, no copy); --contiguous passes contiguous
 BHSD tensors instead. GQA uses enable_gqa=True (no KV replication, like the kernel).
 
-Prints per shape and thread count: median wall time per call, median process CPU time per call, and
-GFLOP/s from the wall time. On a shared machine compare CPU times (or rerun when the machine is quiet).
+Prints per shape and thread count: the best and median wall time per call, median process CPU time, and
+GFLOP/s from the best wall time.
+
+With --ours PATH/TO/flashring_kernel_bench it also runs flashring's kernel (BM_Attention, impl 0 = the
+default AVX2 micro-kernels, one thread) on each shape, alternating with SDPA for --rounds rounds, and
+prints both best times and the speed-up: on a shared machine only such interleaved best-of-N numbers
+compare fairly.
 
 PyTorch is a benchmark-only dependency: pip install torch (the PyPI wheel works on CPU).
 
     python3 bench/sdpa_torch.py [--threads 1,2] [--iters 5] [--contiguous] [--json out.json]
+    python3 bench/sdpa_torch.py --threads 1 --ours build/bin/flashring_kernel_bench --rounds 3
 """
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 
@@ -73,23 +80,43 @@ def run(shape, threads, iters, contiguous):
             F.scaled_dot_product_attention(qt, kt, vt, **kwargs)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
-    wall = statistics.median(walls)
-    cpu = statistics.median(cpus)
     return {
         "q": q, "kv": kv, "heads": h, "kv_heads": hkv, "head_dim": d, "causal": causal, "threads": threads,
-        "layout": "BHSD" if contiguous else "BSHD-view", "wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3,
-        "gflops_wall": flops(q, kv, h, d, causal) / wall / 1e9,
-        "gflops_cpu_per_thread": flops(q, kv, h, d, causal) / cpu / 1e9,
+        "layout": "BHSD" if contiguous else "BSHD-view", "best_ms": min(walls) * 1e3,
+        "median_ms": statistics.median(walls) * 1e3, "cpu_ms": statistics.median(cpus) * 1e3,
+        "gflops": flops(q, kv, h, d, causal) / min(walls) / 1e9,
     }
+
+
+def run_ours(binary, shape, repetitions):
+    """Best wall time (ms) of flashring's BM_Attention (impl 0) on one shape, from `repetitions` runs."""
+    q, kv, h, hkv, d, causal = shape
+    name = f"BM_Attention/impl:0/q:{q}/kv:{kv}/h:{h}/hkv:{hkv}/d:{d}/causal:{int(causal)}/"
+    cmd = [binary, f"--benchmark_filter=^{name}", "--benchmark_format=json", "--benchmark_min_time=0.01",
+           f"--benchmark_repetitions={repetitions}"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    runs = [b for b in json.loads(out)["benchmarks"] if b.get("run_type") == "iteration"]
+    if not runs:
+        sys.exit(f"sdpa_torch.py: {binary} has no benchmark {name}")
+    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
+    return min(b["real_time"] * scale[b["time_unit"]] for b in runs)
+
+
+def print_row(r):
+    print(f"{r['q']:>5} {r['kv']:>5} {r['heads']:>3} {r['kv_heads']:>3} {r['head_dim']:>4} "
+          f"{str(r['causal']):>6} {r['threads']:>3} {r['best_ms']:>9.1f} {r['median_ms']:>9.1f} {r['cpu_ms']:>9.1f} "
+          f"{r['gflops']:>8.1f}", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts (default 1,2)")
-    ap.add_argument("--iters", type=int, default=5, help="timed calls per shape (median reported)")
+    ap.add_argument("--iters", type=int, default=5, help="timed calls per shape and round (best and median reported)")
     ap.add_argument("--contiguous", action="store_true", help="contiguous BHSD tensors instead of BSHD views")
     ap.add_argument("--shape", action="append", default=[],
                     help="q,kv,heads,kv_heads,head_dim,causal (repeatable; default: the kernel benchmark's shapes)")
+    ap.add_argument("--ours", help="path to flashring_kernel_bench: also time flashring's kernel, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds with --ours (best kept)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -104,16 +131,44 @@ def main():
     torch.set_num_interop_threads(1)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"layout {'BHSD contiguous' if args.contiguous else 'BSHD transposed views'}, fp32")
-    print(f"{'q':>5} {'kv':>5} {'h':>3} {'hkv':>3} {'d':>4} {'causal':>6} {'thr':>3} "
-          f"{'wall ms':>9} {'cpu ms':>9} {'GFLOP/s':>8}")
     results = []
-    for threads in (int(t) for t in args.threads.split(",")):
+    if args.ours:
+        # Interleaved rounds: SDPA at each thread count, then ours, shape by shape; keep the best of each.
+        best = {}
+        for rnd in range(args.rounds):
+            for shape in shapes:
+                for threads in (int(t) for t in args.threads.split(",")):
+                    r = run(shape, threads, args.iters, args.contiguous)
+                    key = (shape, threads)
+                    if key not in best or r["best_ms"] < best[key]["best_ms"]:
+                        best[key] = r
+                ours = run_ours(args.ours, shape, args.iters)
+                key = (shape, "ours")
+                best[key] = min(best.get(key, ours), ours)
+            print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+        print(f"{'q':>5} {'kv':>5} {'h':>3} {'hkv':>3} {'d':>4} {'causal':>6} "
+              + "".join(f"{'sdpa@' + t + ' ms':>13}" for t in args.threads.split(","))
+              + f"{'ours@1 ms':>11}{'ours GFLOP/s':>14}"
+              + "".join(f"{'vs sdpa@' + t:>11}" for t in args.threads.split(",")))
         for shape in shapes:
-            r = run(shape, threads, args.iters, args.contiguous)
-            results.append(r)
-            print(f"{r['q']:>5} {r['kv']:>5} {r['heads']:>3} {r['kv_heads']:>3} {r['head_dim']:>4} "
-                  f"{str(r['causal']):>6} {threads:>3} {r['wall_ms']:>9.1f} {r['cpu_ms']:>9.1f} "
-                  f"{r['gflops_wall']:>8.1f}", flush=True)
+            q, kv, h, hkv, d, causal = shape
+            ours = best[(shape, "ours")]
+            line = f"{q:>5} {kv:>5} {h:>3} {hkv:>3} {d:>4} {str(causal):>6} "
+            sdpa = [best[(shape, int(t))] for t in args.threads.split(",")]
+            line += "".join(f"{r['best_ms']:>13.1f}" for r in sdpa)
+            line += f"{ours:>11.1f}{flops(q, kv, h, d, causal) / ours / 1e6:>14.1f}"
+            line += "".join(f"{r['best_ms'] / ours:>10.2f}x" for r in sdpa)
+            print(line)
+            for r in sdpa:
+                results.append(dict(r, ours_best_ms=ours))
+    else:
+        print(f"{'q':>5} {'kv':>5} {'h':>3} {'hkv':>3} {'d':>4} {'causal':>6} {'thr':>3} "
+              f"{'best ms':>9} {'median ms':>9} {'cpu ms':>9} {'GFLOP/s':>8}")
+        for threads in (int(t) for t in args.threads.split(",")):
+            for shape in shapes:
+                r = run(shape, threads, args.iters, args.contiguous)
+                results.append(r)
+                print_row(r)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

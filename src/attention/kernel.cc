@@ -53,6 +53,15 @@ void checkPointer(const void* p, const char* name) {
   if (p == nullptr) throw InvalidArgument(std::string("blockAttention: ") + name + " is null");
 }
 
+// In BSHD the rows of one head are heads * head_dim floats apart, each on its own pages, where the hardware
+// prefetcher does not follow: the packing loops prefetch the rows they will copy next (measured: packing
+// took ~7% of a 512 x 512 MHA call without it, ~4.5% with it).
+constexpr int kPrefetchRows = 8;
+void prefetchRow(const float* p, int d) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < static_cast<int64_t>(d) * 4; off += 64) __builtin_prefetch(c + off);
+}
+
 // Per-thread scratch: one rank per thread, so each keeps its buffers between calls.
 struct Scratch {
   std::vector<float> o, m, l, s, alpha, q_packed, k_panels, v_packed;
@@ -102,7 +111,7 @@ void blasTile(const TileArgs& a, int q_count, bool simd) {
         std::memset(srow, 0, sizeof(float) * static_cast<size_t>(ncols));
         continue;
       }
-      float* orow = a.o + static_cast<int64_t>(r) * d;
+      float* orow = a.o + static_cast<int64_t>(r) * a.ldo;
       if (simd) {
         const float alpha = avx2::softmaxRow(srow, vis, ncols, a.m + r, a.l + r);
         if (alpha != 1.f) avx2::scaleRow(orow, d, alpha);
@@ -114,7 +123,7 @@ void blasTile(const TileArgs& a, int q_count, bool simd) {
       }
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, q_count, d, ncols, 1.f, a.s, ncols, a.v, ldk, 1.f,
-                a.o + hh * d, g * d);
+                a.o + hh * a.ldo, g * a.ldo);
   }
 }
 
@@ -151,7 +160,9 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   const int rows_max = q_block * g;
 
   Scratch& sc = t_scratch;
-  growTo(sc.o, static_cast<size_t>(rows_max) * d);
+  // Micro-kernels: O and the V panels are padded to a multiple of 16 columns.
+  const int ldo = micro ? (d + kPanel - 1) / kPanel * kPanel : d;
+  growTo(sc.o, static_cast<size_t>(rows_max) * ldo);
   growTo(sc.m, static_cast<size_t>(rows_max));
   growTo(sc.l, static_cast<size_t>(rows_max));
   growTo(sc.alpha, static_cast<size_t>(rows_max));
@@ -160,7 +171,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   if (micro) {
     growTo(sc.q_packed, static_cast<size_t>(rows_max) * d);
     growTo(sc.k_panels, static_cast<size_t>(panels_total) * kPanel * d);
-    growTo(sc.v_packed, static_cast<size_t>(skv) * d);
+    growTo(sc.v_packed, static_cast<size_t>(skv) * ldo);
   }
 
   // Progress: the clock is read only every ~1M multiply-adds (~20-40 us), the hook called every >= 0.5 ms.
@@ -179,6 +190,8 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   a.causal = options.causal;
   a.scale2 = scale2;
   a.o = sc.o.data();
+  a.ldo = ldo;
+  a.v_panel_stride = static_cast<int64_t>(skv) * kPanel;
   a.m = sc.m.data();
   a.l = sc.l.data();
   a.s = sc.s.data();
@@ -204,7 +217,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
         }
         std::fill_n(sc.m.data(), rows, kNegInf);
         std::fill_n(sc.l.data(), rows, 0.f);
-        std::fill_n(sc.o.data(), static_cast<size_t>(rows) * d, 0.f);
+        std::fill_n(sc.o.data(), static_cast<size_t>(rows) * ldo, 0.f);
         a.q = q + ((static_cast<int64_t>(b) * sq + i0) * h + static_cast<int64_t>(kh) * g) * d;
         a.rows = rows;
 
@@ -213,13 +226,30 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
           for (int p = panels_packed; p < need; ++p) {
             const int nk = std::min(kPanel, skv - p * kPanel);
             const int64_t key0 = static_cast<int64_t>(p) * kPanel;
+            if (p + 1 < need) {
+              const int64_t next0 = key0 + kPanel;
+              for (int64_t j = next0; j < std::min<int64_t>(next0 + kPanel, skv); ++j) {
+                prefetchRow(kbase + j * ldk, d);
+                prefetchRow(vbase + j * ldk, d);
+              }
+            }
             avx2::packKeyPanels(kbase + key0 * ldk, ldk, nk, d, sc.k_panels.data() + key0 * d);
             for (int j = 0; j < nk; ++j) {
-              std::memcpy(sc.v_packed.data() + (key0 + j) * d, vbase + (key0 + j) * ldk, sizeof(float) * d);
+              const float* src = vbase + (key0 + j) * ldk;
+              float* dst = sc.v_packed.data() + (key0 + j) * kPanel;
+              for (int c = 0; c < ldo; c += kPanel, dst += a.v_panel_stride) {
+                const int n = std::min(kPanel, d - c);
+                std::memcpy(dst, src + c, sizeof(float) * n);
+                if (n < kPanel) std::memset(dst + n, 0, sizeof(float) * (kPanel - n));
+              }
             }
           }
           panels_packed = std::max(panels_packed, need);
           for (int r = 0; r < rows; ++r) {
+            if (r + kPrefetchRows < rows) {
+              const int ahead = r + kPrefetchRows;
+              prefetchRow(a.q + static_cast<int64_t>(ahead / g) * ldq + static_cast<int64_t>(ahead % g) * d, d);
+            }
             std::memcpy(sc.q_packed.data() + static_cast<int64_t>(r) * d,
                         a.q + static_cast<int64_t>(r / g) * ldq + static_cast<int64_t>(r % g) * d, sizeof(float) * d);
           }
@@ -231,7 +261,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
           a.v = vbase + static_cast<int64_t>(j0) * ldk;
           a.q_packed = micro ? sc.q_packed.data() : nullptr;
           a.k_panels = micro ? sc.k_panels.data() + static_cast<int64_t>(j0) * d : nullptr;
-          a.v_packed = micro ? sc.v_packed.data() + static_cast<int64_t>(j0) * d : nullptr;
+          a.v_packed = micro ? sc.v_packed.data() + static_cast<int64_t>(j0) * kPanel : nullptr;
           // The tile needs masking only if the first query does not see all of it.
           a.causal = options.causal && diag0 - j0 < a.keys - 1;
           a.diag = diag0 - j0;
@@ -261,14 +291,12 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
 
         // Normalise and write the block out.
         for (int r = 0; r < rows; ++r) {
-          const int i = i0 + r / g;
-          const int head = kh * g + r % g;
-          const int64_t row = (static_cast<int64_t>(b) * sq + i) * h + head;
+          const int64_t row = (static_cast<int64_t>(b) * sq + i0 + r / g) * h + static_cast<int64_t>(kh) * g + r % g;
           float* dst = out + row * d;
           const float lsum = sc.l[static_cast<size_t>(r)];
           if (lsum > 0.f) {
             const float inv = 1.f / lsum;
-            const float* src = sc.o.data() + static_cast<int64_t>(r) * d;
+            const float* src = sc.o.data() + static_cast<int64_t>(r) * ldo;
             for (int c = 0; c < d; ++c) dst[c] = src[c] * inv;
             lse[row] = static_cast<float>(
                 (static_cast<double>(sc.m[static_cast<size_t>(r)]) + std::log2(static_cast<double>(lsum))) * kLn2);

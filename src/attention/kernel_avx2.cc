@@ -4,9 +4,10 @@
 // Micro-kernels. Both keep a 6 x 16 block of fp32 accumulators in 12 ymm registers (the classic Haswell
 // sgemm shape: 6 broadcasts + 2 loads feed 12 FMAs per step):
 //   S[6 rows][16 keys]  += Q[row][d] (broadcast) * Kpanel[d][16 keys]          over d < head_dim
-//   O[6 rows][16 cols]  += P[row][j] (broadcast) * V[j][16 cols]              over the visible keys j
-// Q rows and V rows are read from packed copies and K from 16-key panels (kernel.cc packs them), so every
-// stream is contiguous.
+//   O[6 rows][16 cols]  += P[row][j] (broadcast) * Vpanel[j][16 cols]         over the visible keys j
+// Q rows are read from a packed copy, K from 16-key panels and V from 16-column panels (kernel.cc packs
+// them), so every stream is contiguous. head_dim is padded to a multiple of 16 in the V panels and in O
+// (zeros), so there are no column tails.
 //
 // No std:: inline function or template is called here (see kernel_internal.h).
 #include <immintrin.h>
@@ -87,50 +88,32 @@ inline void qkPanel(const float* q, int d_len, const float* panel, __m256 scale,
   }
 }
 
-// O[t][0, 8 NV) = alpha[t] O[t][0, 8 NV) + sum_{j < n} P[t][j] V[j][0, 8 NV).
-template <int R, int NV>
-inline void pvChunk(const float* p, int ldp, const float* v, int ldv, int n, float* o, int ldo, const float* alpha) {
-  __m256 c[R][NV];
+// O[t][0, 16) = alpha[t] O[t][0, 16) + sum_{j < n} P[t][j] V[j][0, 16), V a 16-column panel (rows 16 apart).
+template <int R>
+inline void pvPanel(const float* p, int ldp, const float* v, int n, float* o, int ldo, const float* alpha) {
+  __m256 c0[R], c1[R];
 #pragma GCC unroll 6
   for (int t = 0; t < R; ++t) {
     const __m256 a = _mm256_broadcast_ss(alpha + t);
-#pragma GCC unroll 2
-    for (int u = 0; u < NV; ++u) c[t][u] = _mm256_mul_ps(_mm256_loadu_ps(o + t * ldo + 8 * u), a);
+    c0[t] = _mm256_mul_ps(_mm256_loadu_ps(o + t * ldo), a);
+    c1[t] = _mm256_mul_ps(_mm256_loadu_ps(o + t * ldo + 8), a);
   }
 #pragma GCC unroll 2
   for (int j = 0; j < n; ++j) {
-    __m256 vv[NV];
-#pragma GCC unroll 2
-    for (int u = 0; u < NV; ++u) vv[u] = _mm256_loadu_ps(v + j * ldv + 8 * u);
+    const __m256 v0 = _mm256_loadu_ps(v + j * kPanel);
+    const __m256 v1 = _mm256_loadu_ps(v + j * kPanel + 8);
 #pragma GCC unroll 6
     for (int t = 0; t < R; ++t) {
       const __m256 a = _mm256_broadcast_ss(p + t * ldp + j);
-#pragma GCC unroll 2
-      for (int u = 0; u < NV; ++u) c[t][u] = _mm256_fmadd_ps(a, vv[u], c[t][u]);
+      c0[t] = _mm256_fmadd_ps(a, v0, c0[t]);
+      c1[t] = _mm256_fmadd_ps(a, v1, c1[t]);
     }
   }
 #pragma GCC unroll 6
   for (int t = 0; t < R; ++t) {
-#pragma GCC unroll 2
-    for (int u = 0; u < NV; ++u) _mm256_storeu_ps(o + t * ldo + 8 * u, c[t][u]);
+    _mm256_storeu_ps(o + t * ldo, c0[t]);
+    _mm256_storeu_ps(o + t * ldo + 8, c1[t]);
   }
-}
-
-// The same for the last head_dim % 8 columns (mask: the first `cols` lanes).
-template <int R>
-inline void pvChunkMasked(const float* p, int ldp, const float* v, int ldv, int n, float* o, int ldo,
-                          const float* alpha, __m256i mask) {
-  __m256 c[R];
-#pragma GCC unroll 6
-  for (int t = 0; t < R; ++t)
-    c[t] = _mm256_mul_ps(_mm256_maskload_ps(o + t * ldo, mask), _mm256_broadcast_ss(alpha + t));
-  for (int j = 0; j < n; ++j) {
-    const __m256 vv = _mm256_maskload_ps(v + j * ldv, mask);
-#pragma GCC unroll 6
-    for (int t = 0; t < R; ++t) c[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(p + t * ldp + j), vv, c[t]);
-  }
-#pragma GCC unroll 6
-  for (int t = 0; t < R; ++t) _mm256_maskstore_ps(o + t * ldo, mask, c[t]);
 }
 
 // One strip of R rows: scores over ceil(ncols/16) panels, softmax per row, then O update over ncols keys.
@@ -155,14 +138,10 @@ void strip(const TileArgs& a, int r0, const int* vis, int ncols) {
     }
     if (n < ncols) std::memset(srow + n, 0, sizeof(float) * static_cast<size_t>(ncols - n));
   }
-  float* o = a.o + static_cast<int64_t>(r0) * d_len;
-  int c = 0;
-  for (; c + 16 <= d_len; c += 16) pvChunk<R, 2>(a.s, lds, a.v_packed + c, d_len, ncols, o + c, d_len, alpha);
-  if (c + 8 <= d_len) {
-    pvChunk<R, 1>(a.s, lds, a.v_packed + c, d_len, ncols, o + c, d_len, alpha);
-    c += 8;
+  float* o = a.o + static_cast<int64_t>(r0) * a.ldo;
+  for (int c = 0; c < a.ldo; c += kPanel) {
+    pvPanel<R>(a.s, lds, a.v_packed + (c / kPanel) * a.v_panel_stride, ncols, o + c, a.ldo, alpha);
   }
-  if (c < d_len) pvChunkMasked<R>(a.s, lds, a.v_packed + c, d_len, ncols, o + c, d_len, alpha, firstLanes(d_len - c));
 }
 
 inline void transpose8(__m256& r0, __m256& r1, __m256& r2, __m256& r3, __m256& r4, __m256& r5, __m256& r6, __m256& r7) {

@@ -68,8 +68,10 @@ struct TileArgs {
   // one head are heads * head_dim floats apart, which maps them all onto the same few L1 sets).
   const float* q_packed;  // the block's Q rows, [rows][head_dim]
   const float* k_panels;  // the tile's K, [ceil(keys/16)][head_dim][16], zero-padded
-  const float* v_packed;  // the tile's V, [keys][head_dim]
-  int rows;               // q_count * group
+  const float* v_packed;  // the tile's V in 16-column panels: column c of key j at
+                          // v_packed[(c / 16) * v_panel_stride + j * 16 + c % 16], zero-padded to ldo columns
+  int64_t v_panel_stride;
+  int rows;  // q_count * group
   int group;
   int head_dim;
   int keys;  // keys in the tile (> 0)
@@ -77,7 +79,8 @@ struct TileArgs {
   bool causal;
   int64_t diag;
   float scale2;  // softmax scale * log2(e): scores are kept in the base-2 domain
-  float* o;      // [rows][head_dim] unnormalised accumulator
+  float* o;      // [rows][ldo] unnormalised accumulator (columns >= head_dim are padding)
+  int ldo;       // head_dim (BLAS paths) or head_dim rounded up to 16 (Avx2Micro)
   float* m;      // [rows] running max (base 2), -inf before the first visible key
   float* l;      // [rows] running sum of exp2(s - m)
   float* s;      // scratch, at least rows * round_up(key_tile, 16) floats
