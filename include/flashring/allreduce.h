@@ -40,6 +40,9 @@ struct AllreduceOptions {
   // Native: check that every rank passes the same count first (MPI would otherwise hang or corrupt). The
   // other algorithms detect a mismatch from their own messages at no extra cost.
   bool check_sizes = true;
+  // Native: call the blocking MPI_Allreduce (fastest, what users have today) or poll MPI_Iallreduce
+  // against the deadline (a dead peer becomes a TimeoutError instead of a hang). See comm.h.
+  bool native_blocking = true;
 };
 
 struct AllreduceStats {

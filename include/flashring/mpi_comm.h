@@ -65,7 +65,7 @@ class MpiCommunicator : public Communicator {
   void abort(const std::string& reason) override;
   bool aborted() const override;
   bool hasNativeAllreduce() const override { return true; }
-  void nativeAllreduceSum(float* data, size_t count, Deadline deadline) override;
+  void nativeAllreduceSum(float* data, size_t count, Deadline deadline, bool blocking) override;
 
   // The duplicated communicator flashring uses.
   MPI_Comm handle() const;

@@ -56,7 +56,7 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
       case AllreduceAlgorithm::Native: {
         if (options.check_sizes) checkSameOnAllRanks(comm, data.size(), "allreduce element count");
         detail::Stopwatch w(st.wait_s);
-        comm.nativeAllreduceSum(data.data(), data.size(), comm.deadline());
+        comm.nativeAllreduceSum(data.data(), data.size(), comm.deadline(), options.native_blocking);
         break;
       }
       case AllreduceAlgorithm::Auto:

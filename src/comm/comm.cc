@@ -52,7 +52,7 @@ void Communicator::waitAll(std::span<Request> rs, Deadline deadline) {
   for (auto& r : rs) wait(r, deadline);
 }
 
-void Communicator::nativeAllreduceSum(float*, size_t, Deadline) {
+void Communicator::nativeAllreduceSum(float*, size_t, Deadline, bool) {
   throw InvalidArgument(fmt::format("the '{}' transport has no native all-reduce", transport()), rank());
 }
 

@@ -236,7 +236,7 @@ TEST_F(MpiTest, BadArgumentsThrowInvalidArgumentWithoutAborting) {
   EXPECT_THROW(c.isend(&x, sizeof x, 0, kMaxTag + 1), InvalidArgument) << "tags above kMaxTag are reserved";
   EXPECT_THROW(c.irecv(&x, sizeof x, 0, -1), InvalidArgument);
   EXPECT_THROW(c.isend(nullptr, 4, 0, 0), InvalidArgument);
-  EXPECT_THROW(c.nativeAllreduceSum(nullptr, 4, after(1s)), InvalidArgument);
+  EXPECT_THROW(c.nativeAllreduceSum(nullptr, 4, after(1s), false), InvalidArgument);
   auto other = freshComm();
   const int right = rightOf(c), left = leftOf(c);
   Request foreign = other->irecv(&x, sizeof x, left, 0);
@@ -270,7 +270,7 @@ TEST_F(MpiTest, BytesSentCountsPostedSendPayloadOnly) {
   c.wait(er, after(kWaitBudget));
   c.wait(es, after(kWaitBudget));
   std::vector<float> v(1000, 1.0f);
-  c.nativeAllreduceSum(v.data(), v.size(), after(kWaitBudget));  // MPI's own traffic: not counted
+  c.nativeAllreduceSum(v.data(), v.size(), after(kWaitBudget), false);  // MPI's own traffic: not counted
   EXPECT_EQ(c.bytesSent(), sum + (c.rank() == 0 ? 777u : 0u));
   c.resetBytesSent();
   EXPECT_EQ(c.bytesSent(), 0u);
@@ -286,10 +286,14 @@ TEST_P(NativeAllreduce, SumsExactlyOverAllRanks) {
   // Small integers: every partial sum is exact in fp32, whatever order MPI adds in.
   std::vector<float> v(count);
   for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>((c.rank() + 1) * static_cast<int>(i % 1021));
-  c.nativeAllreduceSum(v.data(), count, after(kWaitBudget));
   const int ranks_sum = n * (n + 1) / 2;
-  for (size_t i = 0; i < count; ++i)
-    ASSERT_EQ(v[i], static_cast<float>(ranks_sum * static_cast<int>(i % 1021))) << "element " << i << " of " << count;
+  for (bool blocking : {false, true}) {
+    for (size_t i = 0; i < count; ++i) v[i] = static_cast<float>((c.rank() + 1) * static_cast<int>(i % 1021));
+    c.nativeAllreduceSum(v.data(), count, after(kWaitBudget), blocking);
+    for (size_t i = 0; i < count; ++i)
+      ASSERT_EQ(v[i], static_cast<float>(ranks_sum * static_cast<int>(i % 1021)))
+          << "element " << i << " of " << count << (blocking ? " (MPI_Allreduce)" : " (MPI_Iallreduce)");
+  }
   EXPECT_EQ(c.bytesSent(), 0u);
 }
 
@@ -338,7 +342,7 @@ TEST_F(MpiTest, WrapsASplitCommunicatorWithoutSeeingItsMessages) {
 
     // The two halves run independent all-reduces on their own duplicates.
     float v = static_cast<float>(rank() + 1);
-    fc.nativeAllreduceSum(&v, 1, after(kWaitBudget));
+    fc.nativeAllreduceSum(&v, 1, after(kWaitBudget), false);
     float expect = 0;
     for (int r = rank() % 2; r < size(); r += 2) expect += static_cast<float>(r + 1);
     EXPECT_EQ(v, expect);
@@ -555,7 +559,7 @@ TEST_F(MpiTest, AbortReachesRanksInsideNativeAllreduce) {
   } else {
     const auto start = Clock::now();
     try {
-      c->nativeAllreduceSum(v.data(), v.size(), after(20s));
+      c->nativeAllreduceSum(v.data(), v.size(), after(20s), false);
       ADD_FAILURE() << "the all-reduce completed without rank 0";
     } catch (const AbortedError& e) {
       EXPECT_TRUE(contains(e.what(), "rank 0 aborted: rank 0 will not join")) << e.what();
@@ -571,7 +575,7 @@ TEST_F(MpiTest, NativeAllreduceTimesOutWhenARankDoesNotJoin) {
   if (rank() != 0) {
     const auto start = Clock::now();
     try {
-      c->nativeAllreduceSum(v.data(), v.size(), after(300ms));
+      c->nativeAllreduceSum(v.data(), v.size(), after(300ms), false);
       ADD_FAILURE() << "the all-reduce completed without rank 0";
     } catch (const TimeoutError& e) {
       EXPECT_TRUE(contains(e.what(), "all-reduce")) << e.what();

@@ -624,7 +624,7 @@ bool MpiCommunicator::aborted() const {
   return impl_->aborted;
 }
 
-void MpiCommunicator::nativeAllreduceSum(float* data, size_t count, Deadline deadline) {
+void MpiCommunicator::nativeAllreduceSum(float* data, size_t count, Deadline deadline, bool blocking) {
   Impl& d = *impl_;
   if (count > 0 && data == nullptr)
     throw InvalidArgument(fmt::format("nativeAllreduceSum: null buffer for {} floats", count), d.rank);
@@ -634,6 +634,10 @@ void MpiCommunicator::nativeAllreduceSum(float* data, size_t count, Deadline dea
   const auto start = Clock::now();
   for (size_t off = 0; off < count; off += piece) {
     const size_t n = std::min(piece, count - off);
+    if (blocking) {
+      d.check(MPI_Allreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_SUM, d.comm), "MPI_Allreduce");
+      continue;
+    }
     MPI_Request req = MPI_REQUEST_NULL;
     d.check(MPI_Iallreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_SUM, d.comm, &req),
             "MPI_Iallreduce");
