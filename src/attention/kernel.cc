@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -63,14 +64,28 @@ void prefetchRow(const float* p, int d) {
 }
 
 // Per-thread scratch: one rank per thread, so each keeps its buffers between calls.
+// Buffers are not value-initialised: zeroing megabytes of fresh scratch before the first tile would delay the
+// first progress call; pages are touched tile by tile instead.
+class Buffer {
+ public:
+  void growTo(size_t n) {
+    if (n > size_) {
+      data_.reset(new float[n]);
+      size_ = n;
+    }
+  }
+  float* data() { return data_.get(); }
+  float& operator[](size_t i) { return data_[i]; }
+
+ private:
+  std::unique_ptr<float[]> data_;
+  size_t size_ = 0;
+};
+
 struct Scratch {
-  std::vector<float> o, m, l, s, alpha, q_packed, k_panels, v_packed;
+  Buffer o, m, l, s, alpha, q_packed, k_panels, v_packed;
 };
 thread_local Scratch t_scratch;
-
-void growTo(std::vector<float>& v, size_t n) {
-  if (v.size() < n) v.resize(n);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // Portable pieces of the BLAS tile.
@@ -162,16 +177,16 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   Scratch& sc = t_scratch;
   // Micro-kernels: O and the V panels are padded to a multiple of 16 columns.
   const int ldo = micro ? (d + kPanel - 1) / kPanel * kPanel : d;
-  growTo(sc.o, static_cast<size_t>(rows_max) * ldo);
-  growTo(sc.m, static_cast<size_t>(rows_max));
-  growTo(sc.l, static_cast<size_t>(rows_max));
-  growTo(sc.alpha, static_cast<size_t>(rows_max));
-  growTo(sc.s, static_cast<size_t>(rows_max) * key_tile);
+  sc.o.growTo(static_cast<size_t>(rows_max) * ldo);
+  sc.m.growTo(static_cast<size_t>(rows_max));
+  sc.l.growTo(static_cast<size_t>(rows_max));
+  sc.alpha.growTo(static_cast<size_t>(rows_max));
+  sc.s.growTo(static_cast<size_t>(rows_max) * key_tile);
   const int panels_total = (skv + kPanel - 1) / kPanel;
   if (micro) {
-    growTo(sc.q_packed, static_cast<size_t>(rows_max) * d);
-    growTo(sc.k_panels, static_cast<size_t>(panels_total) * kPanel * d);
-    growTo(sc.v_packed, static_cast<size_t>(skv) * ldo);
+    sc.q_packed.growTo(static_cast<size_t>(rows_max) * d);
+    sc.k_panels.growTo(static_cast<size_t>(panels_total) * kPanel * d);
+    sc.v_packed.growTo(static_cast<size_t>(skv) * ldo);
   }
 
   // Progress: the clock is read only every ~1M multiply-adds (~20-40 us), the hook called every >= 0.5 ms.
@@ -204,6 +219,35 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
       // K panels (and V rows) of this (batch, KV head) packed so far. Every row block visits a prefix of the
       // keys, so packing on demand packs each key once and never one that no query sees.
       int panels_packed = 0;
+      // Packs K panels and V rows [panels_packed, upto) just before the tile that first needs them: they are
+      // then still in cache when the tile runs (what matters when few rows share each key, e.g. decode),
+      // and the progress hook keeps its cadence during long packing.
+      auto packPanelsUpTo = [&](int upto) {
+        for (int p = panels_packed; p < upto; ++p) {
+          const int nk = std::min(kPanel, skv - p * kPanel);
+          const int64_t key0 = static_cast<int64_t>(p) * kPanel;
+          if (p + 1 < panels_total) {
+            const int64_t next0 = key0 + kPanel;
+            for (int64_t j = next0; j < std::min<int64_t>(next0 + kPanel, skv); ++j) {
+              prefetchRow(kbase + j * ldk, d);
+              prefetchRow(vbase + j * ldk, d);
+            }
+          }
+          avx2::packKeyPanels(kbase + key0 * ldk, ldk, nk, d, sc.k_panels.data() + key0 * d);
+          for (int j = 0; j < nk; ++j) {
+            const float* src = vbase + (key0 + j) * ldk;
+            float* dst = sc.v_packed.data() + (key0 + j) * kPanel;
+            for (int c = 0; c < ldo; c += kPanel, dst += a.v_panel_stride) {
+              const int n = std::min(kPanel, d - c);
+              std::memcpy(dst, src + c, sizeof(float) * n);
+              if (n < kPanel) std::memset(dst + n, 0, sizeof(float) * (kPanel - n));
+            }
+          }
+          // A strided copy costs about as much as ~16 multiply-adds per element.
+          macs_since_clock += int64_t{16} * 2 * nk * d;
+        }
+        panels_packed = std::max(panels_packed, upto);
+      };
       for (int i0 = 0; i0 < sq; i0 += q_block) {
         const int qc = std::min(q_block, sq - i0);
         const int rows = qc * g;
@@ -222,29 +266,6 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
         a.rows = rows;
 
         if (micro && kend > 0) {
-          const int need = (kend + kPanel - 1) / kPanel;
-          for (int p = panels_packed; p < need; ++p) {
-            const int nk = std::min(kPanel, skv - p * kPanel);
-            const int64_t key0 = static_cast<int64_t>(p) * kPanel;
-            if (p + 1 < need) {
-              const int64_t next0 = key0 + kPanel;
-              for (int64_t j = next0; j < std::min<int64_t>(next0 + kPanel, skv); ++j) {
-                prefetchRow(kbase + j * ldk, d);
-                prefetchRow(vbase + j * ldk, d);
-              }
-            }
-            avx2::packKeyPanels(kbase + key0 * ldk, ldk, nk, d, sc.k_panels.data() + key0 * d);
-            for (int j = 0; j < nk; ++j) {
-              const float* src = vbase + (key0 + j) * ldk;
-              float* dst = sc.v_packed.data() + (key0 + j) * kPanel;
-              for (int c = 0; c < ldo; c += kPanel, dst += a.v_panel_stride) {
-                const int n = std::min(kPanel, d - c);
-                std::memcpy(dst, src + c, sizeof(float) * n);
-                if (n < kPanel) std::memset(dst + n, 0, sizeof(float) * (kPanel - n));
-              }
-            }
-          }
-          panels_packed = std::max(panels_packed, need);
           for (int r = 0; r < rows; ++r) {
             if (r + kPrefetchRows < rows) {
               const int ahead = r + kPrefetchRows;
@@ -257,6 +278,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
 
         for (int j0 = 0; j0 < kend; j0 += key_tile) {
           a.keys = std::min(key_tile, kend - j0);
+          if (micro) packPanelsUpTo((j0 + a.keys + kPanel - 1) / kPanel);
           a.k = kbase + static_cast<int64_t>(j0) * ldk;
           a.v = vbase + static_cast<int64_t>(j0) * ldk;
           a.q_packed = micro ? sc.q_packed.data() : nullptr;

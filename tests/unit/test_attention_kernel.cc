@@ -298,6 +298,24 @@ TEST(AttentionKernel, DeterministicAndAutoIsTheBestImplementation) {
             flashring::attn::kernelImplSupported(KernelImpl::Avx2Micro) ? KernelImpl::Avx2Micro : KernelImpl::Portable);
 }
 
+TEST(AttentionKernel, StaleScratchIsNeverRead) {
+  // A call on NaN inputs leaves NaN in every per-thread scratch buffer (scores, accumulators, packed K/V
+  // with their padding); the next call, on a smaller shape with odd sizes, must not see any of it.
+  for (KernelImpl impl : impls()) {
+    AttentionShape big{1, 130, 300, 8, 2, 72};
+    Inputs poison = makeInputs(big, 1);
+    for (auto* t : {&poison.q, &poison.k, &poison.v}) std::fill(t->begin(), t->end(), std::nanf(""));
+    kernel(impl, poison, big, {});
+    AttentionShape s{1, 51, 77, 4, 2, 40};
+    BlockAttentionOptions o;
+    o.causal = true;
+    o.q_offset = 20;
+    const Inputs in = makeInputs(s, 2);
+    expectClose(kernel(impl, in, s, o), reference(in, s, o), s.head_dim, kTol,
+                std::string("after NaN call, ") + flashring::attn::kernelImplName(impl));
+  }
+}
+
 TEST(AttentionKernel, ProgressHookIsCalledOnABigShape) {
   AttentionShape s{1, 512, 512, 8, 8, 128};  // ~1 GFLOP: tens of milliseconds
   const Inputs in = makeInputs(s, 12);
