@@ -144,10 +144,17 @@ TEST_P(AttentionLengths, MatchesReference) {
   checkAllImpls(s, o, uint32_t(ql * 1000 + kl));
 }
 
+std::string lengthsName(const ::testing::TestParamInfo<AttentionLengths::ParamType>& p) {
+  const auto [ql, kl, mask] = p.param;
+  const std::string m = mask == Mask::None ? "full" : (mask == Mask::CausalAligned ? "causal" : "causal_suffix");
+  return "q" + std::to_string(ql) + "_kv" + std::to_string(kl) + "_" + m;
+}
+
 INSTANTIATE_TEST_SUITE_P(Attention, AttentionLengths,
                          ::testing::Combine(::testing::Values(1, 7, 64, 100, 257),
                                             ::testing::Values(1, 7, 64, 100, 257),
-                                            ::testing::Values(Mask::None, Mask::CausalAligned, Mask::CausalSuffix)));
+                                            ::testing::Values(Mask::None, Mask::CausalAligned, Mask::CausalSuffix)),
+                         lengthsName);
 
 // ---------------------------------------------------------------------------------------------------------
 // Heads and head dims: MHA (H/Hkv = 1), GQA (4), MQA (H/Hkv = H), head_dim 64, 128 and the odd 80, 96, 72, 20.
@@ -163,10 +170,17 @@ TEST_P(AttentionHeads, MatchesReference) {
   checkAllImpls(s, o, uint32_t(hh.first * 7 + hh.second * 131 + d));
 }
 
+std::string headsName(const ::testing::TestParamInfo<AttentionHeads::ParamType>& p) {
+  const auto [hh, d, causal, batch] = p.param;
+  return "h" + std::to_string(hh.first) + "_kv" + std::to_string(hh.second) + "_d" + std::to_string(d) +
+         (causal ? "_causal" : "_full") + "_b" + std::to_string(batch);
+}
+
 INSTANTIATE_TEST_SUITE_P(Attention, AttentionHeads,
                          ::testing::Combine(::testing::Values(std::pair{4, 4}, std::pair{8, 2}, std::pair{8, 1}),
                                             ::testing::Values(64, 128, 80, 96, 72, 20), ::testing::Bool(),
-                                            ::testing::Values(1, 2)));
+                                            ::testing::Values(1, 2)),
+                         headsName);
 
 // ---------------------------------------------------------------------------------------------------------
 // Causal offsets.
