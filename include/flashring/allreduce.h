@@ -33,7 +33,7 @@ struct AllreduceOptions {
   Payload payload = Payload::F32;  // Ring and TwoStep
   quant::Config reduce_scatter{8, 128, false};  // Quantized (and Auto above the threshold): step 1 codec
   quant::Config all_gather{8, 128, false};      // step 2 codec
-  // Quantized: elements per pipeline chunk (0 = the whole buffer in one chunk).
+  // TwoStep and Quantized: elements per pipeline chunk (0 = the whole buffer in one chunk).
   size_t chunk_elems = size_t{1} << 20;
   // Auto: buffers of fewer bytes than this use exact TwoStep fp32.
   size_t auto_threshold_bytes = size_t{1} << 20;

@@ -8,7 +8,8 @@
 namespace flashring::detail {
 
 void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
-void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
+                      AllreduceStats& stats);
 void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
                         AllreduceStats& stats);
 

@@ -48,7 +48,7 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
         detail::ringAllreduce(comm, data, payload, st);
         break;
       case AllreduceAlgorithm::TwoStep:
-        detail::twoStepAllreduce(comm, data, payload, st);
+        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st);
         break;
       case AllreduceAlgorithm::Quantized:
         detail::quantizedAllreduce(comm, data, options, st);

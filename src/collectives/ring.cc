@@ -1,10 +1,11 @@
 // Ring all-reduce: reduce-scatter ring, then all-gather ring (2(N-1) steps, each moving n/N elements).
+#include "comm/patterns/ring.h"
+
 #include <cstdint>
 #include <vector>
 
 #include "collectives/algorithms.h"
 #include "collectives/common.h"
-#include "comm/patterns/ring.h"
 #include "comm/tags.h"
 
 namespace flashring::detail {
@@ -21,7 +22,7 @@ void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, A
   thread_local std::vector<uint16_t> tmp_bf16, all_bf16;
   float* tmp = scratch(tmp_f32, max_chunk);
   uint16_t* tmpb = bf16 ? scratch(tmp_bf16, 2 * max_chunk) : nullptr;  // [send | recv]
-  uint16_t* allb = bf16 ? scratch(all_bf16, n) : nullptr;               // bf16 image for the all-gather
+  uint16_t* allb = bf16 ? scratch(all_bf16, n) : nullptr;              // bf16 image for the all-gather
 
   auto exchange = [&](const void* send, size_t send_bytes, void* recv, size_t recv_bytes, Tag tag) {
     Request reqs[2] = {comm.irecv(recv, recv_bytes, prev, tag), comm.isend(send, send_bytes, next, tag)};

@@ -1,6 +1,18 @@
-// Exact two-step all-reduce: one-hop reduce-scatter (every rank sends slice j straight to rank j), sum in
-// fp32 in rank order, then a one-hop all-gather of the reduced slices. 2 steps instead of 2(N-1); each
-// rank still sends 2(N-1)/N of the buffer.
+// Pipelined two-step all-reduce, with a codec per stage: group-wise quantized (the Flash all-reduce,
+// arXiv 2412.04964), or exact bf16 / fp32 payloads (the TwoStep baselines, pipelined the same way so the
+// comparison isolates the bytes on the wire).
+//
+// Per chunk of the buffer: quantize slice j with the reduce-scatter codec and send it to rank j; rank j
+// sums the N contributions in fp32 in rank order (its own exactly, the others dequantized), quantizes the
+// sum with the all-gather codec and sends it to every rank; every rank, the owner included, decodes the
+// same bytes, so all ranks end bitwise identical. Chunks are pipelined: while chunk c is being quantized
+// and sent, chunk c-1 is reduced and chunk c-2 decoded, and progress() is called between slices so that
+// transports that move data only inside library calls (MPI over TCP) keep the links busy.
+//
+// Every message starts with a 16-byte header (element count of the whole buffer, chunk index), so a rank
+// whose buffer size differs from its peers' is named in the error instead of corrupting a sum.
+#include <fmt/format.h>
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -11,90 +23,211 @@
 
 namespace flashring::detail {
 
-void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats) {
-  const int n_ranks = comm.size(), me = comm.rank();
-  const size_t n = data.size();
-  const bool bf16 = payload == Payload::BF16;
-  const size_t esize = bf16 ? 2 : 4;
-  auto slice = [&](int j) { return part(n, n_ranks, j, kSliceAlign); };
-  const Range mine = slice(me);
-  const size_t m = mine.size();
+namespace {
 
-  // recv: one slice-sized buffer per peer (the peers' contributions to my slice, then in the all-gather
-  // nothing: fp32 lands in `data` directly). bf16 also needs the converted send image of the whole buffer.
-  thread_local std::vector<std::byte> recv_buf, send_buf;
-  thread_local std::vector<float> acc_buf;
-  std::byte* recv = scratch(recv_buf, static_cast<size_t>(n_ranks) * m * esize);
-  uint16_t* sendb = bf16 ? reinterpret_cast<uint16_t*>(scratch(send_buf, n * 2)) : nullptr;
-  float* acc = scratch(acc_buf, m);
-  std::vector<Request> reqs;
-  reqs.reserve(2 * static_cast<size_t>(n_ranks));
-
-  // Step 1: reduce-scatter.
-  const Tag t1 = tags::make(tags::kTwoStepScatter, 0);
-  for (int p = 0; p < n_ranks; ++p)
-    if (p != me) reqs.push_back(comm.irecv(recv + static_cast<size_t>(p) * m * esize, m * esize, p, t1));
-  if (bf16) {
-    Stopwatch w(stats.codec_s);
-    quant::toBf16(data.data(), n, sendb);
+// What one stage sends: quantized groups, bf16, or raw fp32.
+struct Codec {
+  enum Kind { Quant, Bf16, F32 } kind;
+  quant::Config cfg;
+  size_t bytes(size_t n) const { return kind == Quant ? quant::encodedBytes(n, cfg) : n * (kind == Bf16 ? 2 : 4); }
+  void encode(const float* x, size_t n, std::byte* out) const {
+    if (kind == Quant)
+      quant::quantize(x, n, cfg, out);
+    else if (kind == Bf16)
+      quant::toBf16(x, n, reinterpret_cast<uint16_t*>(out));
+    else
+      std::memcpy(out, x, n * 4);
   }
-  for (int j = 0; j < n_ranks; ++j) {
-    if (j == me) continue;
-    const Range r = slice(j);
-    const void* src = bf16 ? static_cast<const void*>(sendb + r.begin) : static_cast<const void*>(data.data() + r.begin);
-    reqs.push_back(comm.isend(src, r.size() * esize, j, t1));
+  void decode(const std::byte* in, size_t n, float* out) const {
+    if (kind == Quant)
+      quant::dequantize(in, n, cfg, out);
+    else if (kind == Bf16)
+      quant::fromBf16(reinterpret_cast<const uint16_t*>(in), n, out);
+    else
+      std::memcpy(out, in, n * 4);
   }
-  {
-    Stopwatch w(stats.wait_s);
-    comm.waitAll(reqs, comm.deadline());
-  }
-  reqs.clear();
-  {
-    Stopwatch w(stats.codec_s);
-    std::memset(acc, 0, m * sizeof(float));
-    for (int p = 0; p < n_ranks; ++p) {
-      if (p == me) {
-        const float* x = data.data() + mine.begin;
-        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
-      } else if (bf16) {
-        quant::fromBf16Accumulate(reinterpret_cast<const uint16_t*>(recv + static_cast<size_t>(p) * m * 2), m, acc);
-      } else {
-        const float* x = reinterpret_cast<const float*>(recv + static_cast<size_t>(p) * m * 4);
-        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+  void decodeAccumulate(const std::byte* in, size_t n, float* acc) const {
+    if (kind == Quant) {
+      quant::dequantizeAccumulate(in, n, cfg, acc);
+    } else if (kind == Bf16) {
+      quant::fromBf16Accumulate(reinterpret_cast<const uint16_t*>(in), n, acc);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        float v;
+        std::memcpy(&v, in + i * 4, 4);
+        acc[i] += v;
       }
     }
-    // The owner keeps exactly what it sends.
-    if (bf16) {
-      quant::toBf16(acc, m, sendb + mine.begin);
-      quant::fromBf16(sendb + mine.begin, m, data.data() + mine.begin);
-    } else {
-      std::memcpy(data.data() + mine.begin, acc, m * sizeof(float));
-    }
   }
+};
 
-  // Step 2: all-gather.
-  const Tag t2 = tags::make(tags::kTwoStepGather, 0);
-  for (int p = 0; p < n_ranks; ++p) {
-    if (p == me) continue;
-    const Range r = slice(p);
-    void* dst = bf16 ? static_cast<void*>(sendb + r.begin) : static_cast<void*>(data.data() + r.begin);
-    reqs.push_back(comm.irecv(dst, r.size() * esize, p, t2));
+struct Header {
+  uint64_t count;
+  uint64_t chunk;
+};
+static_assert(sizeof(Header) == 16);
+}  // namespace
+
+namespace {
+void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
+                      AllreduceStats& stats) {
+  const int n_ranks = comm.size(), me = comm.rank();
+  const size_t N = static_cast<size_t>(n_ranks);
+  const size_t n = data.size();
+  const size_t align = c1.kind == Codec::Quant || c2.kind == Codec::Quant
+                           ? static_cast<size_t>(std::max(c1.cfg.group_size, c2.cfg.group_size))
+                           : kSliceAlign;
+  // Chunk length: a multiple of N * align so that slices fall on group boundaries.
+  size_t chunk_len = chunk_elems == 0 ? n : chunk_elems;
+  chunk_len = std::max<size_t>(N * align, (chunk_len + N * align - 1) / (N * align) * (N * align));
+  const size_t n_chunks = n == 0 ? 1 : (n + chunk_len - 1) / chunk_len;
+
+  auto chunkRange = [&](size_t c) { return Range{std::min(n, c * chunk_len), std::min(n, (c + 1) * chunk_len)}; };
+  auto slice = [&](size_t c, int j) {
+    const Range cr = chunkRange(c);
+    const Range r = part(cr.size(), n_ranks, j, align);
+    return Range{cr.begin + r.begin, cr.begin + r.end};
+  };
+  // Message sizes. All chunks but the last are full, so one layout serves every chunk of equal length.
+  auto rsBytes = [&](size_t c, int j) { return sizeof(Header) + c1.bytes(slice(c, j).size()); };
+  auto agBytes = [&](size_t c, int j) { return sizeof(Header) + c2.bytes(slice(c, j).size()); };
+
+  // Arena per chunk: [rs send to each j][rs recv from each p][ag send][ag recv from each p].
+  std::vector<size_t> chunk_off(n_chunks + 1, 0);
+  std::vector<size_t> rs_send_off(n_chunks * N), rs_recv_off(n_chunks * N), ag_recv_off(n_chunks * N),
+      ag_send_off(n_chunks);
+  size_t off = 0, max_slice = 0;
+  for (size_t c = 0; c < n_chunks; ++c) {
+    chunk_off[c] = off;
+    for (int j = 0; j < n_ranks; ++j) {
+      rs_send_off[c * N + static_cast<size_t>(j)] = off;
+      off += j == me ? 0 : rsBytes(c, j);
+    }
+    for (int p = 0; p < n_ranks; ++p) {
+      rs_recv_off[c * N + static_cast<size_t>(p)] = off;
+      off += p == me ? 0 : rsBytes(c, me);
+    }
+    ag_send_off[c] = off;
+    off += agBytes(c, me);
+    for (int p = 0; p < n_ranks; ++p) {
+      ag_recv_off[c * N + static_cast<size_t>(p)] = off;
+      off += p == me ? 0 : agBytes(c, p);
+    }
+    max_slice = std::max(max_slice, slice(c, me).size());
   }
-  const void* own = bf16 ? static_cast<const void*>(sendb + mine.begin) : static_cast<const void*>(data.data() + mine.begin);
-  for (int p = 0; p < n_ranks; ++p)
-    if (p != me) reqs.push_back(comm.isend(own, m * esize, p, t2));
-  {
+  thread_local std::vector<std::byte> arena_buf;
+  thread_local std::vector<float> acc_buf;
+  std::byte* arena = scratch(arena_buf, off);
+  float* acc = scratch(acc_buf, max_slice);
+  std::vector<Request> rs_recv(n_chunks * N), rs_send(n_chunks * N), ag_recv(n_chunks * N), ag_send(n_chunks * N);
+
+  auto writeHeader = [&](std::byte* p, size_t c) {
+    const Header h{n, c};
+    std::memcpy(p, &h, sizeof h);
+  };
+  auto checkHeader = [&](const std::byte* p, size_t c, int from) {
+    Header h;
+    std::memcpy(&h, p, sizeof h);
+    if (h.count != n || h.chunk != c)
+      throw InvalidArgument(fmt::format("all-reduce: rank {} has {} elements but rank {} has {} (chunk {} vs {})", me,
+                                        n, from, h.count, c, h.chunk),
+                            me);
+  };
+  auto waitOne = [&](Request& r) {
     Stopwatch w(stats.wait_s);
-    comm.waitAll(reqs, comm.deadline());
-  }
-  if (bf16) {
-    Stopwatch w(stats.codec_s);
+    comm.wait(r, comm.deadline());
+  };
+
+  auto post = [&](size_t c) {
+    const Tag t1 = tags::make(tags::kTwoStepScatter, static_cast<int>(c)),
+              t2 = tags::make(tags::kTwoStepGather, static_cast<int>(c));
     for (int p = 0; p < n_ranks; ++p) {
       if (p == me) continue;
-      const Range r = slice(p);
-      quant::fromBf16(sendb + r.begin, r.size(), data.data() + r.begin);
+      const size_t k = c * N + static_cast<size_t>(p);
+      rs_recv[k] = comm.irecv(arena + rs_recv_off[k], rsBytes(c, me), p, t1);
+      ag_recv[k] = comm.irecv(arena + ag_recv_off[k], agBytes(c, p), p, t2);
     }
+    for (int i = 1; i < n_ranks; ++i) {  // start with the next rank so that not every rank hits rank 0 first
+      const int j = (me + i) % n_ranks;
+      const size_t k = c * N + static_cast<size_t>(j);
+      std::byte* buf = arena + rs_send_off[k];
+      const Range r = slice(c, j);
+      {
+        Stopwatch w(stats.codec_s);
+        writeHeader(buf, c);
+        c1.encode(data.data() + r.begin, r.size(), buf + sizeof(Header));
+      }
+      rs_send[k] = comm.isend(buf, rsBytes(c, j), j, t1);
+      comm.progress();
+    }
+  };
+
+  auto reduce = [&](size_t c) {
+    const Tag t2 = tags::make(tags::kTwoStepGather, static_cast<int>(c));
+    const Range mine = slice(c, me);
+    const size_t m = mine.size();
+    std::memset(acc, 0, m * sizeof(float));
+    for (int p = 0; p < n_ranks; ++p) {  // fixed rank order: identical rounding wherever it runs
+      if (p == me) {
+        Stopwatch w(stats.codec_s);
+        const float* x = data.data() + mine.begin;
+        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+        continue;
+      }
+      const size_t k = c * N + static_cast<size_t>(p);
+      waitOne(rs_recv[k]);
+      Stopwatch w(stats.codec_s);
+      checkHeader(arena + rs_recv_off[k], c, p);
+      c1.decodeAccumulate(arena + rs_recv_off[k] + sizeof(Header), m, acc);
+    }
+    std::byte* buf = arena + ag_send_off[c];
+    {
+      Stopwatch w(stats.codec_s);
+      writeHeader(buf, c);
+      c2.encode(acc, m, buf + sizeof(Header));
+      // The owner keeps the decoded bytes it sends (replica consistency).
+      c2.decode(buf + sizeof(Header), m, data.data() + mine.begin);
+    }
+    for (int i = 1; i < n_ranks; ++i) {
+      const int p = (me + i) % n_ranks;
+      ag_send[c * N + static_cast<size_t>(p)] = comm.isend(buf, agBytes(c, me), p, t2);
+    }
+    comm.progress();
+  };
+
+  auto finish = [&](size_t c) {
+    for (int i = 1; i < n_ranks; ++i) {
+      const int p = (me + n_ranks - i) % n_ranks;
+      const size_t k = c * N + static_cast<size_t>(p);
+      waitOne(ag_recv[k]);
+      Stopwatch w(stats.codec_s);
+      checkHeader(arena + ag_recv_off[k], c, p);
+      const Range r = slice(c, p);
+      c2.decode(arena + ag_recv_off[k] + sizeof(Header), r.size(), data.data() + r.begin);
+    }
+  };
+
+  for (size_t step = 0; step < n_chunks + 2; ++step) {
+    if (step < n_chunks) post(step);
+    if (step >= 1 && step - 1 < n_chunks) reduce(step - 1);
+    if (step >= 2) finish(step - 2);
   }
+  Stopwatch w(stats.wait_s);
+  comm.waitAll(rs_send, comm.deadline());
+  comm.waitAll(ag_send, comm.deadline());
+}
+
+}  // namespace
+
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats) {
+  pipelinedTwoStep(comm, data, Codec{Codec::Quant, opt.reduce_scatter}, Codec{Codec::Quant, opt.all_gather},
+                   opt.chunk_elems, stats);
+}
+
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
+                      AllreduceStats& stats) {
+  const Codec c{payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
+  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats);
 }
 
 }  // namespace flashring::detail
