@@ -5,6 +5,8 @@
 
 All-reduce JSON (rows with "algo"): latency vs message size and speed-up over the baseline vs size, one
 line per algorithm (and per link label/transport when several files are given).
+Attention JSON (rows with "scheme"): time vs sequence length (one panel per GQA ratio) and time vs GQA
+ratio (one panel per sequence length), one line per scheme, predicted times dashed.
 """
 import argparse
 import json
@@ -75,6 +77,58 @@ def plot_allreduce(rows, out, multi):
     return paths
 
 
+def plot_attention(rows, out, multi):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def label(r):
+        name = r["scheme"] if r["scheme"] != "auto" else f"auto ({r.get('ran', '?')})"
+        return name + (f" [{r['_file']}]" if multi else "")
+
+    def scheme_key(r):
+        return r["scheme"] + (f" [{r['_file']}]" if multi else "")
+
+    r0 = rows[0]
+    title = (f"attention, {r0.get('ranks')} ranks, {r0.get('transport')}, H={r0.get('heads')} d={r0.get('head_dim')}"
+             + (", causal" if r0.get("causal") else "") + f", {r0.get('layout')}"
+             + (f", {r0['link']}" if r0.get("link") else ""))
+    paths = []
+    for xkey, group_key, xlabel, fname in (
+        ("seq", "kv_heads", "sequence length", "attention_vs_seq.png"),
+        ("gqa", "seq", "GQA ratio (heads / kv_heads)", "attention_vs_gqa.png"),
+    ):
+        for r in rows:
+            r["gqa"] = r["heads"] // max(1, r["kv_heads"])
+        groups = sorted({r[group_key] for r in rows})
+        fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.5), squeeze=False)
+        for ax, gv in zip(axes[0], groups):
+            series = {}
+            for r in rows:
+                if r[group_key] == gv:
+                    series.setdefault(scheme_key(r), []).append(r)
+            for key, rs in sorted(series.items()):
+                rs.sort(key=lambda r: r[xkey])
+                xs = [r[xkey] for r in rs]
+                line, = ax.plot(xs, [r["time_us"] / 1e3 for r in rs], marker="o", label=key)
+                if any(r.get("predicted_us", 0) > 0 for r in rs) and rs[0]["scheme"] != "auto":
+                    ax.plot(xs, [r.get("predicted_us", 0) / 1e3 for r in rs], ls="--", color=line.get_color(), alpha=0.6)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("time (ms, median; dashed: cost model)")
+            ax.set_title(f"{group_key} = {gv}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+            if xkey == "seq":
+                ax.set_xscale("log", base=2)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(out, fname)
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+", help="benchmark JSON files written with --json")
@@ -87,8 +141,10 @@ def main():
     os.makedirs(out, exist_ok=True)
     if all("algo" in r for r in rows):
         paths = plot_allreduce(rows, out, len(a.json) > 1)
+    elif all("scheme" in r for r in rows):
+        paths = plot_attention(rows, out, len(a.json) > 1)
     else:
-        sys.exit("plot.py: unknown row type (expected all-reduce rows with an 'algo' field)")
+        sys.exit("plot.py: unknown row type (expected all-reduce rows with 'algo' or attention rows with 'scheme')")
     for p in paths:
         print(p)
 
