@@ -410,6 +410,26 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
              acc_lse.data(), comm, sc);
 }
 
+// All-to-all of variable-size float blocks: block p of `send` (offsets soff[p]..soff[p+1]) goes to rank p
+// and lands in block p of `recv` (roff); my own block is copied. Adds the bytes sent and the wait time.
+void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>& soff, float* recv,
+               const std::vector<size_t>& roff, Tag tag, uint64_t& bytes, double& wait_s) {
+  const int N = comm.size(), r = comm.rank();
+  auto at = [](const std::vector<size_t>& v, int p) { return v[static_cast<size_t>(p)]; };
+  std::vector<Request> reqs;
+  for (int p = 0; p < N; ++p)
+    if (p != r) reqs.push_back(comm.irecv(recv + at(roff, p), (at(roff, p + 1) - at(roff, p)) * 4, p, tag));
+  for (int i = 1; i < N; ++i) {  // start with the next rank so that not every rank hits rank 0 first
+    const int p = (r + i) % N;
+    const size_t n = at(soff, p + 1) - at(soff, p);
+    reqs.push_back(comm.isend(send + at(soff, p), n * 4, p, tag));
+    bytes += n * 4;
+  }
+  std::memcpy(recv + at(roff, r), send + at(soff, r), (at(soff, r + 1) - at(soff, r)) * 4);
+  Timer t(wait_s);
+  comm.waitAll(reqs, comm.deadline());
+}
+
 // ----------------------------------------------------------------------------------------------------- Ulysses
 void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
              SpAttentionStats& st) {
@@ -450,26 +470,8 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
       }
     }
   }
-  std::vector<Request> reqs;
   const Tag tin = tags::make(tags::kSpAllToAll, 1), tout = tags::make(tags::kSpAllToAll, 2);
-  for (int p = 0; p < N; ++p) {
-    if (p == r) continue;
-    reqs.push_back(comm.irecv(recvbuf.data() + roff[static_cast<size_t>(p)],
-                              (roff[static_cast<size_t>(p) + 1] - roff[static_cast<size_t>(p)]) * 4, p, tin));
-  }
-  for (int i = 1; i < N; ++i) {
-    const int p = (r + i) % N;
-    const size_t n = soff[static_cast<size_t>(p) + 1] - soff[static_cast<size_t>(p)];
-    reqs.push_back(comm.isend(sendbuf.data() + soff[static_cast<size_t>(p)], n * 4, p, tin));
-    st.bytes_fwd += n * 4;
-  }
-  std::memcpy(recvbuf.data() + roff[static_cast<size_t>(r)], sendbuf.data() + soff[static_cast<size_t>(r)],
-              (soff[static_cast<size_t>(r) + 1] - soff[static_cast<size_t>(r)]) * 4);
-  {
-    Timer t(st.comm_s);
-    comm.waitAll(reqs, comm.deadline());
-  }
-  reqs.clear();
+  allToAllv(comm, sendbuf.data(), soff, recvbuf.data(), roff, tin, st.bytes_fwd, st.comm_s);
   // Full-sequence tensors of my heads, in global order. When my query heads do not start on a KV group
   // boundary (uneven splits), expand K/V to one head per query head so the kernel's h / group mapping holds.
   const bool aligned = hq == 0 || (myq.begin % grp == 0 && hq % grp == 0);
@@ -536,23 +538,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
     rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * qh(p).size() * D;
   }
   orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
-  for (int p = 0; p < N; ++p) {
-    if (p == r) continue;
-    reqs.push_back(comm.irecv(orecv.data() + rooff[static_cast<size_t>(p)],
-                              (rooff[static_cast<size_t>(p) + 1] - rooff[static_cast<size_t>(p)]) * 4, p, tout));
-  }
-  for (int i = 1; i < N; ++i) {
-    const int p = (r + i) % N;
-    const size_t n = ooff[static_cast<size_t>(p) + 1] - ooff[static_cast<size_t>(p)];
-    reqs.push_back(comm.isend(obuf.data() + ooff[static_cast<size_t>(p)], n * 4, p, tout));
-    st.bytes_bwd += n * 4;
-  }
-  std::memcpy(orecv.data() + rooff[static_cast<size_t>(r)], obuf.data() + ooff[static_cast<size_t>(r)],
-              (ooff[static_cast<size_t>(r) + 1] - ooff[static_cast<size_t>(r)]) * 4);
-  {
-    Timer t(st.comm_s);
-    comm.waitAll(reqs, comm.deadline());
-  }
+  allToAllv(comm, obuf.data(), ooff, orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
   Timer t(st.compute_s);
   for (int p = 0; p < N; ++p) {
     const Range hp = qh(p);
