@@ -37,11 +37,16 @@ std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayo
 
 std::string spSchemeName(SpScheme s) {
   switch (s) {
-    case SpScheme::Auto: return "auto";
-    case SpScheme::TokenRing: return "tokenring";
-    case SpScheme::RingKV: return "ring-kv";
-    case SpScheme::Ulysses: return "ulysses";
-    case SpScheme::AllGatherKV: return "allgather-kv";
+    case SpScheme::Auto:
+      return "auto";
+    case SpScheme::TokenRing:
+      return "tokenring";
+    case SpScheme::RingKV:
+      return "ring-kv";
+    case SpScheme::Ulysses:
+      return "ulysses";
+    case SpScheme::AllGatherKV:
+      return "allgather-kv";
   }
   return "?";
 }
@@ -57,6 +62,11 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
+// memcpy of n floats that accepts null pointers when n == 0 (empty shards have no storage).
+inline void copyFloats(float* dst, const float* src, size_t n) {
+  if (n > 0) std::memcpy(dst, src, n * sizeof(float));
+}
+
 // Per-rank geometry of one call.
 struct Geometry {
   int N, r;
@@ -64,7 +74,7 @@ struct Geometry {
   SeqLayout layout;
   bool causal;
   float scale;
-  size_t qrow, kvrow;  // floats per token of q / of k (heads*d, kv_heads*d)
+  size_t qrow, kvrow;                      // floats per token of q / of k (heads*d, kv_heads*d)
   std::vector<std::vector<Segment>> segs;  // per rank
   std::vector<int64_t> len;                // per rank
 
@@ -137,7 +147,11 @@ void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vec
       sc.tmp_lse.resize(tokens * H);
       // Non-causal: all keys at once (positions do not matter, and the packed K/V rows are contiguous).
       if (!g.causal) {
-        AttentionShape as{1, static_cast<int>(qs.length), static_cast<int>(kvrows), g.shape.heads, g.shape.kv_heads,
+        AttentionShape as{1,
+                          static_cast<int>(qs.length),
+                          static_cast<int>(kvrows),
+                          g.shape.heads,
+                          g.shape.kv_heads,
                           g.shape.head_dim};
         const size_t kb = b * static_cast<size_t>(kvrows) * g.kvrow;
         blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
@@ -152,8 +166,12 @@ void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vec
           bo.causal = ks.global_offset + ks.length - 1 > qs.global_offset;
           bo.q_offset = qs.global_offset;
           bo.k_offset = ks.global_offset;
-          AttentionShape as{1, static_cast<int>(qs.length), static_cast<int>(ks.length), g.shape.heads,
-                            g.shape.kv_heads, g.shape.head_dim};
+          AttentionShape as{1,
+                            static_cast<int>(qs.length),
+                            static_cast<int>(ks.length),
+                            g.shape.heads,
+                            g.shape.kv_heads,
+                            g.shape.head_dim};
           const size_t kb = (b * static_cast<size_t>(kvrows) + static_cast<size_t>(krow)) * g.kvrow;
           blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
           mergeAttention(o, l, sc.tmp_out.data(), sc.tmp_lse.data(), qs.length, g.shape.heads, g.shape.head_dim);
@@ -171,7 +189,7 @@ void initAcc(float* out, float* lse, size_t rows, size_t H, size_t D) {
 
 // Copy rows [a, a+rows) of every batch of a packed [B, total, width] tensor into dst [B, rows, width].
 void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, size_t width, float* dst) {
-  for (size_t b = 0; b < B; ++b) std::memcpy(dst + b * rows * width, src + (b * total + a) * width, rows * width * 4);
+  for (size_t b = 0; b < B; ++b) copyFloats(dst + b * rows * width, src + (b * total + a) * width, rows * width);
 }
 
 struct Timer {
@@ -204,8 +222,8 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     total += B * (Lr - static_cast<size_t>(g.needStart(r, ring::wrap(r, -s, N)))) * resw;
   }
   rres.resize(std::max<size_t>(total, 1));
-  std::vector<Request> res_recv(static_cast<size_t>(N)), res_send(static_cast<size_t>(N)), q_send(static_cast<size_t>(N)),
-      q_recv(static_cast<size_t>(N));
+  std::vector<Request> res_recv(static_cast<size_t>(N)), res_send(static_cast<size_t>(N)),
+      q_send(static_cast<size_t>(N)), q_recv(static_cast<size_t>(N));
   std::vector<std::vector<float>> fwdbufs(static_cast<size_t>(N));
   for (int s = 1; s < N; ++s) {
     const int h = ring::wrap(r, -s, N);
@@ -233,7 +251,8 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     const int o = ring::wrap(r, 1, N);
     const size_t rrows = g.L(o) - need(o, r);
     qbuf[1].resize(std::max<size_t>(B * rrows * g.qrow, 1));
-    if (rrows > 0) q_recv[1] = comm.irecv(qbuf[1].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
+    if (rrows > 0)
+      q_recv[1] = comm.irecv(qbuf[1].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
   }
   {
     Timer t(st.step_compute_s[0]);
@@ -248,7 +267,10 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     // Forward what rank r-1 needs at step s+1 (a suffix of what I hold), and post my next receive.
     if (s + 1 < N) {
       const size_t a2 = need(o, prev), rows2 = g.L(o) - a2;
-      if (a2 < a) throw Error(fmt::format("TokenRing: rank {} holds rows from {} of rank {}'s Q, rank {} needs rows from {}", r, a, o, prev, a2), r);
+      if (a2 < a)
+        throw Error(fmt::format("TokenRing: rank {} holds rows from {} of rank {}'s Q, rank {} needs rows from {}", r,
+                                a, o, prev, a2),
+                    r);
       if (rows2 > 0) {
         const float* src = qcur;
         if (B > 1 && a2 > a) {  // a shorter suffix of every batch: repack (kept until the send completes)
@@ -259,7 +281,8 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
         } else {
           src = qcur + (a2 - a) * g.qrow;
         }
-        q_send[static_cast<size_t>(s)] = comm.isend(src, B * rows2 * g.qrow * 4, prev, tags::make(tags::kSpForward, s + 1));
+        q_send[static_cast<size_t>(s)] =
+            comm.isend(src, B * rows2 * g.qrow * 4, prev, tags::make(tags::kSpForward, s + 1));
         st.bytes_fwd += B * rows2 * g.qrow * 4;
       }
       const int o2 = ring::wrap(r, s + 1, N);
@@ -268,8 +291,8 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
       if (s >= 2) waitTimed(q_send[static_cast<size_t>(s - 2)], s);
       qbuf[(s + 1) % 3].resize(std::max<size_t>(B * rrows * g.qrow, 1));
       if (rrows > 0)
-        q_recv[static_cast<size_t>(s + 1)] = comm.irecv(qbuf[(s + 1) % 3].data(), B * rrows * g.qrow * 4, next,
-                                                         tags::make(tags::kSpForward, s + 1));
+        q_recv[static_cast<size_t>(s + 1)] =
+            comm.irecv(qbuf[(s + 1) % 3].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, s + 1));
     }
     if (rows == 0) continue;
     // Compute the visiting Q against my K/V into a result buffer [out | lse], and send it to its owner.
@@ -325,8 +348,8 @@ void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* 
   auto kvFloats = [&](int owner) { return 2 * B * g.L(owner) * g.kvrow; };
   // Packed [K | V] of my shard.
   kvbuf[0].resize(std::max<size_t>(kvFloats(r), 1));
-  std::memcpy(kvbuf[0].data(), k, B * Lr * g.kvrow * 4);
-  std::memcpy(kvbuf[0].data() + B * Lr * g.kvrow, v, B * Lr * g.kvrow * 4);
+  copyFloats(kvbuf[0].data(), k, B * Lr * g.kvrow);
+  copyFloats(kvbuf[0].data() + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
   auto waitTimed = [&](Request& req, int s) {
     Timer t(st.step_comm_s[static_cast<size_t>(s)]);
     comm.wait(req, comm.deadline());
@@ -346,8 +369,8 @@ void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* 
     }
     Timer t(st.step_compute_s[static_cast<size_t>(s)]);
     const size_t Lo = g.L(owner);
-    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kv, kv + B * Lo * g.kvrow, static_cast<int64_t>(Lo),
-               g.S(owner), out, acc_lse.data(), comm, sc);
+    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kv, kv + B * Lo * g.kvrow, static_cast<int64_t>(Lo), g.S(owner),
+               out, acc_lse.data(), comm, sc);
   }
   for (auto& rq : sends) waitTimed(rq, N - 1);
   for (int s = 0; s < N; ++s) {
@@ -371,12 +394,13 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
   recvbuf.resize(std::max<size_t>(off[static_cast<size_t>(N)], 1));
   // My packed [K | V] lives in my slot of recvbuf and is sent to everyone.
   float* mine = recvbuf.data() + off[static_cast<size_t>(r)];
-  std::memcpy(mine, k, B * Lr * g.kvrow * 4);
-  std::memcpy(mine + B * Lr * g.kvrow, v, B * Lr * g.kvrow * 4);
+  copyFloats(mine, k, B * Lr * g.kvrow);
+  copyFloats(mine + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
   std::vector<Request> reqs;
   const Tag tag = tags::make(tags::kSpAllToAll, 0);
   for (int p = 0; p < N; ++p)
-    if (p != r) reqs.push_back(comm.irecv(recvbuf.data() + off[static_cast<size_t>(p)], 2 * B * g.L(p) * g.kvrow * 4, p, tag));
+    if (p != r)
+      reqs.push_back(comm.irecv(recvbuf.data() + off[static_cast<size_t>(p)], 2 * B * g.L(p) * g.kvrow * 4, p, tag));
   for (int i = 1; i < N; ++i) {
     const int p = (r + i) % N;
     reqs.push_back(comm.isend(mine, 2 * B * Lr * g.kvrow * 4, p, tag));
@@ -397,8 +421,8 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
         const size_t n = static_cast<size_t>(seg.length) * g.kvrow;
         const size_t dst = (b * S + static_cast<size_t>(seg.global_offset)) * g.kvrow;
         const size_t srow = (b * Lp + static_cast<size_t>(row)) * g.kvrow;
-        std::memcpy(kfull.data() + dst, src + srow, n * 4);
-        std::memcpy(vfull.data() + dst, src + B * Lp * g.kvrow + srow, n * 4);
+        copyFloats(kfull.data() + dst, src + srow, n);
+        copyFloats(vfull.data() + dst, src + B * Lp * g.kvrow + srow, n);
         row += seg.length;
       }
     }
@@ -425,7 +449,7 @@ void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>&
     reqs.push_back(comm.isend(send + at(soff, p), n * 4, p, tag));
     bytes += n * 4;
   }
-  std::memcpy(recv + at(roff, r), send + at(soff, r), (at(soff, r + 1) - at(soff, r)) * 4);
+  copyFloats(recv + at(roff, r), send + at(soff, r), (at(soff, r + 1) - at(soff, r)));
   Timer t(wait_s);
   comm.waitAll(reqs, comm.deadline());
 }
@@ -460,12 +484,12 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
       float* dst = sendbuf.data() + soff[static_cast<size_t>(p)];
       const Range hp = qh(p), kp = kvh(p);
       for (size_t row = 0; row < B * Lr; ++row) {
-        std::memcpy(dst + row * hp.size() * D, q + row * H * D + hp.begin * D, hp.size() * D * 4);
+        copyFloats(dst + row * hp.size() * D, q + row * H * D + hp.begin * D, hp.size() * D);
       }
       dst += B * Lr * hp.size() * D;
       for (const float* src : {k, v}) {
         for (size_t row = 0; row < B * Lr; ++row)
-          std::memcpy(dst + row * kp.size() * D, src + row * Hkv * D + kp.begin * D, kp.size() * D * 4);
+          copyFloats(dst + row * kp.size() * D, src + row * Hkv * D + kp.begin * D, kp.size() * D);
         dst += B * Lr * kp.size() * D;
       }
     }
@@ -493,15 +517,15 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
           for (int64_t i = 0; i < seg.length; ++i) {
             const size_t lrow = b * Lp + static_cast<size_t>(row + i);
             const size_t grow = b * S + static_cast<size_t>(seg.global_offset + i);
-            std::memcpy(qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D * 4);
+            copyFloats(qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D);
             if (aligned) {
-              std::memcpy(kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D * 4);
-              std::memcpy(vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D * 4);
+              copyFloats(kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D);
+              copyFloats(vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D);
             } else {
               for (size_t h = 0; h < hq; ++h) {
                 const size_t kh = (myq.begin + h) / grp - mykv.begin;
-                std::memcpy(kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D * 4);
-                std::memcpy(vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D * 4);
+                copyFloats(kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D);
+                copyFloats(vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D);
               }
             }
           }
@@ -516,8 +540,8 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
       bo.causal = g.causal;
       bo.scale = g.scale;
       bo.progress = [&comm] { comm.progress(); };
-      AttentionShape as{g.shape.batch, static_cast<int>(S), static_cast<int>(S), static_cast<int>(hq),
-                        static_cast<int>(hk_local), g.shape.head_dim};
+      AttentionShape as{g.shape.batch,        static_cast<int>(S),        static_cast<int>(S),
+                        static_cast<int>(hq), static_cast<int>(hk_local), g.shape.head_dim};
       blockAttention(qf.data(), kf.data(), vf.data(), as, bo, of.data(), lf.data());
     }
     // Back to sequence-sharded: rank p gets its rows of my heads.
@@ -527,7 +551,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
       for (size_t b = 0; b < B; ++b)
         for (const auto& seg : g.S(p)) {
           const size_t n = static_cast<size_t>(seg.length) * hq * D;
-          std::memcpy(obuf.data() + o, of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n * 4);
+          copyFloats(obuf.data() + o, of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
           o += n;
         }
     }
@@ -544,7 +568,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
     const Range hp = qh(p);
     const float* src = orecv.data() + rooff[static_cast<size_t>(p)];
     for (size_t row = 0; row < B * Lr; ++row)
-      std::memcpy(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D * 4);
+      copyFloats(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D);
   }
 }
 
@@ -557,21 +581,26 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
                                       s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim),
                           r);
   if (s.heads % s.kv_heads != 0)
-    throw InvalidArgument(fmt::format("spAttention: heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads), r);
+    throw InvalidArgument(
+        fmt::format("spAttention: heads ({}) must be a multiple of kv_heads ({})", s.heads, s.kv_heads), r);
   if (s.seq_len > std::numeric_limits<int>::max())
     throw InvalidArgument(fmt::format("spAttention: seq_len {} is too long", s.seq_len), r);
   if (localLength(s.seq_len, comm.size(), r, o.layout) > 0 && (!q || !k || !v || !out))
     throw InvalidArgument("spAttention: null q, k, v or out", r);
-  if (!std::isfinite(o.scale) || o.scale < 0) throw InvalidArgument(fmt::format("spAttention: bad scale {}", o.scale), r);
+  if (!std::isfinite(o.scale) || o.scale < 0)
+    throw InvalidArgument(fmt::format("spAttention: bad scale {}", o.scale), r);
   // Same shape and options everywhere, or every rank fails with the values named.
   const uint64_t key = (static_cast<uint64_t>(s.seq_len) * 1000003u) ^ (static_cast<uint64_t>(s.batch) << 48) ^
                        (static_cast<uint64_t>(s.heads) << 36) ^ (static_cast<uint64_t>(s.kv_heads) << 24) ^
                        (static_cast<uint64_t>(s.head_dim) << 8) ^ (static_cast<uint64_t>(o.layout) << 4) ^
                        (static_cast<uint64_t>(o.causal) << 2) ^ static_cast<uint64_t>(o.scheme) << 60;
-  checkSameOnAllRanks(comm, key, fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} causal={} scheme={})",
-                                             r, s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim,
-                                             o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal,
-                                             spSchemeName(o.scheme)).c_str());
+  checkSameOnAllRanks(
+      comm, key,
+      fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} "
+                  "causal={} scheme={})",
+                  r, s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim,
+                  o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal, spSchemeName(o.scheme))
+          .c_str());
 }
 
 }  // namespace
@@ -587,16 +616,26 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
     if (o.scale == 0.f) o.scale = 1.f / std::sqrt(static_cast<float>(shape.head_dim));
     const CostModel fallback;
     const CostModel& model = options.model ? *options.model : fallback;
-    if (o.scheme == SpScheme::Auto) o.scheme = comm.size() == 1 ? SpScheme::AllGatherKV : model.choose(shape, comm.size(), o);
+    if (o.scheme == SpScheme::Auto)
+      o.scheme = comm.size() == 1 ? SpScheme::AllGatherKV : model.choose(shape, comm.size(), o);
     st.scheme = o.scheme;
     st.predicted_s = model.predict(o.scheme, shape, comm.size(), o);
     const Geometry g(comm.size(), comm.rank(), shape, o);
     switch (o.scheme) {
-      case SpScheme::TokenRing: tokenRing(comm, g, q, k, v, out, st); break;
-      case SpScheme::RingKV: ringKV(comm, g, q, k, v, out, st); break;
-      case SpScheme::Ulysses: ulysses(comm, g, q, k, v, out, st); break;
-      case SpScheme::AllGatherKV: allGatherKV(comm, g, q, k, v, out, st); break;
-      case SpScheme::Auto: break;
+      case SpScheme::TokenRing:
+        tokenRing(comm, g, q, k, v, out, st);
+        break;
+      case SpScheme::RingKV:
+        ringKV(comm, g, q, k, v, out, st);
+        break;
+      case SpScheme::Ulysses:
+        ulysses(comm, g, q, k, v, out, st);
+        break;
+      case SpScheme::AllGatherKV:
+        allGatherKV(comm, g, q, k, v, out, st);
+        break;
+      case SpScheme::Auto:
+        break;
     }
   });
 }
