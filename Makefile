@@ -41,7 +41,7 @@ tsan: deps
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
-	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*'
+	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*'
 
 sanitize: asan tsan
 
