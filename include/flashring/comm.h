@@ -102,7 +102,8 @@ class Communicator {
   void setTimeout(std::chrono::milliseconds t) { timeout_ = t; }
   Deadline deadline() const { return Clock::now() + timeout_; }
 
-  // Payload bytes this rank has posted for sending since creation (or the last reset).
+  // Payload bytes this rank has posted with isend since creation (or the last reset). The traffic of
+  // native collectives (MPI_Allreduce) is not counted: MPI's algorithm, and so its bytes, are unknown.
   uint64_t bytesSent() const { return bytes_sent_; }
   void resetBytesSent() { bytes_sent_ = 0; }
 
