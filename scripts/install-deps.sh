@@ -42,7 +42,9 @@ PY=${PYTHON:-python3}
 for p in "${PIP_PACKAGES[@]}"; do
   if ! "$PY" -c "import $p" >/dev/null 2>&1; then
     echo "install-deps: pip install $p"
-    "$PY" -m pip install -q "$p" 2>/dev/null || "$PY" -m pip install -q --break-system-packages "$p"
+    # Only bench/plot.py needs it: a failure here must not stop the build and the tests.
+    "$PY" -m pip install -q "$p" 2>/dev/null || "$PY" -m pip install -q --break-system-packages "$p" ||
+      echo "install-deps: warning: could not install $p; bench/plot.py will not work until it is installed" >&2
   fi
 done
 echo "install-deps: all dependencies present"
