@@ -192,12 +192,6 @@ void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, s
   for (size_t b = 0; b < B; ++b) copyFloats(dst + b * rows * width, src + (b * total + a) * width, rows * width);
 }
 
-struct Timer {
-  double& into;
-  Clock::time_point t0 = Clock::now();
-  explicit Timer(double& t) : into(t) {}
-  ~Timer() { into += std::chrono::duration<double>(Clock::now() - t0).count(); }
-};
 
 // ---------------------------------------------------------------------------------------------------- TokenRing
 void tokenRing(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
@@ -233,7 +227,7 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
                                                   tags::make(tags::kSpBackward, s));
   }
   auto waitTimed = [&](Request& req, int s) {
-    Timer t(st.step_comm_s[static_cast<size_t>(s)]);
+    detail::Stopwatch t(st.step_comm_s[static_cast<size_t>(s)]);
     comm.wait(req, comm.deadline());
   };
   // Q rows that holder `h` needs of owner `o`, as a suffix start.
@@ -255,7 +249,7 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
       q_recv[1] = comm.irecv(qbuf[1].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
   }
   {
-    Timer t(st.step_compute_s[0]);
+    detail::Stopwatch t(st.step_compute_s[0]);
     attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), k, v, static_cast<int64_t>(Lr), g.S(r), out, acc_lse.data(),
                comm, sc);
   }
@@ -300,7 +294,7 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     if (s >= 3 && res_send[static_cast<size_t>(s - 2)].valid()) waitTimed(res_send[static_cast<size_t>(s - 2)], s);
     rb.resize(B * rows * resw);
     {
-      Timer t(st.step_compute_s[static_cast<size_t>(s)]);
+      detail::Stopwatch t(st.step_compute_s[static_cast<size_t>(s)]);
       float* ro = rb.data();
       float* rl = rb.data() + B * rows * H * D;
       initAcc(ro, rl, B * rows, H, D);
@@ -316,7 +310,7 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     const size_t a = need(r, h), rows = Lr - a;
     if (rows == 0) continue;
     waitTimed(res_recv[static_cast<size_t>(s)], s);
-    Timer t(st.compute_s);
+    detail::Stopwatch t(st.compute_s);
     const float* ro = rres.data() + res_off[static_cast<size_t>(s)];
     const float* rl = ro + B * rows * H * D;
     for (size_t b = 0; b < B; ++b)
@@ -347,7 +341,7 @@ void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* 
   copyFloats(kvbuf[0].data(), k, B * Lr * g.kvrow);
   copyFloats(kvbuf[0].data() + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
   auto waitTimed = [&](Request& req, int s) {
-    Timer t(st.step_comm_s[static_cast<size_t>(s)]);
+    detail::Stopwatch t(st.step_comm_s[static_cast<size_t>(s)]);
     comm.wait(req, comm.deadline());
   };
   for (int s = 0; s < N; ++s) {
@@ -363,7 +357,7 @@ void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* 
       sends[static_cast<size_t>(s)] = comm.isend(kv, kvFloats(owner) * 4, next, tags::make(tags::kSpForward, s + 1));
       st.bytes_fwd += kvFloats(owner) * 4;
     }
-    Timer t(st.step_compute_s[static_cast<size_t>(s)]);
+    detail::Stopwatch t(st.step_compute_s[static_cast<size_t>(s)]);
     const size_t Lo = g.L(owner);
     attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kv, kv + B * Lo * g.kvrow, static_cast<int64_t>(Lo), g.S(owner),
                out, acc_lse.data(), comm, sc);
@@ -399,10 +393,10 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
     st.bytes_fwd += 2 * B * Lr * g.kvrow * 4;
   }
   {
-    Timer t(st.comm_s);
+    detail::Stopwatch t(st.comm_s);
     comm.waitAll(reqs, comm.deadline());
   }
-  Timer t(st.compute_s);
+  detail::Stopwatch t(st.compute_s);
   // Assemble K and V in global order.
   for (int p = 0; p < N; ++p) {
     const float* src = recvbuf.data() + off[static_cast<size_t>(p)];
@@ -442,7 +436,7 @@ void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>&
     bytes += n * 4;
   }
   copyFloats(recv + at(roff, r), send + at(soff, r), (at(soff, r + 1) - at(soff, r)));
-  Timer t(wait_s);
+  detail::Stopwatch t(wait_s);
   comm.waitAll(reqs, comm.deadline());
 }
 
@@ -471,7 +465,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
   sendbuf.resize(std::max<size_t>(soff[static_cast<size_t>(N)], 1));
   recvbuf.resize(std::max<size_t>(roff[static_cast<size_t>(N)], 1));
   {
-    Timer t(st.compute_s);
+    detail::Stopwatch t(st.compute_s);
     for (int p = 0; p < N; ++p) {
       float* dst = sendbuf.data() + soff[static_cast<size_t>(p)];
       const Range hp = qh(p), kp = kvh(p);
@@ -493,7 +487,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
   const bool aligned = hq == 0 || (myq.begin % grp == 0 && hq % grp == 0);
   const size_t hk_local = aligned ? hk : hq;
   {
-    Timer t(st.compute_s);
+    detail::Stopwatch t(st.compute_s);
     qf.resize(std::max<size_t>(B * S * hq * D, 1));
     kf.resize(std::max<size_t>(B * S * hk_local * D, 1));
     vf.resize(std::max<size_t>(B * S * hk_local * D, 1));
@@ -555,7 +549,7 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
   }
   orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
   allToAllv(comm, obuf.data(), ooff, orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
-  Timer t(st.compute_s);
+  detail::Stopwatch t(st.compute_s);
   for (int p = 0; p < N; ++p) {
     const Range hp = qh(p);
     const float* src = orecv.data() + rooff[static_cast<size_t>(p)];
