@@ -10,6 +10,16 @@
 namespace flashring {
 
 namespace {
+// What Auto means for a buffer of `bytes`: exact two-step fp32 below the threshold, quantized above.
+// Returns the options that actually run (algorithm resolved, payload fp32 for Auto's exact path).
+AllreduceOptions resolve(const AllreduceOptions& o, size_t bytes) {
+  if (o.algorithm != AllreduceAlgorithm::Auto) return o;
+  AllreduceOptions r = o;
+  r.algorithm = bytes < o.auto_threshold_bytes ? AllreduceAlgorithm::TwoStep : AllreduceAlgorithm::Quantized;
+  r.payload = Payload::F32;
+  return r;
+}
+
 void validate(const AllreduceOptions& o, int rank) {
   try {
     if (o.algorithm == AllreduceAlgorithm::Quantized || o.algorithm == AllreduceAlgorithm::Auto) {
@@ -29,12 +39,10 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
   validate(options, comm.rank());
   if (data.data() == nullptr && !data.empty())
     throw InvalidArgument(fmt::format("allreduce: null buffer of {} elements", data.size()), comm.rank());
-  AllreduceAlgorithm algo = options.algorithm;
-  if (algo == AllreduceAlgorithm::Auto)
-    algo =
-        data.size_bytes() < options.auto_threshold_bytes ? AllreduceAlgorithm::TwoStep : AllreduceAlgorithm::Quantized;
+  const AllreduceOptions run = resolve(options, data.size_bytes());
+  const AllreduceAlgorithm algo = run.algorithm;
+  const Payload payload = run.payload;
   st.algorithm = algo;
-  const Payload payload = options.algorithm == AllreduceAlgorithm::Auto ? Payload::F32 : options.payload;
   if (comm.size() == 1) return;  // the sum over one rank is the buffer itself, bit for bit
   // An empty buffer still takes part (a peer with a non-empty one must get an error, not a hang); give
   // it a non-null address so the algorithms' zero-length copies stay defined.
@@ -124,13 +132,11 @@ uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& o) 
   // The model figure (nccl-tests' busbw convention): each stage sends (N-1)/N of the buffer. A rank's
   // exact count differs by its slice's rounding; the benchmark reports the measured one beside it.
   auto exact = [&](uint64_t esize) { return 2 * (N - 1) * count * esize / N; };
-  AllreduceAlgorithm a = o.algorithm;
-  if (a == AllreduceAlgorithm::Auto)
-    a = count * 4 < o.auto_threshold_bytes ? AllreduceAlgorithm::TwoStep : AllreduceAlgorithm::Quantized;
-  switch (a) {
+  const AllreduceOptions r = resolve(o, count * sizeof(float));
+  switch (r.algorithm) {
     case AllreduceAlgorithm::Ring:
     case AllreduceAlgorithm::TwoStep:
-      return exact(o.payload == Payload::BF16 && o.algorithm != AllreduceAlgorithm::Auto ? 2 : 4);
+      return exact(r.payload == Payload::BF16 ? 2 : 4);
     case AllreduceAlgorithm::Native:
       return exact(4);
     case AllreduceAlgorithm::Quantized: {
