@@ -37,13 +37,6 @@ struct Config {
   TransportOptions transport;
 };
 
-// Counter-based input (splitmix64): any rank can regenerate any rank's values without storing them.
-inline uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 // Roughly normal activations (Irwin-Hall of 4 uniforms), with rare 20-60x outliers.
 inline float inputValue(uint64_t seed, int rank, size_t i) {
   const uint64_t h = mix(seed * 0x100000001b3ull ^ (static_cast<uint64_t>(rank) << 40) ^ i);
@@ -85,7 +78,7 @@ double seconds(Clock::time_point t) { return std::chrono::duration<double>(t.tim
 bool allOnOneHost(Communicator& comm) {
   char name[256] = {};
   gethostname(name, sizeof name - 1);
-  const double h = static_cast<double>(fnv(reinterpret_cast<const float*>(name), sizeof name / 4) >> 11);
+  const double h = static_cast<double>(std::hash<std::string>{}(name) >> 11);
   return allreduceMax(comm, h) == allreduceMin(comm, h);
 }
 
@@ -163,10 +156,6 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
       }
     }
     if (me != 0) continue;
-    auto median = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-    };
     const double base_t = median(times[static_cast<size_t>(bl)]);
     for (size_t a = 0; a < opts.size(); ++a) {
       Row r;

@@ -35,12 +35,6 @@ struct Config {
   TransportOptions transport;
 };
 
-uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 // Deterministic value of element e of token t of tensor `which`: any rank can make any shard.
 float val(int which, uint64_t b, uint64_t t, uint64_t e) {
   const uint64_t h = mix((static_cast<uint64_t>(which) << 60) ^ (b << 48) ^ (t << 20) ^ e);
@@ -67,11 +61,6 @@ struct Row {
   double time_us, compute_us, comm_us, step_compute_us, step_comm_us, max_err, predicted_us, speedup;
   uint64_t bytes_fwd, bytes_bwd;
 };
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::string& model_json) {
   const int N = comm.size(), r = comm.rank();

@@ -3,9 +3,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "flashring/comm.h"
 
@@ -25,6 +28,20 @@ struct TransportOptions {
 
 // Runs fn on every rank of the chosen transport: `ranks` threads, or this MPI process.
 void runOnTransport(const TransportOptions& t, const std::function<void(Communicator&)>& fn);
+
+// splitmix64: counter-based benchmark inputs, so any rank can regenerate any rank's values.
+inline uint64_t mix(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
 
 // Subcommands.
 void addBenchAllreduce(CLI::App& bench);
