@@ -28,10 +28,10 @@ namespace flashring {
 namespace {
 
 struct ThreadRequest : detail::RequestState {
-  int owner = -1;                 // rank that posted it
+  int owner = -1;                    // rank that posted it
   std::atomic<bool> matched{false};  // taken out of the mailbox: a copy is under way or done
   std::atomic<bool> complete{false};
-  std::string error;              // set before `complete` when the match failed
+  std::string error;  // set before `complete` when the match failed
 };
 using ReqPtr = std::shared_ptr<ThreadRequest>;
 
@@ -42,7 +42,9 @@ struct Mailbox {
   std::unordered_map<uint64_t, std::deque<ReqPtr>> recvs;  // unmatched receives of this rank
 };
 
-uint64_t key(int src, Tag tag) { return (static_cast<uint64_t>(static_cast<uint32_t>(src)) << 32) | static_cast<uint32_t>(tag); }
+uint64_t key(int src, Tag tag) {
+  return (static_cast<uint64_t>(static_cast<uint32_t>(src)) << 32) | static_cast<uint32_t>(tag);
+}
 
 }  // namespace
 
@@ -96,6 +98,28 @@ struct ThreadWorld::Impl {
     b.cv.notify_all();
   }
 
+  // Posts `r` (a send or a receive) in the mailbox of the receiving rank: matches the oldest waiting
+  // counterpart with the same (source, tag) and completes the pair, or queues `r` for a later match.
+  void post(Mailbox& box, uint64_t k, const ReqPtr& r) {
+    ReqPtr match;
+    {
+      std::lock_guard<std::mutex> lk(box.mu);
+      if (aborted.load())
+        throw AbortedError(fmt::format("rank {}: communicator aborted: {}", r->owner, reason()), r->owner);
+      auto& theirs = r->is_send ? box.recvs : box.sends;
+      auto it = theirs.find(k);
+      if (it != theirs.end() && !it->second.empty()) {
+        match = std::move(it->second.front());
+        it->second.pop_front();
+        const ReqPtr& send = r->is_send ? r : match;
+        beginCopy(send, r->is_send ? match : r);
+      } else {
+        (r->is_send ? box.sends : box.recvs)[k].push_back(r);
+      }
+    }
+    if (match) complete(r->is_send ? r : match, r->is_send ? match : r);
+  }
+
   // Completes a matched pair: copies, or records the size mismatch on both and aborts everyone.
   void complete(const ReqPtr& send, const ReqPtr& recv) {
     if (send->bytes != recv->bytes) {
@@ -130,21 +154,7 @@ class ThreadCommunicator final : public Communicator {
     auto r = makeRequest(bytes, peer, tag, true);
     r->send_buf = buf;
     countSent(bytes);
-    Mailbox& box = world_->boxes[static_cast<size_t>(peer)];
-    ReqPtr match;
-    {
-      std::lock_guard<std::mutex> lk(box.mu);
-      throwIfAborted();
-      auto it = box.recvs.find(key(rank_, tag));
-      if (it != box.recvs.end() && !it->second.empty()) {
-        match = std::move(it->second.front());
-        it->second.pop_front();
-        world_->beginCopy(r, match);
-      } else {
-        box.sends[key(rank_, tag)].push_back(r);
-      }
-    }
-    if (match) world_->complete(r, match);
+    world_->post(world_->boxes[static_cast<size_t>(peer)], key(rank_, tag), r);
     return Request(r);
   }
 
@@ -153,21 +163,7 @@ class ThreadCommunicator final : public Communicator {
     throwIfAborted();
     auto r = makeRequest(bytes, peer, tag, false);
     r->recv_buf = buf;
-    Mailbox& box = world_->boxes[static_cast<size_t>(rank_)];
-    ReqPtr match;
-    {
-      std::lock_guard<std::mutex> lk(box.mu);
-      throwIfAborted();
-      auto it = box.sends.find(key(peer, tag));
-      if (it != box.sends.end() && !it->second.empty()) {
-        match = std::move(it->second.front());
-        it->second.pop_front();
-        world_->beginCopy(match, r);
-      } else {
-        box.recvs[key(peer, tag)].push_back(r);
-      }
-    }
-    if (match) world_->complete(match, r);
+    world_->post(world_->boxes[static_cast<size_t>(rank_)], key(peer, tag), r);
     return Request(r);
   }
 
@@ -193,10 +189,11 @@ class ThreadCommunicator final : public Communicator {
         if (box.cv.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline &&
             !r->complete.load(std::memory_order_acquire)) {
           lk.unlock();
-          throw TimeoutError(fmt::format("rank {}: timed out after {} ms waiting for the {} of {} bytes {} rank {} (tag {})",
-                                         rank_, timeout().count(), r->is_send ? "send" : "receive", r->bytes,
-                                         r->is_send ? "to" : "from", r->peer, r->tag),
-                             rank_);
+          throw TimeoutError(
+              fmt::format("rank {}: timed out after {} ms waiting for the {} of {} bytes {} rank {} (tag {})", rank_,
+                          timeout().count(), r->is_send ? "send" : "receive", r->bytes, r->is_send ? "to" : "from",
+                          r->peer, r->tag),
+              rank_);
         }
       }
     }
@@ -224,7 +221,8 @@ class ThreadCommunicator final : public Communicator {
     if (!r.error.empty()) throw InvalidArgument(fmt::format("rank {}: {}", rank_, r.error), rank_);
   }
   void throwIfAborted() const {
-    if (world_->aborted.load()) throw AbortedError(fmt::format("rank {}: communicator aborted: {}", rank_, world_->reason()), rank_);
+    if (world_->aborted.load())
+      throw AbortedError(fmt::format("rank {}: communicator aborted: {}", rank_, world_->reason()), rank_);
   }
 
   ThreadWorld::Impl* world_;
