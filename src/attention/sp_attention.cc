@@ -192,7 +192,6 @@ void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, s
   for (size_t b = 0; b < B; ++b) copyFloats(dst + b * rows * width, src + (b * total + a) * width, rows * width);
 }
 
-
 // ---------------------------------------------------------------------------------------------------- TokenRing
 void tokenRing(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
                SpAttentionStats& st) {
@@ -576,10 +575,18 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
   if (!std::isfinite(o.scale) || o.scale < 0)
     throw InvalidArgument(fmt::format("spAttention: bad scale {}", o.scale), r);
   // Same shape and options everywhere, or every rank fails with the values named.
-  const uint64_t key = (static_cast<uint64_t>(s.seq_len) * 1000003u) ^ (static_cast<uint64_t>(s.batch) << 48) ^
-                       (static_cast<uint64_t>(s.heads) << 36) ^ (static_cast<uint64_t>(s.kv_heads) << 24) ^
-                       (static_cast<uint64_t>(s.head_dim) << 8) ^ (static_cast<uint64_t>(o.layout) << 4) ^
-                       (static_cast<uint64_t>(o.causal) << 2) ^ static_cast<uint64_t>(o.scheme) << 60;
+  // Fold every field through splitmix64 so different shapes cannot cancel out as shifted XORs could.
+  uint64_t key = 0;
+  for (uint64_t f :
+       {static_cast<uint64_t>(s.seq_len), static_cast<uint64_t>(s.batch), static_cast<uint64_t>(s.heads),
+        static_cast<uint64_t>(s.kv_heads), static_cast<uint64_t>(s.head_dim), static_cast<uint64_t>(o.layout),
+        static_cast<uint64_t>(o.causal), static_cast<uint64_t>(o.scheme)}) {
+    uint64_t z = key ^ f;
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    key = z ^ (z >> 31);
+  }
   checkSameOnAllRanks(
       comm, key,
       fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} "
