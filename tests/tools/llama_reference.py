@@ -46,10 +46,13 @@ from dataclasses import dataclass
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
-import numpy as np  # noqa: E402
-
-import gguf  # noqa: E402
-from gguf.quants import dequantize  # noqa: E402
+try:
+    import numpy as np
+    import gguf
+    from gguf.quants import dequantize
+    _IMPORT_ERROR = None
+except Exception as _e:  # reported by main(); importers (make_tiny_models.py) check for themselves
+    _IMPORT_ERROR = _e
 
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -247,7 +250,8 @@ def write_logits(prefix: str, tokens, logits: np.ndarray, command: str, extra: d
     d = os.path.dirname(prefix)
     if d:
         os.makedirs(d, exist_ok=True)
-    logits.astype("<f4").tofile(prefix + ".logits.f32")
+    # written under temporary names, then renamed: a reader never sees a half-written fixture
+    logits.astype("<f4").tofile(prefix + ".logits.f32.tmp")
     meta = {
         "tokens": [int(t) for t in tokens],
         "n_vocab": int(logits.shape[1]),
@@ -256,9 +260,11 @@ def write_logits(prefix: str, tokens, logits: np.ndarray, command: str, extra: d
     }
     if extra:
         meta.update(extra)
-    with open(prefix + ".json", "w") as f:
+    with open(prefix + ".json.tmp", "w") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
+    os.replace(prefix + ".logits.f32.tmp", prefix + ".logits.f32")
+    os.replace(prefix + ".json.tmp", prefix + ".json")
 
 
 # ---------------------------------------------------------------- tokenization (optional, for --text)
@@ -348,12 +354,20 @@ def _parse_ids(s: str) -> list[int]:
     return [int(t) for t in s.replace(" ", "").split(",") if t != ""]
 
 
-def _outputs_fresh(prefix: str, inputs: list[str]) -> bool:
+def _outputs_fresh(prefix: str, inputs: list[str], tokens, model_path: str) -> bool:
+    """PREFIX's outputs exist, are newer than every input file, and are for these tokens and model."""
     outs = [prefix + ".logits.f32", prefix + ".json"]
     if not all(os.path.exists(p) for p in outs):
         return False
     newest_in = max(os.path.getmtime(p) for p in inputs if os.path.exists(p))
-    return min(os.path.getmtime(p) for p in outs) > newest_in
+    if min(os.path.getmtime(p) for p in outs) <= newest_in:
+        return False
+    try:
+        with open(prefix + ".json") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return meta.get("tokens") == list(tokens) and meta.get("model_path") == os.path.abspath(model_path)
 
 
 def main(argv=None) -> int:
@@ -367,12 +381,20 @@ def main(argv=None) -> int:
     ap.add_argument("--perplexity", metavar="FILE", help="llama-perplexity-style perplexity of FILE's text")
     ap.add_argument("--ctx", type=int, default=512, help="context size for --perplexity (default 512)")
     ap.add_argument("--chunks", type=int, default=1, help="chunks for --perplexity (default 1, -1 = all)")
-    ap.add_argument("--skip-missing", action="store_true", help="exit 0 with a message when MODEL is absent")
+    ap.add_argument("--skip-missing", action="store_true",
+                    help="exit 0 with a message when MODEL, numpy or gguf is absent")
     ap.add_argument("--reuse", action="store_true",
                     help="with --out: do nothing when the outputs exist and are newer than this script and MODEL")
     args = ap.parse_args(argv)
     command = shlex.join(["python3", sys.argv[0]] + list(argv))
 
+    if _IMPORT_ERROR is not None:
+        why = f"{type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR}"
+        if args.skip_missing:
+            print(f"llama_reference: skipped: {why}")
+            return 0
+        print(f"llama_reference: needs numpy and the PyPI gguf package: {why}", file=sys.stderr)
+        return 2
     path = default_model_path() if args.model == "default" else args.model
     if not os.path.exists(path):
         if args.skip_missing:
@@ -380,7 +402,8 @@ def main(argv=None) -> int:
             return 0
         print(f"llama_reference: model {path} not found", file=sys.stderr)
         return 2
-    if args.out and args.reuse and _outputs_fresh(args.out, [path, os.path.abspath(__file__)]):
+    if (args.out and args.reuse and args.tokens
+            and _outputs_fresh(args.out, [path, os.path.abspath(__file__)], _parse_ids(args.tokens), path)):
         print(f"llama_reference: {args.out}.logits.f32 is up to date")
         return 0
 
@@ -401,7 +424,8 @@ def main(argv=None) -> int:
         if tokens is None:
             ap.error("--out needs --tokens or --text")
         logits = model.forward(tokens)
-        write_logits(args.out, tokens, logits, command, {"model": os.path.basename(path)})
+        write_logits(args.out, tokens, logits, command,
+                     {"model": os.path.basename(path), "model_path": os.path.abspath(path)})
         print(f"wrote {args.out}.logits.f32 ({len(tokens)} x {hp.n_vocab}) and {args.out}.json; "
               f"argmax {[int(i) for i in np.argmax(logits, axis=1)]}")
 

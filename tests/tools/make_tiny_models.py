@@ -233,11 +233,13 @@ def make_variant(outdir: str, name: str, v: dict, command: str) -> None:
 
     prompt = tokens[:N_PROMPT]
     cont, margins = model.greedy(prompt, N_PREDICT)
-    with open(os.path.join(outdir, name + ".greedy.json"), "w") as f:
+    greedy_path = os.path.join(outdir, name + ".greedy.json")
+    with open(greedy_path + ".tmp", "w") as f:
         json.dump({"prompt": prompt, "n_predict": N_PREDICT, "continuation": cont,
                    "tokens": prompt + cont, "margins": margins, "min_margin": min(margins),
                    "command": command}, f, indent=1)
         f.write("\n")
+    os.replace(greedy_path + ".tmp", greedy_path)
     print(f"make_tiny_models: {name}: {path}, argmax[:8] {np.argmax(logits, axis=1)[:8].tolist()}, "
           f"greedy {cont}, min margin {min(margins):.3f}")
 

@@ -1,0 +1,32 @@
+# Test fixtures written at test time by the Python tools in this directory (tests/tools/README.md):
+#   fixtures.models   tiny random LLaMA GGUF models + float64 reference logits and greedy continuations
+#                     (make_tiny_models.py) in ${FLASHRING_FIXTURE_DIR}
+#   fixtures.smollm2  reference logits of the default model (SmolLM2-135M-Instruct Q4_1) for a fixed
+#                     13-token prompt, ${FLASHRING_FIXTURE_DIR}/smollm2.logits.f32 + .json; exits 0 with a
+#                     message when the model is absent, and reuses outputs newer than the script and model
+#   tools.llama_reference  checks the reference itself (test_llama_reference.py; skips, code 77, without
+#                     numpy or gguf)
+# Both fixtures.* steps are FIXTURES_SETUP models, which the unit, multirank and MPI tests require. Without
+# numpy or the PyPI gguf package the scripts print "skipped: <reason>" and exit 0; the C++ tests that need
+# a fixture then skip with a message naming the missing file.
+if(NOT Python3_Interpreter_FOUND)
+  message(STATUS "flashring: no Python 3 interpreter, so no test fixtures (tests needing them will skip)")
+  return()
+endif()
+
+set(FLASHRING_TOOLS_DIR ${CMAKE_CURRENT_LIST_DIR})
+
+add_test(NAME fixtures.models
+         COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/make_tiny_models.py ${FLASHRING_FIXTURE_DIR})
+set_tests_properties(fixtures.models PROPERTIES FIXTURES_SETUP models LABELS fixtures TIMEOUT 120)
+
+# "Paris is the capital and most populous city of France. It is" in the model's own BPE vocabulary
+# (llama_reference.py default --text "..." prints these ids).
+set(FLASHRING_SMOLLM2_PROMPT 38634,314,260,3575,284,768,35488,2240,282,4649,30,657,314)
+add_test(NAME fixtures.smollm2
+         COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/llama_reference.py default
+                 --tokens ${FLASHRING_SMOLLM2_PROMPT} --out ${FLASHRING_FIXTURE_DIR}/smollm2 --skip-missing --reuse)
+set_tests_properties(fixtures.smollm2 PROPERTIES FIXTURES_SETUP models LABELS fixtures TIMEOUT 300)
+
+add_test(NAME tools.llama_reference COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_llama_reference.py)
+set_tests_properties(tools.llama_reference PROPERTIES LABELS tools TIMEOUT 120 SKIP_RETURN_CODE 77)
