@@ -11,8 +11,9 @@
 //   user-defined (4) tokens always are (as in both llama.cpp and `tokenizers`). Longer ones are tried first.
 // - Invalid UTF-8 in the input does not throw: each byte that does not start a valid sequence becomes
 //   U+FFFD (as llama.cpp's unicode_cpts_from_utf8 does), so decode(encode(x)) == x only for valid UTF-8.
-// - A BPE result that is not a token falls back to one token per byte; a byte without a token becomes
-//   `unk`, or encode() throws InvalidArgument when there is no unk.
+// - A BPE result that is not a token falls back to one token per byte; a byte that has no token of its
+//   own is dropped (llama.cpp and `tokenizers` agree; SmolLM2 has no token for 0x04, 0x13 and a few more,
+//   and its `unk` is <|endoftext|>), so decode(encode(x)) == x also needs every byte of x in the vocabulary.
 // - `token_types` may be left empty (every token normal); otherwise it needs one entry per token.
 #pragma once
 

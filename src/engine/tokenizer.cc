@@ -394,18 +394,13 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-// One token per byte for a piece that BPE could not turn into a token.
+// One token per byte for a piece that BPE could not turn into a token. A byte without a token of its own is
+// dropped, as llama.cpp and `tokenizers` both do (SmolLM2 has none for 0x04, 0x13, ... 0xFF; its unknown
+// token is <|endoftext|>, which would end the text for the model).
 void Tokenizer::Impl::appendBytes(std::string_view raw, std::vector<TokenId>& out) const {
   for (const char c : raw) {
     const int32_t sym = byte_symbol[static_cast<unsigned char>(c)];
-    if (sym < n_vocab) {
-      out.push_back(sym);
-    } else if (vocab.unk >= 0) {
-      out.push_back(vocab.unk);
-    } else {
-      throw InvalidArgument(fmt::format("tokenizer: byte 0x{:02x} has no token and the vocabulary has no unknown token",
-                                        static_cast<unsigned char>(c)));
-    }
+    if (sym < n_vocab) out.push_back(sym);
   }
 }
 
