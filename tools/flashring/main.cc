@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "cli.h"
+#include "model_cmds.h"
 #include "flashring/error.h"
 #include "flashring/quant.h"
 #include "flashring/thread_comm.h"
@@ -86,6 +87,8 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   cli::addBenchAllreduce(*bench);
   cli::addBenchAttention(*bench);
+  cli::addRun(app);
+  cli::addPerplexity(app);
   cli::addDemo(app);
   auto* info = app.add_subcommand("info", "print build and CPU facts (kernels chosen at run time)");
   info->callback([] {

@@ -1,0 +1,43 @@
+// A communicator over a subset of another communicator's ranks (like MPI_Comm_split, on any transport).
+//
+// The engine runs a 2-D grid of ranks: tensor-parallel groups (ranks that share a sequence shard) and
+// sequence-parallel groups (ranks that share a set of heads). Each group is a GroupCommunicator: rank i
+// of the group is parent rank members[i]; sends, receives, progress and abort go to the parent. Tags are
+// not translated, so two groups over one parent must never share a pair of ranks (true of the rows and
+// columns of a grid: two ranks share a row or a column, never both) — the constructor cannot check that
+// across groups, so it is the caller's invariant. An abort of a group aborts the parent: a failure in a
+// tensor-parallel all-reduce reaches every rank of the job, not just the group.
+#pragma once
+
+#include <vector>
+
+#include "flashring/comm.h"
+
+namespace flashring {
+
+class GroupCommunicator final : public Communicator {
+ public:
+  // `members`: parent ranks in group order; must contain parent.rank() once, no duplicates, all in range.
+  GroupCommunicator(Communicator& parent, std::vector<int> members);
+
+  int rank() const override { return rank_; }
+  int size() const override { return static_cast<int>(members_.size()); }
+  std::string transport() const override { return parent_.transport(); }
+  Request isend(const void* buf, size_t bytes, int peer, Tag tag) override;
+  Request irecv(void* buf, size_t bytes, int peer, Tag tag) override;
+  bool test(Request& r) override { return parent_.test(r); }
+  void wait(Request& r, Deadline deadline) override { parent_.wait(r, deadline); }
+  void progress() override { parent_.progress(); }
+  void abort(const std::string& reason) override { parent_.abort(reason); }
+  bool aborted() const override { return parent_.aborted(); }
+
+  Communicator& parent() const { return parent_; }
+  const std::vector<int>& members() const { return members_; }
+
+ private:
+  Communicator& parent_;
+  std::vector<int> members_;
+  int rank_ = -1;
+};
+
+}  // namespace flashring

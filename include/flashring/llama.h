@@ -1,0 +1,170 @@
+// LLaMA-family inference with tensor and sequence parallelism.
+//
+// A model (LLaMA architecture: RMSNorm, RoPE, grouped-query attention, SwiGLU; tied or separate output
+// head) is read from a GGUF file and dequantized to fp32; the forward pass runs in fp32 with GEMMs in
+// OpenBLAS and attention in flashring's block kernel.
+//
+// Parallel plan: a grid of tp x sp ranks; world rank = sp_rank * tp + tp_rank.
+//  - Tensor parallelism (Megatron): each TP rank holds a slice of the query heads (uneven splits allowed:
+//    9 heads on 4 ranks are 3,2,2,2) with the KV heads those queries need (a KV head is replicated only on
+//    the ranks that need it), a slice of the FFN units and a slice of the vocabulary. Q/K/V and gate/up are
+//    column-parallel, the attention output and down projections row-parallel, followed by one all-reduce
+//    each per layer through allreduce() with the caller's options (exact, Flash INT8/INT4, Auto).
+//    allreduce() leaves identical bits on every rank, so the ranks of a TP group never diverge.
+//  - Sequence parallelism (prefill): each SP rank holds a shard of the prompt (zigzag by default) and the
+//    attention runs through spAttention() (TokenRing, ring-KV, Ulysses, all-gather-KV or Auto). The KV
+//    cache stays sharded where it was produced.
+//  - Decode: the SP group that holds the last prompt position (the owner) computes the new token; in
+//    each layer its query goes along the ring of SP ranks (pass-Q, the TokenRing idea applied to decode),
+//    every rank attends it to its own KV shard and sends (out, lse) straight back, and the owner merges
+//    the partials by log-sum-exp. The new token's K/V are appended on the owner.
+// Every rank calls the same methods in the same order (they are collective) with the same tokens.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "flashring/allreduce.h"
+#include "flashring/comm.h"
+#include "flashring/sp_attention.h"
+#include "flashring/tokenizer.h"
+
+namespace flashring {
+
+namespace gguf {
+class File;
+}
+class CostModel;
+
+struct LlamaConfig {
+  std::string arch = "llama";
+  std::string name;
+  int n_layer = 0;
+  int n_embd = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_ff = 0;
+  int n_vocab = 0;
+  int rope_dim = 0;
+  int64_t n_ctx_train = 0;
+  float rope_base = 10000.f;
+  float rms_eps = 1e-5f;
+  bool tied_output = true;
+
+  // Reads `{arch}.*` metadata and checks it against the tensors. Throws gguf::FormatError naming the key
+  // or tensor when something is missing or inconsistent, InvalidArgument for an architecture we do not run.
+  static LlamaConfig fromGguf(const gguf::File& file);
+  std::string describe() const;
+  // Multiply-adds of the linear layers per token (excluding the output head), for throughput figures.
+  double linearMacsPerToken() const;
+};
+
+// What tensor-parallel rank `tp_rank` of `tp` computes.
+struct TpShard {
+  int head_begin = 0, heads = 0;   // query heads [head_begin, head_begin + heads)
+  std::vector<int> kv_heads;       // global KV heads it computes, in local order
+  bool grouped = true;             // local query head h uses local KV head h / (heads / kv_heads.size())
+  int ff_begin = 0, ff = 0;        // FFN units
+  int vocab_begin = 0, vocab = 0;  // output-head rows
+};
+// Throws InvalidArgument when tp exceeds the number of query heads.
+TpShard tpShard(const LlamaConfig& cfg, int tp, int tp_rank);
+
+// One TP rank's share of the weights, fp32. Shared (read-only) by the SP ranks of one process that have
+// the same tp_rank.
+struct LlamaLayerWeights {
+  std::vector<float> attn_norm, ffn_norm;  // [n_embd]
+  std::vector<float> wq, wk, wv;           // [heads*hd, n_embd], [kv*hd, n_embd] (rows = outputs)
+  std::vector<float> wo;                   // [n_embd, heads*hd]
+  std::vector<float> w_gate, w_up;         // [ff, n_embd]
+  std::vector<float> w_down;               // [n_embd, ff]
+};
+
+struct LlamaWeights {
+  LlamaConfig cfg;
+  int tp = 1, tp_rank = 0;
+  TpShard shard;
+  std::vector<LlamaLayerWeights> layers;
+  std::vector<float> output_norm;  // [n_embd]
+  std::vector<float> output;       // [shard.vocab, n_embd]
+  // Token embeddings are dequantized per token from the file (kept open) rather than held in fp32.
+  std::shared_ptr<const gguf::File> file;
+
+  static std::shared_ptr<const LlamaWeights> load(std::shared_ptr<const gguf::File> file, int tp, int tp_rank);
+  void embed(TokenId token, float* out) const;  // one row of token_embd
+  size_t bytes() const;
+};
+
+struct EngineOptions {
+  int tp = 1;
+  int sp = 1;
+  AllreduceOptions allreduce;                   // the TP all-reduces
+  SpScheme attention = SpScheme::Auto;          // prefill attention under SP
+  SeqLayout layout = SeqLayout::Zigzag;
+  const CostModel* cost_model = nullptr;        // Auto: calibrated model (nullptr: calibrate at construction)
+  int blas_threads = 0;                         // 0: leave OpenBLAS's setting alone
+  // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data.
+  std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
+};
+
+struct EngineStats {
+  double wall_s = 0;     // inside prefill/decode/score calls
+  double quant_s = 0;    // all-reduce codec work (quantize, dequantize, convert, reduce)
+  double comm_s = 0;     // blocked on messages (all-reduces, SP attention, decode pass-Q, gathers)
+  double attn_s = 0;     // attention compute (block kernel and merges)
+  uint64_t wire_bytes = 0;  // payload bytes this rank sent
+  int64_t allreduces = 0;
+  SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)
+  double computeSeconds() const { return wall_s - quant_s - comm_s; }
+};
+
+class LlamaEngine {
+ public:
+  // Collective over `world`, whose size must be opts.tp * opts.sp.
+  LlamaEngine(Communicator& world, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& opts);
+  ~LlamaEngine();
+  LlamaEngine(const LlamaEngine&) = delete;
+  LlamaEngine& operator=(const LlamaEngine&) = delete;
+
+  // Runs the prompt (identical on every rank; each rank computes its SP shard), replacing the KV cache.
+  // Returns the greedy next token, on every rank. lastLogits() then holds the full next-token logits on
+  // the ranks of the owner SP group.
+  TokenId prefill(std::span<const TokenId> tokens);
+  // Appends `token` at the next position and returns the greedy next token, on every rank.
+  TokenId decode(TokenId token);
+  // Full-vocabulary logits of the last step; valid on the owner SP group's ranks (empty elsewhere).
+  const std::vector<float>& lastLogits() const;
+  int64_t position() const;  // tokens in the KV cache (global)
+
+  // Negative log-likelihood of tokens[i+1] given tokens[..i] summed over i in [first, n-1) (llama-perplexity
+  // scores the second half of each window). Same value on every rank. Resets the KV cache.
+  struct Score {
+    double nll = 0;     // sum of -log p
+    double nll_sq = 0;  // sum of (-log p)^2, for the error estimate
+    int64_t count = 0;
+  };
+  Score score(std::span<const TokenId> tokens, int64_t first);
+
+  // Logits at every position [n, n_vocab], gathered onto every rank (tests; costly for long inputs).
+  std::vector<float> allLogits(std::span<const TokenId> tokens);
+
+  const EngineStats& stats() const;
+  void resetStats();
+  int tpRank() const;
+  int spRank() const;
+  int ownerSpRank() const;  // SP rank whose group decodes (holds the last prompt position)
+  const LlamaConfig& config() const;
+  Communicator& tpComm();
+  Communicator& spComm();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flashring

@@ -1,0 +1,360 @@
+// `flashring run` and `flashring perplexity`: a GGUF model under tensor x sequence parallelism.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli.h"
+#include "flashring/gguf.h"
+#include "flashring/llama.h"
+#include "flashring/model_path.h"
+#include "flashring/tokenizer.h"
+#include "model_cmds.h"
+
+namespace flashring::cli {
+
+AllreduceOptions commOptions(const std::string& comm, int group_size) {
+  static const std::map<std::string, std::string> aliases = {
+      {"exact", "twostep-fp32"}, {"bf16", "twostep-bf16"},       {"int8", "flash-int8"},
+      {"int4", "flash-int4"},    {"int4-int8", "flash-int4-int8"}, {"int8-int4", "flash-int8-int4"}};
+  auto it = aliases.find(comm);
+  AllreduceOptions base;
+  base.reduce_scatter.group_size = base.all_gather.group_size = group_size;
+  return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
+}
+
+void ModelOptions::add(CLI::App& app) {
+  app.add_option("-m,--model", model, "GGUF model (default: SmolLM2-135M-Instruct Q4_1 fetched by make deps)")
+      ->capture_default_str();
+  app.add_option("--tp", tp, "tensor-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--sp", sp, "sequence-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--comm", comm,
+                 "TP all-reduce: exact (two-step fp32), bf16 (two-step bf16, the paper's baseline), int8, int4, "
+                 "int4-int8 (INT4 reduce-scatter, INT8 all-gather), int8-int4, auto, or any `bench allreduce` name")
+      ->capture_default_str();
+  app.add_option("--group-size", group_size, "quantization group size of the low-bit all-reduces")
+      ->check(CLI::Range(32, 4096))
+      ->capture_default_str();
+  app.add_option("--attn", attn, "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv")
+      ->check(CLI::IsMember({"auto", "tokenring", "ring-kv", "ulysses", "allgather-kv"}))
+      ->capture_default_str();
+  app.add_option("--layout", layout, "sequence layout under SP: zigzag or contiguous")
+      ->check(CLI::IsMember({"zigzag", "contiguous"}))
+      ->capture_default_str();
+  app.add_option("-t,--threads", threads, "OpenBLAS threads per rank (0: 1 per rank, or all cores for one rank)")
+      ->check(CLI::Range(0, 256));
+  app.add_option("--json", json, "write the figures to this JSON file");
+  app.add_option("--transport", transport.transport,
+                 "thread (tp x sp ranks as threads of this process) or mpi (run under mpirun -n tp*sp)")
+      ->check(CLI::IsMember({"thread", "mpi"}))
+      ->capture_default_str();
+  app.add_option("--timeout-ms", transport.timeout_ms, "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
+}
+
+EngineOptions ModelOptions::engineOptions() const {
+  EngineOptions e;
+  e.tp = tp;
+  e.sp = sp;
+  e.allreduce = commOptions(comm, group_size);
+  e.attention = spSchemeFromName(attn);
+  e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  e.blas_threads = threads > 0 ? threads : (tp * sp == 1 && transport.transport == "thread" ? static_cast<int>(cores) : 1);
+  return e;
+}
+
+std::string ModelOptions::modelPath() const { return model.empty() ? defaultModelPath() : model; }
+
+// One model file, one tokenizer and one weight shard per TP rank, shared by the thread ranks of a process.
+struct ModelCache {
+  std::mutex mu;
+  std::shared_ptr<const gguf::File> file;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::map<int, std::shared_ptr<const LlamaWeights>> shards;
+
+  explicit ModelCache(const std::string& path) {
+    if (!std::filesystem::exists(path)) {
+      throw InvalidArgument(fmt::format(
+          "model file '{}' not found; run `make deps` (it fetches the default model) or pass -m MODEL.gguf", path));
+    }
+    file = std::make_shared<const gguf::File>(gguf::File::open(path));
+    tokenizer = std::make_unique<Tokenizer>(Tokenizer::fromGguf(*file));
+  }
+  std::shared_ptr<const LlamaWeights> shard(int tp, int tp_rank) {
+    std::lock_guard<std::mutex> lock(mu);
+    auto& s = shards[tp_rank];
+    if (!s) s = LlamaWeights::load(file, tp, tp_rank);
+    return s;
+  }
+};
+
+int ModelOptions::ranks() const { return tp * sp; }
+
+void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body) {
+  auto cache = std::make_shared<ModelCache>(mo.modelPath());
+  const EngineOptions eo = mo.engineOptions();
+  TransportOptions t = mo.transport;
+  t.ranks = mo.ranks();
+  runOnTransport(t, [&](Communicator& comm) {
+    if (comm.size() != mo.ranks())
+      throw InvalidArgument(fmt::format("--tp {} x --sp {} needs {} ranks; the job has {} (mpirun -n {})", mo.tp, mo.sp,
+                                        mo.ranks(), comm.size(), mo.ranks()));
+    auto weights = cache->shard(mo.tp, comm.rank() % mo.tp);
+    LlamaEngine engine(comm, weights, eo);
+    body(comm, engine, *cache->tokenizer);
+  });
+}
+
+namespace {
+
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+std::string readFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InvalidArgument(fmt::format("cannot read '{}'", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void writeJson(const std::string& path, const nlohmann::json& j) {
+  std::ofstream out(path);
+  if (!out) throw InvalidArgument(fmt::format("cannot write '{}'", path));
+  out << j.dump(2) << "\n";
+}
+
+}  // namespace
+
+RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_predict, bool stream) {
+  RunResult res;
+  std::mutex mu;
+  runModel(mo, [&](Communicator& comm, LlamaEngine& eng, const Tokenizer& tok) {
+    const std::vector<TokenId> ids = tok.encode(prompt, true, true);
+    if (ids.empty()) throw InvalidArgument("the prompt encodes to no tokens");
+    barrier(comm);
+    eng.resetStats();
+    const auto t0 = Clock::now();
+    TokenId next = eng.prefill(ids);
+    const auto t1 = Clock::now();
+    const EngineStats prefill_stats = eng.stats();
+    const bool printer = eng.spRank() == eng.ownerSpRank() && eng.tpRank() == 0;
+    std::string text;
+    int generated = 0;
+    auto emit = [&](TokenId t) {
+      const std::string piece = tok.tokenText(t);
+      text += piece;
+      if (printer && stream) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+      }
+    };
+    double decode_s = 0;
+    if (n_predict > 0 && !tok.isEog(next)) {
+      emit(next);
+      generated = 1;
+      const auto d0 = Clock::now();
+      while (generated < n_predict) {
+        next = eng.decode(next);
+        if (tok.isEog(next)) break;
+        emit(next);
+        ++generated;
+      }
+      decode_s = seconds(d0, Clock::now());
+    }
+    if (printer && stream) std::fputs("\n", stdout);
+    const EngineStats all = eng.stats();
+    // Figures: TTFT is the slowest rank's; the breakdown is the mean over ranks of the prefill phase.
+    const double ttft = allreduceMax(comm, seconds(t0, t1));
+    const double n = comm.size();
+    const double comm_s = allreduceSumDouble(comm, prefill_stats.comm_s) / n;
+    const double quant_s = allreduceSumDouble(comm, prefill_stats.quant_s) / n;
+    const double attn_s = allreduceSumDouble(comm, prefill_stats.attn_s) / n;
+    const double compute_s = allreduceSumDouble(comm, prefill_stats.computeSeconds()) / n;
+    const double wire = allreduceSumDouble(comm, static_cast<double>(prefill_stats.wire_bytes));
+    const double wire_all = allreduceSumDouble(comm, static_cast<double>(all.wire_bytes));
+    const double dec = allreduceMax(comm, decode_s);
+    const double gen = allreduceMax(comm, static_cast<double>(generated));
+    std::lock_guard<std::mutex> lock(mu);
+    if (printer) res.text = text;
+    if (comm.rank() == 0) {
+      res.prompt_tokens = static_cast<int64_t>(ids.size());
+      res.generated = static_cast<int64_t>(gen);
+      res.ttft_s = ttft;
+      res.decode_s = dec;
+      res.comm_s = comm_s;
+      res.quant_s = quant_s;
+      res.attn_s = attn_s;
+      res.compute_s = compute_s;
+      res.prefill_wire_bytes = wire;
+      res.wire_bytes = wire_all;
+      res.scheme = prefill_stats.last_scheme;
+      res.model = eng.config().describe();
+    }
+  });
+  return res;
+}
+
+PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_ctx, int chunks, bool print) {
+  PplResult res;
+  std::mutex mu;
+  runModel(mo, [&](Communicator& comm, LlamaEngine& eng, const Tokenizer& tok) {
+    const std::vector<TokenId> ids = tok.encode(text, true, false);
+    const int64_t available = static_cast<int64_t>(ids.size()) / n_ctx;
+    if (available < 1)
+      throw InvalidArgument(fmt::format("the text has {} tokens, fewer than one context of {} (use a smaller -c)",
+                                        ids.size(), n_ctx));
+    const int64_t n_chunk = chunks > 0 ? std::min<int64_t>(chunks, available) : available;
+    const bool printer = comm.rank() == 0 && print;
+    if (printer) {
+      fmt::print("perplexity: tokenized {} tokens; {} chunks of n_ctx {}, scoring the second half of each\n",
+                 ids.size(), n_chunk, n_ctx);
+      std::fflush(stdout);
+    }
+    double nll = 0, nll_sq = 0;
+    int64_t count = 0;
+    barrier(comm);
+    eng.resetStats();
+    const auto t0 = Clock::now();
+    for (int64_t c = 0; c < n_chunk; ++c) {
+      std::vector<TokenId> chunk(ids.begin() + c * n_ctx, ids.begin() + (c + 1) * n_ctx);
+      // As llama-perplexity: the window starts with BOS when the vocabulary adds one.
+      if (tok.vocab().add_bos && tok.bos() >= 0) chunk[0] = tok.bos();
+      const LlamaEngine::Score s = eng.score(chunk, n_ctx / 2);
+      nll += s.nll;
+      nll_sq += s.nll_sq;
+      count += s.count;
+      if (printer) {
+        fmt::print("[{}]{:.4f},", c + 1, std::exp(nll / static_cast<double>(count)));
+        std::fflush(stdout);
+      }
+    }
+    const double elapsed = allreduceMax(comm, seconds(t0, Clock::now()));
+    const double mean = nll / static_cast<double>(count);
+    // llama-perplexity's estimate of the uncertainty: the standard error of the mean NLL, propagated.
+    const double var = std::max(0.0, nll_sq / static_cast<double>(count) - mean * mean);
+    const double ppl = std::exp(mean);
+    const double err = count > 1 ? ppl * std::sqrt(var / static_cast<double>(count - 1)) : 0.0;
+    const EngineStats st = eng.stats();
+    const double n = comm.size();
+    const double comm_s = allreduceSumDouble(comm, st.comm_s) / n;
+    const double quant_s = allreduceSumDouble(comm, st.quant_s) / n;
+    const double wire = allreduceSumDouble(comm, static_cast<double>(st.wire_bytes));
+    if (printer) fmt::print("\nFinal estimate: PPL = {:.4f} +/- {:.5f}\n", ppl, err);
+    std::lock_guard<std::mutex> lock(mu);
+    if (comm.rank() == 0) {
+      res.ppl = ppl;
+      res.ppl_err = err;
+      res.tokens = count;
+      res.text_tokens = static_cast<int64_t>(ids.size());
+      res.chunks = n_chunk;
+      res.seconds = elapsed;
+      res.comm_s = comm_s;
+      res.quant_s = quant_s;
+      res.wire_bytes = wire;
+    }
+  });
+  return res;
+}
+
+namespace {
+
+nlohmann::json commonJson(const ModelOptions& mo) {
+  return {{"model", mo.modelPath()}, {"tp", mo.tp},       {"sp", mo.sp},
+          {"comm", mo.comm},         {"group_size", mo.group_size}, {"attn", mo.attn},
+          {"layout", mo.layout},     {"transport", mo.transport.transport}, {"ranks", mo.ranks()}};
+}
+
+}  // namespace
+
+void addRun(CLI::App& app) {
+  auto mo = std::make_shared<ModelOptions>();
+  auto prompt = std::make_shared<std::string>("The capital of France is");
+  auto prompt_file = std::make_shared<std::string>();
+  auto n_predict = std::make_shared<int>(32);
+  auto* cmd = app.add_subcommand("run", "generate text with a GGUF model under tensor x sequence parallelism (greedy)");
+  mo->add(*cmd);
+  cmd->add_option("-p,--prompt", *prompt, "prompt text")->capture_default_str();
+  cmd->add_option("-f,--file", *prompt_file, "read the prompt from this file instead");
+  cmd->add_option("-n,--n-predict", *n_predict, "tokens to generate (stops early at end of generation)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  cmd->callback([=] {
+    const std::string text = prompt_file->empty() ? *prompt : readFile(*prompt_file);
+    const RunResult r = runGenerate(*mo, text, *n_predict, true);
+    const double prefill_tps = r.ttft_s > 0 ? static_cast<double>(r.prompt_tokens) / r.ttft_s : 0;
+    const double decode_tps = r.decode_s > 0 && r.generated > 1 ? static_cast<double>(r.generated - 1) / r.decode_s : 0;
+    fmt::print(
+        "\nmodel: {}\nplan: tp {} x sp {} on {} ranks ({}), comm {} (group {}), attention {}{}\n"
+        "prompt {} tokens, generated {}\n"
+        "TTFT {:.1f} ms  prefill {:.1f} tok/s  decode {:.2f} tok/s\n"
+        "prefill breakdown (mean over ranks): compute {:.1f} ms (attention {:.1f}), quantization {:.1f} ms, "
+        "communication {:.1f} ms; wire {:.2f} MB (all ranks; {:.2f} MB with decode)\n",
+        r.model, mo->tp, mo->sp, mo->ranks(), mo->transport.transport, mo->comm, mo->group_size, mo->attn,
+        mo->sp > 1 ? fmt::format(" -> {}", spSchemeName(r.scheme)) : std::string(), r.prompt_tokens, r.generated,
+        r.ttft_s * 1e3, prefill_tps, decode_tps, r.compute_s * 1e3, r.attn_s * 1e3, r.quant_s * 1e3, r.comm_s * 1e3,
+        r.prefill_wire_bytes / 1e6, r.wire_bytes / 1e6);
+    if (!mo->json.empty()) {
+      nlohmann::json j = commonJson(*mo);
+      j.update({{"ttft_ms", r.ttft_s * 1e3},
+                {"prefill_tok_s", prefill_tps},
+                {"decode_tok_s", decode_tps},
+                {"comm_ms", r.comm_s * 1e3},
+                {"quant_ms", r.quant_s * 1e3},
+                {"compute_ms", r.compute_s * 1e3},
+                {"attn_ms", r.attn_s * 1e3},
+                {"wire_bytes", r.prefill_wire_bytes},
+                {"wire_bytes_with_decode", r.wire_bytes},
+                {"prompt_tokens", r.prompt_tokens},
+                {"generated_tokens", r.generated},
+                {"attn_scheme", spSchemeName(r.scheme)},
+                {"text", r.text}});
+      writeJson(mo->json, j);
+    }
+  });
+}
+
+void addPerplexity(CLI::App& app) {
+  auto mo = std::make_shared<ModelOptions>();
+  auto file = std::make_shared<std::string>("/usr/share/common-licenses/GPL-3");
+  auto n_ctx = std::make_shared<int>(512);
+  auto chunks = std::make_shared<int>(0);
+  auto* cmd = app.add_subcommand("perplexity", "perplexity of a GGUF model on a text, as llama-perplexity computes it");
+  mo->add(*cmd);
+  cmd->add_option("-f,--file", *file, "text file")->capture_default_str();
+  cmd->add_option("-c,--ctx-size", *n_ctx, "context window; the second half of each window is scored")
+      ->check(CLI::Range(4, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--chunks", *chunks, "score at most this many windows (0: all)")->check(CLI::Range(0, 1 << 30));
+  cmd->callback([=] {
+    const PplResult r = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true);
+    fmt::print("tp {} x sp {}, comm {} (group {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication {:.1f} s, "
+               "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
+               mo->tp, mo->sp, mo->comm, mo->group_size, r.tokens, r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s,
+               r.quant_s, r.wire_bytes / 1e6);
+    if (!mo->json.empty()) {
+      nlohmann::json j = commonJson(*mo);
+      j.update({{"ppl", r.ppl},
+                {"ppl_err", r.ppl_err},
+                {"tokens", r.tokens},
+                {"text_tokens", r.text_tokens},
+                {"chunks", r.chunks},
+                {"ctx", *n_ctx},
+                {"file", *file},
+                {"seconds", r.seconds},
+                {"comm_ms", r.comm_s * 1e3},
+                {"quant_ms", r.quant_s * 1e3},
+                {"wire_bytes", r.wire_bytes}});
+      writeJson(mo->json, j);
+    }
+  });
+}
+
+}  // namespace flashring::cli

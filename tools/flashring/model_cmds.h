@@ -1,0 +1,52 @@
+// Shared pieces of the model subcommands (run, perplexity, demo).
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "cli.h"
+#include "flashring/llama.h"
+
+namespace flashring::cli {
+
+// --comm names: exact (two-step fp32), bf16, int8, int4, int4-int8, int8-int4, auto, or an allreduce name.
+AllreduceOptions commOptions(const std::string& comm, int group_size);
+
+struct ModelOptions {
+  std::string model;  // empty: the default model
+  int tp = 1, sp = 1;
+  std::string comm = "exact";
+  int group_size = 128;
+  std::string attn = "auto";
+  std::string layout = "zigzag";
+  int threads = 0;
+  std::string json;
+  TransportOptions transport;
+  void add(CLI::App& app);
+  EngineOptions engineOptions() const;
+  std::string modelPath() const;
+  int ranks() const;
+};
+
+// Loads the model once per process and runs body on every rank with its engine.
+void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body);
+
+struct RunResult {
+  std::string model, text;
+  int64_t prompt_tokens = 0, generated = 0;
+  double ttft_s = 0, decode_s = 0, comm_s = 0, quant_s = 0, attn_s = 0, compute_s = 0;
+  double prefill_wire_bytes = 0, wire_bytes = 0;
+  SpScheme scheme = SpScheme::Auto;
+};
+RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_predict, bool stream);
+
+struct PplResult {
+  double ppl = 0, ppl_err = 0, seconds = 0, comm_s = 0, quant_s = 0, wire_bytes = 0;
+  int64_t tokens = 0, text_tokens = 0, chunks = 0;
+};
+PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_ctx, int chunks, bool print);
+
+void addRun(CLI::App& app);
+void addPerplexity(CLI::App& app);
+
+}  // namespace flashring::cli
