@@ -401,6 +401,132 @@ TEST(TokenizerVocabCheck, InconsistentVocabulariesAreRejectedByName) {
   EXPECT_EQ(Tokenizer(m).encode("<|im_start|>").size(), 12u);
 }
 
+// ---- fromGguf ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// A metadata-only GGUF v3 image (no tensors), enough for the tokenizer's keys.
+class MiniGguf {
+ public:
+  void str(const std::string& key, const std::string& v) {
+    kv(key, 8, [&] { putStr(v); });
+  }
+  void u32(const std::string& key, uint32_t v) {
+    kv(key, 4, [&] { put(v); });
+  }
+  void boolean(const std::string& key, bool v) {
+    kv(key, 7, [&] { put(static_cast<uint8_t>(v)); });
+  }
+  void strings(const std::string& key, const std::vector<std::string>& v) {
+    kv(key, 9, [&] {
+      put(uint32_t{8});
+      put(static_cast<uint64_t>(v.size()));
+      for (const auto& x : v) putStr(x);
+    });
+  }
+  void i32s(const std::string& key, const std::vector<int32_t>& v) {
+    kv(key, 9, [&] {
+      put(uint32_t{5});
+      put(static_cast<uint64_t>(v.size()));
+      for (int32_t x : v) put(x);
+    });
+  }
+  std::vector<uint8_t> image() const {
+    std::vector<uint8_t> out = {'G', 'G', 'U', 'F', 3, 0, 0, 0};
+    for (uint64_t x : {uint64_t{0}, n_}) {
+      for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(x >> (8 * i)));
+    }
+    out.insert(out.end(), body_.begin(), body_.end());
+    return out;
+  }
+
+ private:
+  template <class T>
+  void put(T v) {
+    for (size_t i = 0; i < sizeof(T); ++i) body_.push_back(static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * i)));
+  }
+  void putStr(const std::string& s) {
+    put(static_cast<uint64_t>(s.size()));
+    body_.insert(body_.end(), s.begin(), s.end());
+  }
+  template <class F>
+  void kv(const std::string& key, uint32_t type, F value) {
+    putStr(key);
+    put(type);
+    value();
+    ++n_;
+  }
+  std::vector<uint8_t> body_;
+  uint64_t n_ = 0;
+};
+
+MiniGguf ggufOf(const TokenizerVocab& v, bool with_bos = true) {
+  MiniGguf g;
+  g.str("general.architecture", "llama");
+  g.str("tokenizer.ggml.model", v.model);
+  g.str("tokenizer.ggml.pre", v.pre);
+  g.strings("tokenizer.ggml.tokens", v.tokens);
+  g.i32s("tokenizer.ggml.token_type", v.token_types);
+  g.strings("tokenizer.ggml.merges", v.merges);
+  if (with_bos) g.u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(v.bos));
+  g.u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(v.eos));
+  g.u32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(v.unk));
+  g.boolean("tokenizer.ggml.add_bos_token", v.add_bos);
+  return g;
+}
+
+std::string fromGgufError(const std::vector<uint8_t>& image) {
+  try {
+    Tokenizer::fromGguf(gguf::File::fromMemory(image));
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no InvalidArgument)";
+}
+
+}  // namespace
+
+TEST(TokenizerGguf, ReadsTheTokenizerKeys) {
+  Hand h = handVocab();
+  h.vocab.add_bos = true;
+  const auto image = ggufOf(h.vocab).image();
+  const Tokenizer t = Tokenizer::fromGguf(gguf::File::fromMemory(image));
+  EXPECT_EQ(t.vocab().tokens, h.vocab.tokens);
+  EXPECT_EQ(t.vocab().token_types, h.vocab.token_types);
+  EXPECT_EQ(t.vocab().merges, h.vocab.merges);
+  EXPECT_EQ(t.vocab().pre, "smollm");
+  EXPECT_EQ(t.bos(), 1);
+  EXPECT_EQ(t.eos(), 0);
+  EXPECT_EQ(t.vocab().unk, 3);
+  EXPECT_EQ(t.vocab().pad, -1);  // absent
+  EXPECT_TRUE(t.vocab().add_bos);
+  EXPECT_EQ(t.encode("abc"), (std::vector<TokenId>{1, h.of("abc")}));
+}
+
+TEST(TokenizerGguf, RejectsWhatItCannotUse) {
+  Hand h = handVocab();
+  TokenizerVocab v = h.vocab;
+  v.model = "llama";
+  EXPECT_NE(fromGgufError(ggufOf(v).image()).find("'llama'"), std::string::npos);
+  v = h.vocab;
+  v.token_types.pop_back();
+  const std::string types = fromGgufError(ggufOf(v).image());
+  EXPECT_NE(types.find("token_type"), std::string::npos) << types;
+  v = h.vocab;
+  v.bos = static_cast<TokenId>(v.tokens.size()) + 5;
+  const std::string bos = fromGgufError(ggufOf(v).image());
+  EXPECT_NE(bos.find("bos_token_id"), std::string::npos) << bos;
+  v = h.vocab;
+  v.pre = "mystery";
+  EXPECT_NE(fromGgufError(ggufOf(v).image()).find("mystery"), std::string::npos);
+  v = h.vocab;
+  v.add_bos = true;
+  EXPECT_NE(fromGgufError(ggufOf(v, /*with_bos=*/false).image()).find("bos"), std::string::npos);
+  MiniGguf none;
+  none.str("general.architecture", "llama");
+  EXPECT_NE(fromGgufError(none.image()).find("tokenizer.ggml.model"), std::string::npos);
+}
+
 // ---- the real vocabulary --------------------------------------------------------------------------------
 
 namespace {
