@@ -45,15 +45,14 @@ tsan: deps
 
 sanitize: asan tsan
 
-# libFuzzer on the GGUF reader (tests/fuzz): clang, the whole build instrumented, FUZZ_TIME seconds over a
+# libFuzzer on the GGUF reader (tests/fuzz): clang, ASan+UBSan, FUZZ_TIME seconds over a
 # copy of the regression corpus (new inputs go to the copy; crashers to build-fuzz/crash-*, to be added to
 # tests/fuzz/corpus/gguf once fixed).
 .PHONY: fuzz
 FUZZ_TIME ?= 60
 fuzz: deps
 	CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WITH_MPI=OFF \
-	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_BUILD_FUZZ=ON \
-	  -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_BUILD_FUZZ=ON
 	cmake --build build-fuzz -j $(JOBS) --target flashring_fuzz_gguf
 	rm -rf build-fuzz/corpus-gguf && mkdir -p build-fuzz/corpus-gguf && cp tests/fuzz/corpus/gguf/* build-fuzz/corpus-gguf/
 	ASAN_OPTIONS=detect_leaks=1 build-fuzz/bin/flashring_fuzz_gguf -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 \

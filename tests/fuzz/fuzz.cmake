@@ -3,9 +3,9 @@
 # Always: flashring_fuzz_gguf_replay, the same LLVMFuzzerTestOneInput built with the normal compiler and
 # a small main, replays the regression corpus (corpus/gguf: small valid and corrupt seeds plus every
 # crasher found so far) as CTest fuzz.gguf_corpus.
-# With FLASHRING_BUILD_FUZZ=ON (clang only; `make fuzz` configures build-fuzz that way, with the whole
-# build instrumented by -fsanitize=fuzzer-no-link,address,undefined): flashring_fuzz_gguf, the libFuzzer
-# binary.
+# With FLASHRING_BUILD_FUZZ=ON (clang only; `make fuzz` configures build-fuzz that way): flashring_fuzz_gguf,
+# the libFuzzer binary, built from the GGUF sources themselves (not the whole library: clang 14 cannot
+# compile the codec dispatcher, see fuzz_isa.cc) with -fsanitize=fuzzer,address,undefined.
 option(FLASHRING_BUILD_FUZZ "Build the libFuzzer GGUF target (needs clang with libFuzzer)" OFF)
 
 set(FLASHRING_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
@@ -18,8 +18,14 @@ if(FLASHRING_BUILD_FUZZ)
   if(NOT CMAKE_CXX_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "FLASHRING_BUILD_FUZZ needs clang (libFuzzer); configure with CXX=clang++ (see `make fuzz`)")
   endif()
-  add_executable(flashring_fuzz_gguf ${FLASHRING_FUZZ_DIR}/fuzz_gguf.cc)
-  target_link_libraries(flashring_fuzz_gguf PRIVATE flashring flashring_flags)
-  target_compile_options(flashring_fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
-  target_link_options(flashring_fuzz_gguf PRIVATE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined)
+  set(FLASHRING_FUZZ_SANITIZE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_executable(flashring_fuzz_gguf ${FLASHRING_FUZZ_DIR}/fuzz_gguf.cc ${FLASHRING_FUZZ_DIR}/fuzz_isa.cc
+                 ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc ${PROJECT_SOURCE_DIR}/src/engine/dequant.cc
+                 ${PROJECT_SOURCE_DIR}/src/engine/dequant_avx2.cc)
+  set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/dequant_avx2.cc TARGET_DIRECTORY flashring_fuzz_gguf
+                              PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+  target_include_directories(flashring_fuzz_gguf PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(flashring_fuzz_gguf PRIVATE flashring_flags)
+  target_compile_options(flashring_fuzz_gguf PRIVATE ${FLASHRING_FUZZ_SANITIZE})
+  target_link_options(flashring_fuzz_gguf PRIVATE ${FLASHRING_FUZZ_SANITIZE})
 endif()
