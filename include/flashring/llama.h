@@ -153,6 +153,10 @@ class LlamaEngine {
   // Logits at every position [n, n_vocab], gathered onto every rank (tests; costly for long inputs).
   std::vector<float> allLogits(std::span<const TokenId> tokens);
 
+  // Changes the TP all-reduce for the following calls (benchmarks compare codecs on one engine). Collective
+  // in the sense that every rank must pass the same options before its next call.
+  void setAllreduceOptions(const AllreduceOptions& options);
+
   const EngineStats& stats() const;
   void resetStats();
   int tpRank() const;

@@ -232,6 +232,13 @@ void linear(const float* a, int64_t m, int64_t k, const std::vector<float>& w, i
     std::fill(c, c + m * n, 0.f);
     return;
   }
+  if (m == 1) {
+    // One token (decode): a matrix-vector product. OpenBLAS 0.3.21's sgemm does not forward m = 1 to gemv
+    // and packs the whole weight matrix per call (measured: 4x slower decode).
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(k), 1.f, w.data(),
+                static_cast<blasint>(k), a, 1, 0.f, c, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
               static_cast<blasint>(k), 1.f, a, static_cast<blasint>(k), w.data(), static_cast<blasint>(k), 0.f, c,
               static_cast<blasint>(n));
@@ -786,6 +793,7 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
   return full;
 }
 
+void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) { impl_->opts.allreduce = options; }
 const EngineStats& LlamaEngine::stats() const { return impl_->st; }
 void LlamaEngine::resetStats() { impl_->st = EngineStats{}; }
 int LlamaEngine::tpRank() const { return impl_->tp_rank; }

@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   cli::addBenchAllreduce(*bench);
   cli::addBenchAttention(*bench);
+  cli::addBenchTtft(*bench);
   cli::addRun(app);
   cli::addPerplexity(app);
   cli::addDemo(app);

@@ -31,11 +31,13 @@ AllreduceOptions commOptions(const std::string& comm, int group_size) {
   return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
 }
 
-void ModelOptions::add(CLI::App& app) {
+void ModelOptions::add(CLI::App& app, bool grid_flags) {
   app.add_option("-m,--model", model, "GGUF model (default: SmolLM2-135M-Instruct Q4_1 fetched by make deps)")
       ->capture_default_str();
-  app.add_option("--tp", tp, "tensor-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
-  app.add_option("--sp", sp, "sequence-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
+  if (grid_flags) {
+    app.add_option("--tp", tp, "tensor-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
+    app.add_option("--sp", sp, "sequence-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
+  }
   app.add_option("--comm", comm,
                  "TP all-reduce: exact (two-step fp32), bf16 (two-step bf16, the paper's baseline), int8, int4, "
                  "int4-int8 (INT4 reduce-scatter, INT8 all-gather), int8-int4, auto, or any `bench allreduce` name")

@@ -22,7 +22,7 @@ struct ModelOptions {
   int threads = 0;
   std::string json;
   TransportOptions transport;
-  void add(CLI::App& app);
+  void add(CLI::App& app, bool grid_flags = true);  // grid_flags: --tp and --sp
   EngineOptions engineOptions() const;
   std::string modelPath() const;
   int ranks() const;
@@ -48,5 +48,6 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
 
 void addRun(CLI::App& app);
 void addPerplexity(CLI::App& app);
+void addBenchTtft(CLI::App& bench);
 
 }  // namespace flashring::cli
