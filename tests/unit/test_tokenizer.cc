@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "flashring/gguf.h"
@@ -240,6 +242,24 @@ TEST(TokenizerBpe, LongRunsStayFast) {
   EXPECT_EQ(t.encode(std::string(200000, 'q')).size(), 200000u);
   EXPECT_EQ(t.decode(ids), spaces);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 2.0);
+}
+
+TEST(TokenizerBpe, ConcurrentEncodesAgree) {
+  const Hand h = handVocab("smollm", -1);
+  const Tokenizer t(h.vocab);
+  const std::string text = "<|im_start|>user\nabc xyz it's 12 é 中文 🙂   b\n<|im_end|>";
+  const auto want = t.encode(text);
+  std::vector<std::thread> threads;
+  std::atomic<int> bad{0};
+  for (int k = 0; k < 4; ++k) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 300; ++i) {
+        if (t.encode(text) != want) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 // ---- special tokens, BOS, EOG ---------------------------------------------------------------------------
