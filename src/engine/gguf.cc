@@ -380,10 +380,11 @@ void File::Impl::parse() {
         r.fail(dim_at, "dims[" + std::to_string(d) + "] = " + std::to_string(dim) + " is above 2^63-1");
       }
       t.dims.push_back(static_cast<int64_t>(dim));
-      if (__builtin_mul_overflow(elements, static_cast<int64_t>(dim), &elements)) {
+      // Zero dims count as 1 here, so that rows() (the product of dims[1..]) is bounded too when dims[0] is 0.
+      if (__builtin_mul_overflow(elements, std::max<int64_t>(static_cast<int64_t>(dim), 1), &elements)) {
         std::string all;
         for (int64_t x : t.dims) all += (all.empty() ? "" : " x ") + std::to_string(x);
-        r.fail(dim_at, "dims " + all + ": the element count overflows 64 bits");
+        r.fail(dim_at, "dims " + all + ": the element (or row) count overflows 64 bits");
       }
     }
     const uint64_t type_at = r.pos();
@@ -587,7 +588,7 @@ void File::dequantizeRows(const TensorInfo& t, int64_t row_begin, int64_t row_co
     throw InvalidArgument("gguf: tensor '" + t.name + "': rows [" + std::to_string(row_begin) + ", +" +
                           std::to_string(row_count) + ") are outside its " + std::to_string(rows) + " rows");
   }
-  if (row_count == 0) return;
+  if (row_count == 0 || t.dims[0] == 0) return;  // nothing to write
   if (out == nullptr) throw InvalidArgument("gguf: tensor '" + t.name + "': dequantizeRows into a null buffer");
   const auto row_values = static_cast<size_t>(t.dims[0]);
   const size_t row_bytes = row_values / blockSize(t.type) * blockBytes(t.type);

@@ -798,6 +798,21 @@ TEST(GgufCorrupt, TensorInfoFields) {
     w.tensor({"t", {uint64_t{1} << 32, uint64_t{1} << 32}, 0, {}, std::nullopt});
     expectFormatError([&] { parse(w.build()); }, {"tensor 't'", "dims 4294967296 x 4294967296", "overflows"});
   }
+  {  // elements() is 0, but rows() would overflow (found by the fuzzer)
+    Writer w;
+    w.tensor({"t", {0, uint64_t{1} << 45, uint64_t{1} << 19}, 0, {}, std::nullopt});
+    expectFormatError([&] { parse(w.build()); }, {"tensor 't'", "overflows"});
+  }
+  {  // a zero dim is allowed: an empty tensor
+    Writer w;
+    w.tensor({"t", {0, 3}, 8, {}, std::nullopt});
+    const auto img = w.build();
+    const File f = parse(img);
+    EXPECT_EQ(f.tensor("t").elements(), 0);
+    EXPECT_EQ(f.tensor("t").rows(), 3);
+    EXPECT_EQ(f.tensor("t").bytes, 0u);
+    EXPECT_TRUE(f.dequantize(f.tensor("t")).empty());
+  }
   {
     Writer w;
     w.tensor({"t", {~uint64_t{0}}, 0, {}, std::nullopt});
