@@ -6,7 +6,7 @@ CMAKE_FLAGS ?=
 .PHONY: deps build demo test sanitize asan tsan format format-check bench-kernels clean help
 
 help:
-	@echo "make demo      install dependencies, build, run the all-reduce comparison on 4 in-process ranks"
+	@echo "make demo      install dependencies (and the default model), build, run SmolLM2-135M on 4 in-process ranks"
 	@echo "make test      install dependencies, build (warnings are errors), run every test with CTest"
 	@echo "make build     Release build; the tool is build/bin/flashring"
 	@echo "make sanitize  ASan+UBSan and TSan builds running the unit and thread-rank tests"

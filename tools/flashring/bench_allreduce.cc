@@ -264,22 +264,4 @@ void addBenchAllreduce(CLI::App& bench) {
   });
 }
 
-void addDemo(CLI::App& app) {
-  auto* demo = app.add_subcommand("demo", "the main job on the embedded default: all-reduce comparison on 4 thread ranks");
-  demo->callback([] {
-    fmt::print("flashring demo: Flash Communication all-reduce vs exact baselines, 4 ranks as threads of this process.\n"
-               "On shared memory the 'link' is memcpy, so the exact fp32 algorithms are hard to beat here; run\n"
-               "`flashring bench allreduce --transport mpi` under bench/netem/run.sh to see the network-bound regime.\n\n");
-    Config c;
-    c.min_bytes = "256K";
-    c.max_bytes = "16M";
-    c.factor = 4;
-    c.iters = 5;
-    c.algos = {"ring-fp32", "twostep-fp32", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
-    c.baseline = "twostep-bf16";
-    std::vector<Row> rows;
-    runOnTransport(c.transport, [&](Communicator& comm) { runBench(comm, c, rows); });
-  });
-}
-
 }  // namespace flashring::cli
