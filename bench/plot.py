@@ -7,6 +7,10 @@ All-reduce JSON (rows with "algo"): latency vs message size and speed-up over th
 line per algorithm (and per link label/transport when several files are given).
 Attention JSON (rows with "scheme"): time vs sequence length (one panel per GQA ratio) and time vs GQA
 ratio (one panel per sequence length), one line per scheme, predicted times dashed.
+TTFT JSON (`flashring bench ttft`, rows with "bench": "ttft"): stacked compute / quantization /
+communication bars per grid and codec, TTFT and speed-up over the grid's first codec written on top.
+Perplexity JSON (`flashring perplexity --json`, one object per file, or arrays of them): perplexity vs
+group size, one line per (codec, TP degree), exact communication as a horizontal line.
 """
 import argparse
 import json
@@ -19,8 +23,10 @@ def load(paths):
     for p in paths:
         with open(p) as f:
             data = json.load(f)
+        if isinstance(data, dict):
+            data = [data]
         if not isinstance(data, list):
-            sys.exit(f"plot.py: {p}: expected a JSON array of rows")
+            sys.exit(f"plot.py: {p}: expected a JSON object or an array of rows")
         label = os.path.splitext(os.path.basename(p))[0]
         for r in data:
             r.setdefault("_file", label)
@@ -129,6 +135,71 @@ def plot_attention(rows, out, multi):
     return paths
 
 
+def plot_ttft(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    links = sorted({r.get("_file", "") for r in rows})
+    paths = []
+    for link in links:
+        rs = [r for r in rows if r.get("_file", "") == link]
+        labels = [f"{r['grid']}\n{r['comm']}" for r in rs]
+        comp = [r["compute_ms"] / 1e3 for r in rs]
+        quant = [r["quant_ms"] / 1e3 for r in rs]
+        comm = [r["comm_ms"] / 1e3 for r in rs]
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rs) + 2), 4.5))
+        x = range(len(rs))
+        ax.bar(x, comp, label="compute")
+        ax.bar(x, quant, bottom=comp, label="quantization")
+        ax.bar(x, comm, bottom=[a + b for a, b in zip(comp, quant)], label="communication (waiting)")
+        for i, r in enumerate(rs):
+            ax.text(i, r["ttft_ms"] / 1e3, f"{r['ttft_ms'] / 1e3:.2f}s\n{r['speedup_vs_first']:.2f}x",
+                    ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel("seconds (mean over ranks; label: TTFT of the slowest rank)")
+        ax.set_title(f"TTFT, {rs[0]['prompt_tokens']}-token prompt, {rs[0]['transport']} ({link})", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, f"ttft_{link}.png")
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def plot_ppl(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    exact = [r for r in rows if r["comm"] in ("exact", "twostep-fp32")]
+    for tp in sorted({r["tp"] for r in rows}):
+        for e in [r for r in exact if r["tp"] == tp]:
+            ax.axhline(e["ppl"], linestyle=":", color="gray")
+            ax.text(32, e["ppl"], f" exact, tp {tp}", va="bottom", fontsize=8, color="gray")
+        for comm in sorted({r["comm"] for r in rows} - {"exact", "twostep-fp32"}):
+            for spikes in sorted({r.get("spikes", 0) for r in rows}):
+                pts = sorted((r["group_size"], r["ppl"]) for r in rows
+                             if r["tp"] == tp and r["comm"] == comm and r.get("spikes", 0) == spikes)
+                if pts:
+                    lab = f"{comm}, tp {tp}" + (f", {spikes} spikes/group" if spikes else "")
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("group size")
+    ax.set_ylabel("perplexity")
+    ax.set_title("Perplexity vs quantization group size of the TP all-reduce", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "perplexity_vs_group.png")
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+", help="benchmark JSON files written with --json")
@@ -143,6 +214,10 @@ def main():
         paths = plot_allreduce(rows, out, len(a.json) > 1)
     elif all("scheme" in r for r in rows):
         paths = plot_attention(rows, out, len(a.json) > 1)
+    elif all(r.get("bench") == "ttft" for r in rows):
+        paths = plot_ttft(rows, out)
+    elif all("ppl" in r for r in rows):
+        paths = plot_ppl(rows, out)
     else:
         sys.exit("plot.py: unknown row type (expected all-reduce rows with 'algo' or attention rows with 'scheme')")
     for p in paths:

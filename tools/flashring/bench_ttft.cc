@@ -109,6 +109,7 @@ void run(const Config& cfg) {
   };
 
   std::vector<Row> rows;
+  bool root = false;  // this process holds rank 0 (the only one that prints)
   std::string model_desc;
   double gemm_gflops = 0;
   for (const std::string& gs : cfg.grids) {
@@ -173,12 +174,16 @@ void run(const Config& cfg) {
           }
         }
       }
-      if (comm.rank() == 0) model_desc = eng.config().describe();
+      if (comm.rank() == 0) {
+        model_desc = eng.config().describe();
+        root = true;
+      }
       if (tp * sp == 1) gemm_gflops = measureGemm(eng.config(), cfg.prompt_tokens);
     });
     rows.insert(rows.end(), grid_rows.begin(), grid_rows.end());
   }
 
+  if (!root) return;
   // Print the table: the first --comms entry is the baseline of each grid.
   fmt::print("# model: {}\n# prompt: {} tokens of {}; TTFT = median over {} (slowest rank), breakdown = mean over "
              "ranks\n",

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Perplexity of the default model with exact vs low-bit tensor-parallel all-reduces, on in-process ranks.
+#   bench/engine/ppl_sweep.sh OUTDIR [TP...]           (default TP 3 4)
+# Env: CHUNKS (windows of 512 for the group-size curve, default 4; the headline rows use the whole text),
+#      SPIKES (spike-reserving values per group for the curve, default "0"), FLASHRING (the binary).
+# Writes OUTDIR/ppl_*.json (one `flashring perplexity --json` object each) and OUTDIR/ppl_sweep.txt;
+# `python3 bench/plot.py OUTDIR/ppl_*.json` draws perplexity vs group size.
+set -euo pipefail
+out=${1:?usage: ppl_sweep.sh OUTDIR [TP...]}
+shift
+if [ $# -gt 0 ]; then tps=("$@"); else tps=(3 4); fi
+bin=${FLASHRING:-build/bin/flashring}
+chunks=${CHUNKS:-4}
+mkdir -p "$out"
+log="$out/ppl_sweep.txt"
+: >"$log"
+run() {  # name, args...
+  local name=$1
+  shift
+  local line
+  line=$("$bin" perplexity -c 512 --json "$out/ppl_$name.json" "$@" | grep "Final estimate")
+  echo "$name: $line ($*)" | tee -a "$log"
+}
+for tp in "${tps[@]}"; do
+  # Headline rows: the whole text.
+  run "tp${tp}_exact_full" --tp "$tp" --comm exact
+  run "tp${tp}_int8_g128_full" --tp "$tp" --comm int8 --group-size 128
+  run "tp${tp}_int4_g128_full" --tp "$tp" --comm int4 --group-size 128
+  # Group-size curve on the first CHUNKS windows (paired: the same tokens for every codec).
+  run "tp${tp}_exact_c$chunks" --tp "$tp" --comm exact --chunks "$chunks"
+  for s in ${SPIKES:-0}; do
+    spike_args=()
+    [ "$s" != 0 ] && spike_args=(--spikes "$s")
+    for g in 32 64 128 256 512 1024; do
+      run "tp${tp}_int4_g${g}_s${s}_c$chunks" --tp "$tp" --comm int4 --group-size "$g" --chunks "$chunks" "${spike_args[@]}"
+      run "tp${tp}_int8_g${g}_s${s}_c$chunks" --tp "$tp" --comm int8 --group-size "$g" --chunks "$chunks" "${spike_args[@]}"
+    done
+  done
+done
