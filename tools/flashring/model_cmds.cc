@@ -187,6 +187,7 @@ RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_p
     std::lock_guard<std::mutex> lock(mu);
     if (printer) res.text = text;
     if (comm.rank() == 0) {
+      res.root = true;
       res.prompt_tokens = static_cast<int64_t>(ids.size());
       res.generated = static_cast<int64_t>(gen);
       res.ttft_s = ttft;
@@ -252,6 +253,7 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
     if (printer) fmt::print("\nFinal estimate: PPL = {:.4f} +/- {:.5f}\n", ppl, err);
     std::lock_guard<std::mutex> lock(mu);
     if (comm.rank() == 0) {
+      res.root = true;
       res.ppl = ppl;
       res.ppl_err = err;
       res.tokens = count;
@@ -291,6 +293,7 @@ void addRun(CLI::App& app) {
   cmd->callback([=] {
     const std::string text = prompt_file->empty() ? *prompt : readFile(*prompt_file);
     const RunResult r = runGenerate(*mo, text, *n_predict, true);
+    if (!r.root) return;
     const double prefill_tps = r.ttft_s > 0 ? static_cast<double>(r.prompt_tokens) / r.ttft_s : 0;
     const double decode_tps = r.decode_s > 0 && r.generated > 1 ? static_cast<double>(r.generated - 1) / r.decode_s : 0;
     fmt::print(
@@ -337,6 +340,7 @@ void addPerplexity(CLI::App& app) {
   cmd->add_option("--chunks", *chunks, "score at most this many windows (0: all)")->check(CLI::Range(0, 1 << 30));
   cmd->callback([=] {
     const PplResult r = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true);
+    if (!r.root) return;
     fmt::print("tp {} x sp {}, comm {} (group {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication {:.1f} s, "
                "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
                mo->tp, mo->sp, mo->comm, mo->group_size, r.tokens, r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s,

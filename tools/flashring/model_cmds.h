@@ -32,6 +32,7 @@ struct ModelOptions {
 void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body);
 
 struct RunResult {
+  bool root = false;  // this process ran rank 0 (the one that reports; under MPI every process returns)
   std::string model, text;
   int64_t prompt_tokens = 0, generated = 0;
   double ttft_s = 0, decode_s = 0, comm_s = 0, quant_s = 0, attn_s = 0, compute_s = 0;
@@ -41,6 +42,7 @@ struct RunResult {
 RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_predict, bool stream);
 
 struct PplResult {
+  bool root = false;
   double ppl = 0, ppl_err = 0, seconds = 0, comm_s = 0, quant_s = 0, wire_bytes = 0;
   int64_t tokens = 0, text_tokens = 0, chunks = 0;
 };
