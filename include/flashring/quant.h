@@ -16,6 +16,8 @@
 //   GroupMeta meta[G]                 G = ceil(n / g), 4 bytes each
 //   codes of group 0, 1, ..., G-1     a full group takes g*b/8 bytes; the last, partial group of r values
 //                                     takes max(2, ceil(r*b/8)) bytes
+//   spike section                     only with Config::spikes = k > 0: G*k uint16 indices, then G*k fp32
+//                                     values (see "Spike reserving" below)
 // INT4 codes: value 2i of a group in the low nibble of the group's byte i, value 2i+1 in the high nibble.
 //
 // GroupMeta semantics (L = 2^b):
@@ -45,6 +47,32 @@
 // q = clamp(round_half_even(x * (1/s)) + L/2, 1, L-1); groups with NaN/Inf, constant groups, and groups
 // where -(L/2) * s overflows are encoded as in the asymmetric case (the decoder does not need to know
 // which encoding was used).
+//
+// Spike reserving (Config::spikes = k > 0; FlashCommunication V2, arXiv 2508.03760). Activations of LLaMA
+// models carry a few "massive" values per token (thousands where the rest of the group is O(10)); one of
+// them sets a group's scale and crushes its other values to a handful of codes. With k > 0 every group
+// keeps up to k values exactly, as fp32, and the rest of the group is encoded as above without them:
+//   Spikes of a group: its finite values of largest |x| (|x| compared as fp32 magnitudes; ties: lower index
+//   first), at most min(k, f - 1) of them where f is the group's number of finite values - so a group with
+//   f <= k keeps f - 1 spikes, and groups without finite values (all NaN/Inf) keep none. NaN and Inf are
+//   never spikes; they keep the flag mechanism above. A constant group is no special case (its spikes carry
+//   the same bits as the rest).
+//   Codes and metadata: those of a copy of the group in which every spike position holds the group's first
+//   (lowest-index) finite non-spike value, so min/max, the constant test and the codes are over the
+//   non-spike values only (every non-spike value's error stays within s/2 of that group's stored s); the
+//   code stored at a spike position is the replacement's and is ignored by the decoder.
+//   Decoding: as above, then every used spike position is overwritten with its stored fp32 value, bit for
+//   bit (-0.0 and subnormals included). dequantizeAccumulate gives acc + decoded for every element, spike
+//   positions included (one fp32 add).
+// With k > 0 the run ends with a spike section (no padding, so it may start at an odd offset; read with
+// memcpy), after the codes above:
+//   uint16 index[G][k]                each group's spike positions inside the group (0..g-1), ascending,
+//                                     unused entries 0xFFFF after the used ones
+//   float  value[G][k]                fp32 bits of the spike at index[i][j]; 0 for unused entries
+// i.e. encodedBytes grows by G * k * 6 bytes (k = 1, g = 128: 0.047 bytes per value, +9% on INT4 g128).
+// Indices and values are split, not interleaved, so each array is uniform; a decoder rejects (throws
+// InvalidArgument) an index that is neither 0xFFFF nor inside its group. If an index repeats in a group, the
+// later value wins. With k = 0 nothing is appended and every byte is as it was before spikes existed.
 // All arithmetic assumes the default fp environment (round to nearest even, no flush-to-zero/DAZ).
 // Every instruction-set version produces the same bytes and the same decoded floats, bit for bit.
 #pragma once
@@ -63,18 +91,21 @@ static_assert(sizeof(GroupMeta) == 4, "GroupMeta is part of the wire format");
 
 inline constexpr int kMinGroup = 32;
 inline constexpr int kMaxGroup = 4096;
+inline constexpr int kMaxSpikes = 8;
+inline constexpr uint16_t kNoSpike = 0xFFFF;  // unused entry of a group's spike index list
 
 struct Config {
-  int bits = 8;           // 8 or 4
-  int group_size = 128;   // multiple of 32 in [32, 4096]
+  int bits = 8;          // 8 or 4
+  int group_size = 128;  // multiple of 32 in [32, 4096]
   bool symmetric = false;
+  int spikes = 0;  // 0..kMaxSpikes and < group_size: values per group kept exactly as fp32 (see above)
 };
 
 // Throws InvalidArgument naming the bad field.
 void validate(const Config& cfg);
 // Bytes of an encoded run of n values (0 for n = 0).
 size_t encodedBytes(size_t n, const Config& cfg);
-// "int8-g128", "int4-g64-sym", ...
+// "int8-g128", "int4-g64-sym", "int4-g128-s1" (spikes = 1), ...
 std::string describe(const Config& cfg);
 
 // Instruction sets with their own kernels. Selected at run time from CPUID; never assumed at build time.

@@ -3,6 +3,7 @@
 // SIMD versions the CPU lacks are skipped with a message (AVX-512 on most development machines).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstddef>
@@ -994,6 +995,359 @@ TEST(QuantDispatch, EnvironmentVariableSelectsIsa) {
   EXPECT_EQ(activeIsa(), Isa::Scalar);
   withEnv(old ? saved.c_str() : nullptr);
   setActiveIsa(before);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Spike reserving (Config::spikes > 0).
+
+// The spikes of one group by the rule of quant.h, restated independently: finite values by |x| descending,
+// ties to the lower index (a stable sort), at most min(k, finite - 1), returned in ascending position order.
+std::vector<size_t> refSpikes(const float* x, size_t r, int k) {
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < r; ++i)
+    if (std::isfinite(x[i])) idx.push_back(i);
+  const size_t m = std::min<size_t>(static_cast<size_t>(k), idx.empty() ? 0 : idx.size() - 1);
+  std::stable_sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return std::fabs(x[a]) > std::fabs(x[b]); });
+  idx.resize(m);
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+void putU16(std::vector<uint8_t>& v, uint16_t u) {
+  v.push_back(static_cast<uint8_t>(u & 0xFF));
+  v.push_back(static_cast<uint8_t>(u >> 8));
+}
+void putU32(std::vector<uint8_t>& v, uint32_t u) {
+  for (int b = 0; b < 4; ++b) v.push_back(static_cast<uint8_t>((u >> (8 * b)) & 0xFF));
+}
+
+// The expected bytes with spikes: the scalar encoding (spikes = 0) of the copy whose spike positions hold the
+// group's first finite non-spike value, then index[G][k] (0xFFFF unused), then value[G][k] (0 unused), LE.
+std::vector<uint8_t> refEncodeWithSpikes(const std::vector<float>& x, const Config& c) {
+  Config c0 = c;
+  c0.spikes = 0;
+  const size_t n = x.size(), g = static_cast<size_t>(c.group_size), k = static_cast<size_t>(c.spikes);
+  std::vector<float> copy = x;
+  std::vector<uint8_t> idx, val;
+  for (size_t b = 0; b < n; b += g) {
+    const size_t r = std::min(g, n - b);
+    const auto sp = refSpikes(x.data() + b, r, c.spikes);
+    for (size_t e = 0; e < k; ++e) {
+      putU16(idx, e < sp.size() ? static_cast<uint16_t>(sp[e]) : uint16_t{0xFFFF});
+      putU32(val, e < sp.size() ? bitsOf(x[b + sp[e]]) : 0u);
+    }
+    if (sp.empty()) continue;
+    float repl = 0;
+    for (size_t i = 0; i < r; ++i) {
+      if (std::isfinite(x[b + i]) && std::find(sp.begin(), sp.end(), i) == sp.end()) {
+        repl = x[b + i];
+        break;
+      }
+    }
+    for (size_t i : sp) copy[b + i] = repl;
+  }
+  std::vector<uint8_t> out = n == 0 ? std::vector<uint8_t>{} : encode(Isa::Scalar, copy, c0);
+  out.insert(out.end(), idx.begin(), idx.end());
+  out.insert(out.end(), val.begin(), val.end());
+  return out;
+}
+
+// Activation-like data with massive values: `dist` plus 0..3 values of magnitude ~1e4 per 32, some NaN/Inf.
+std::vector<float> spikyData(Dist d, size_t n, uint32_t seed) {
+  auto x = makeData(d, n, seed);
+  std::mt19937 rng(seed ^ 0x5EEDu);
+  for (size_t b = 0; b < n; b += 32) {
+    const unsigned count = rng() % 4;
+    for (unsigned j = 0; j < count; ++j) {
+      const size_t i = b + rng() % 32;
+      if (i < n) x[i] = (rng() % 2 ? 1.0f : -1.0f) * (5000.0f + static_cast<float>(rng() % 10000));
+    }
+  }
+  if (n > 40 && seed % 3 == 0) x[n / 3] = NAN;
+  if (n > 40 && seed % 5 == 0) x[n / 2] = -INFINITY;
+  return x;
+}
+
+std::vector<Config> spikeConfigs() {
+  std::vector<Config> v;
+  for (int bits : {8, 4}) {
+    for (bool sym : {false, true}) {
+      for (int g : {32, 128, 4096}) {
+        for (int k : {1, 2, 4, 8}) v.push_back(Config{bits, g, sym, k});
+      }
+    }
+  }
+  return v;
+}
+const size_t kSpikeSizes[] = {1, 2, 3, 31, 33, 129, 1000, 9000, 3 * 4096 + 5};
+
+TEST(QuantSpikes, WireBytesOfASmallExampleByHand) {
+  // INT4 g32, k = 2, n = 34: group 0 = 0..15, 0..15 (z = 0, s = 1: codes are the values) with spikes 1000
+  // at 5 and -2000 at 20 (replaced by x[0] = 0 before encoding); tail group {1.5, -3}: one spike (f - 1 = 1),
+  // -3 at 1, the rest {1.5, 1.5} is a constant group.
+  const Config c{4, 32, false, 2};
+  std::vector<float> x(34);
+  for (int i = 0; i < 32; ++i) x[i] = static_cast<float>(i % 16);
+  x[5] = 1000.0f;
+  x[20] = -2000.0f;
+  x[32] = 1.5f;
+  x[33] = -3.0f;
+  const std::vector<uint8_t> expect = {
+      0x80, 0x3F, 0x00, 0x00,                          // meta 0: s = 1, z = 0
+      0x00, 0x00, 0xC0, 0x3F,                          // meta 1: constant 1.5 = 0x3FC00000
+      0x10, 0x32, 0x04, 0x76, 0x98, 0xBA, 0xDC, 0xFE,  // codes 0..15, value 5 -> code 0
+      0x10, 0x32, 0x50, 0x76, 0x98, 0xBA, 0xDC, 0xFE,  // codes 16..31, value 20 -> code 0
+      0x00, 0x00,                                      // tail: low half of 1.5
+      0x05, 0x00, 0x14, 0x00, 0x01, 0x00, 0xFF, 0xFF,  // indices: {5, 20}, {1, unused}
+      0x00, 0x00, 0x7A, 0x44, 0x00, 0x00, 0xFA, 0xC4,  // values: 1000, -2000
+      0x00, 0x00, 0x40, 0xC0, 0x00, 0x00, 0x00, 0x00,  // -3, unused
+  };
+  EXPECT_EQ(encodedBytes(34, c), expect.size());
+  for (Isa isa : supportedIsas()) {
+    const auto buf = encode(isa, x, c);
+    EXPECT_TRUE(sameBytes(buf, expect)) << isaName(isa);
+    EXPECT_TRUE(sameBits(decode(isa, buf, 34, c), x)) << isaName(isa);
+  }
+}
+
+TEST(QuantSpikes, EncodedBytesAndDescribe) {
+  EXPECT_EQ(encodedBytes(0, Config{4, 128, false, 1}), 0u);
+  EXPECT_EQ(encodedBytes(256, Config{4, 128, false, 1}), 2u * 4 + 128 + 2 * 6);
+  EXPECT_EQ(encodedBytes(300, Config{8, 128, false, 3}), 3u * 4 + 256 + 44 + 3 * 3 * 6);
+  EXPECT_EQ(encodedBytes(4u << 20, Config{4, 128, false, 1}), (4u << 20) / 128 * 10 + (2u << 20));
+  EXPECT_EQ(describe(Config{4, 128, false, 1}), "int4-g128-s1");
+  EXPECT_EQ(describe(Config{8, 64, true, 4}), "int8-g64-sym-s4");
+  EXPECT_EQ(describe(Config{4, 128, false, 0}), "int4-g128");
+}
+
+TEST(QuantSpikes, InvalidSpikeCountsThrowNamingTheField) {
+  for (const Config& c : {Config{4, 128, false, -1}, Config{4, 128, false, 9}, Config{8, 32, false, 32},
+                          Config{8, 32, false, 33}, Config{4, 4096, false, 4096}}) {
+    try {
+      validate(c);
+      ADD_FAILURE() << "no throw for spikes=" << c.spikes;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("spikes"), std::string::npos) << e.what();
+    }
+    std::vector<float> x(64, 1.0f);
+    std::vector<uint8_t> buf(4096);
+    EXPECT_THROW(encodedBytes(64, c), InvalidArgument);
+    EXPECT_THROW(quantize(x.data(), 64, c, buf.data()), InvalidArgument);
+    EXPECT_THROW(dequantize(buf.data(), 64, c, x.data()), InvalidArgument);
+  }
+  for (int k = 0; k <= 8; ++k) EXPECT_NO_THROW(validate(Config{4, 32, false, k}));
+}
+
+TEST(QuantSpikes, EveryIsaMatchesTheRuleBitForBit) {
+  // Bytes equal the independent restatement of the rule (which encodes with the scalar kernels), so every
+  // SIMD version agrees with the scalar reference; decoding and accumulating agree bit for bit too.
+  uint32_t seed = 9000;
+  for (const Config& c : spikeConfigs()) {
+    for (size_t n : kSpikeSizes) {
+      for (Dist d : {Dist::Normal, Dist::Large, Dist::Tiny, Dist::MixedScale, Dist::Sparse}) {
+        const auto x = spikyData(d, n, seed++);
+        const auto expect = refEncodeWithSpikes(x, c);
+        const auto acc0 = makeData(Dist::Normal, n, seed++);
+        const auto ref_y = decode(Isa::Scalar, expect, n, c);
+        for (Isa isa : supportedIsas()) {
+          const auto buf = encode(isa, x, c, isa == Isa::Scalar ? 0xAB : 0x5C);
+          ASSERT_TRUE(sameBytes(buf, expect)) << label(c, n, isa) << " " << distName(d);
+          ASSERT_TRUE(sameBits(decode(isa, buf, n, c), ref_y)) << label(c, n, isa) << " " << distName(d);
+          auto acc = acc0;
+          dequantizeAccumulate(isa, buf.data(), n, c, acc.data());
+          for (size_t i = 0; i < n; ++i) {
+            ASSERT_EQ(bitsOf(acc[i]), bitsOf(acc0[i] + ref_y[i])) << label(c, n, isa) << " i=" << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantSpikes, SpikesExactAndTheRestWithinHalfTheirScale) {
+  uint32_t seed = 12000;
+  for (const Config& c : spikeConfigs()) {
+    for (size_t n : kSpikeSizes) {
+      const auto x = spikyData(Dist::Normal, n, seed++);
+      for (Isa isa : supportedIsas()) {
+        const auto buf = encode(isa, x, c);
+        const auto y = decode(isa, buf, n, c);
+        // Spike positions decode to their fp32 bits; the other values obey the bound of quant.h against the
+        // group's stored s, which was computed without the spikes (EveryIsaMatchesTheRuleBitForBit pins that
+        // the metadata are the spike-free copy's; a spike of 5000+ would give s >= 300 here).
+        size_t spikes = 0;
+        for (size_t b = 0; b < n; b += static_cast<size_t>(c.group_size)) {
+          const size_t r = std::min<size_t>(static_cast<size_t>(c.group_size), n - b);
+          for (size_t i : refSpikes(x.data() + b, r, c.spikes)) {
+            ASSERT_EQ(bitsOf(y[b + i]), bitsOf(x[b + i])) << label(c, n, isa) << " spike at " << b + i;
+            ++spikes;
+          }
+        }
+        // Every value (spikes trivially) within s/2 of its group's stored s, exact in constant groups.
+        ASSERT_TRUE(withinBound(x, y, buf, c)) << label(c, n, isa);
+        if (n >= 33) {
+          EXPECT_GT(spikes, 0u);
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantSpikes, MassiveActivationKeepsTheRestOfItsGroup) {
+  // The motivating case (SmolLM2 layer 28): one value of ~14000 in a group of rms ~27. Without spikes INT4
+  // g128 has s ~ 1000 and the other 127 values mostly decode to the same code; with one spike they keep ~4 bits.
+  std::mt19937 rng(28);
+  std::normal_distribution<float> normal(0.0f, 27.0f);
+  const size_t n = 128 * 64;
+  std::vector<float> x(n);
+  for (auto& v : x) v = normal(rng);
+  for (size_t b = 0; b < n; b += 128) x[b + rng() % 128] = (rng() % 2 ? 14000.0f : -14000.0f);
+  auto err = [&](int k) {
+    const Config c{4, 128, false, k};
+    std::vector<uint8_t> buf(encodedBytes(n, c));
+    quantize(x.data(), n, c, buf.data());
+    std::vector<float> y(n);
+    dequantize(buf.data(), n, c, y.data());
+    double se = 0, sx = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (std::fabs(x[i]) >= 14000.0f) continue;  // error on the ordinary values
+      se += (y[i] - x[i]) * (y[i] - x[i]);
+      sx += x[i] * x[i];
+    }
+    return std::sqrt(se / sx);
+  };
+  const double e0 = err(0), e1 = err(1);
+  EXPECT_GT(e0, 0.5);   // the group's values are crushed
+  EXPECT_LT(e1, 0.15);  // (range/15)/sqrt(12)/rms with range ~5.3 rms: ~10%
+  EXPECT_LT(e1 * 5, e0) << e0 << " vs " << e1;
+}
+
+TEST(QuantSpikes, EdgeCases) {
+  for (Isa isa : supportedIsas()) {
+    const std::string tag = isaName(isa);
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    {  // Fewer finite values than k + 1: f - 1 spikes, NaN/Inf keep their flag and positions.
+      const Config c{4, 32, false, 4};
+      std::vector<float> x(32, nan);
+      x[3] = INFINITY;
+      x[10] = 5.0f;
+      x[11] = -7.0f;
+      x[30] = 2.0f;
+      const auto buf = encode(isa, x, c);
+      EXPECT_TRUE(sameBytes(buf, refEncodeWithSpikes(x, c))) << tag;
+      const size_t sec = encodedBytes(32, Config{4, 32, false, 0});
+      EXPECT_EQ(buf[sec + 0], 10u) << tag;  // spikes -7 (11) and 5 (10), ascending: 10, 11; 2 stays
+      EXPECT_EQ(buf[sec + 2], 11u) << tag;
+      EXPECT_EQ(buf[sec + 4], 0xFFu) << tag;
+      EXPECT_EQ(buf[sec + 7], 0xFFu) << tag;
+      EXPECT_EQ(metaAt(buf, 0).scale & 0x8000u, 0x8000u) << tag;
+      const auto y = decode(isa, buf, 32, c);
+      EXPECT_EQ(y[10], 5.0f);
+      EXPECT_EQ(y[11], -7.0f);
+      EXPECT_EQ(y[30], 2.0f);  // the group's only non-spike finite value: z = 2, exact
+      EXPECT_EQ(y[3], INFINITY);
+      for (size_t i : {0, 1, 2, 4, 31}) EXPECT_TRUE(std::isnan(y[i])) << tag << " " << i;
+    }
+    {  // No finite value: no spikes at all.
+      const Config c{8, 32, false, 2};
+      std::vector<float> x(32, -INFINITY);
+      x[7] = nan;
+      const auto buf = encode(isa, x, c);
+      const size_t sec = encodedBytes(32, Config{8, 32, false, 0});
+      for (size_t b = sec; b < sec + 4; ++b) EXPECT_EQ(buf[b], 0xFFu) << tag;
+      for (size_t b = sec + 4; b < buf.size(); ++b) EXPECT_EQ(buf[b], 0u) << tag;
+      const auto y = decode(isa, buf, 32, c);
+      EXPECT_TRUE(std::isnan(y[7]));
+      EXPECT_EQ(y[8], -INFINITY);
+    }
+    {  // Constant group: spikes are its first k positions, everything bit-exact.
+      const Config c{4, 64, false, 3};
+      const std::vector<float> x(64 + 2, -0.3f);
+      const auto buf = encode(isa, x, c);
+      EXPECT_TRUE(sameBytes(buf, refEncodeWithSpikes(x, c))) << tag;
+      EXPECT_EQ(metaAt(buf, 0).scale, 0u);
+      EXPECT_EQ(metaAt(buf, 1).scale, 0u);
+      EXPECT_TRUE(sameBits(decode(isa, buf, x.size(), c), x)) << tag;
+    }
+    {  // One massive value in zeros: the rest is a constant group, and the run round-trips exactly.
+      const Config c{4, 128, false, 1};
+      std::vector<float> x(128, 0.0f);
+      x[77] = -14000.0f;
+      const auto buf = encode(isa, x, c);
+      EXPECT_EQ(metaAt(buf, 0).scale, 0u) << tag;
+      EXPECT_TRUE(sameBits(decode(isa, buf, 128, c), x)) << tag;
+    }
+    {  // Ties go to the lower index; -0.0, subnormals and FLT_MAX come back bit for bit.
+      const Config c{8, 32, false, 2};
+      std::vector<float> x(32, 1.0f);
+      x[3] = 7.0f;
+      x[9] = -7.0f;
+      x[30] = 7.0f;
+      const auto buf = encode(isa, x, c);
+      const size_t sec = encodedBytes(32, Config{8, 32, false, 0});
+      EXPECT_EQ(buf[sec], 3u) << tag;
+      EXPECT_EQ(buf[sec + 2], 9u) << tag;
+      std::vector<float> z(64, 0.0f);
+      z[1] = -0.0f;  // ties with every 0: index 0 and 1 are the spikes of group 0
+      z[40] = fromBits(0x80000001u);
+      z[50] = FLT_MAX;
+      const auto bz = encode(isa, z, c);
+      EXPECT_TRUE(sameBytes(bz, refEncodeWithSpikes(z, c))) << tag;
+      EXPECT_TRUE(sameBits(decode(isa, bz, 64, c), z)) << tag;
+    }
+    {  // A one-value tail has no spike (its value is its own constant group).
+      const Config c{8, 32, false, 1};
+      std::vector<float> x(33, 2.0f);
+      x[32] = 1e30f;
+      const auto buf = encode(isa, x, c);
+      EXPECT_EQ(buf[buf.size() - 10], 0xFFu);  // the tail's index entry, then 2 groups x 4 value bytes
+      EXPECT_EQ(buf[buf.size() - 9], 0xFFu);
+      EXPECT_EQ(buf.size(), encodedBytes(33, Config{8, 32, false, 0}) + 2 * 6);
+      EXPECT_TRUE(sameBits(decode(isa, buf, 33, c), x)) << tag;
+    }
+  }
+}
+
+TEST(QuantSpikes, CorruptIndicesAreRejected) {
+  const Config c{4, 32, false, 1};
+  const auto x = spikyData(Dist::Normal, 40, 1);  // a full group and a tail of 8
+  for (Isa isa : supportedIsas()) {
+    auto buf = encode(isa, x, c);
+    const size_t sec = encodedBytes(40, Config{4, 32, false, 0});
+    std::vector<float> y(40), acc(40, 0.0f);
+    for (uint16_t bad : {uint16_t{8}, uint16_t{31}, uint16_t{4096}, uint16_t{0xFFFE}}) {
+      auto b = buf;
+      std::memcpy(b.data() + sec + 2, &bad, 2);  // the tail group holds 8 values
+      EXPECT_THROW(dequantize(isa, b.data(), 40, c, y.data()), InvalidArgument) << bad;
+      EXPECT_THROW(dequantizeAccumulate(isa, b.data(), 40, c, acc.data()), InvalidArgument) << bad;
+    }
+    for (float v : acc) EXPECT_EQ(v, 0.0f) << "acc touched before the check";
+    // A repeated index: the later value wins, in dequantize and dequantizeAccumulate alike.
+    const Config c2{8, 32, false, 2};
+    std::vector<float> z(32, 1.0f);
+    auto b2 = encode(isa, z, c2);
+    const size_t sec2 = encodedBytes(32, Config{8, 32, false, 0});
+    const uint16_t i5 = 5;
+    const float v1 = 10.0f, v2 = 20.0f;
+    std::memcpy(b2.data() + sec2, &i5, 2);
+    std::memcpy(b2.data() + sec2 + 2, &i5, 2);
+    std::memcpy(b2.data() + sec2 + 4, &v1, 4);
+    std::memcpy(b2.data() + sec2 + 8, &v2, 4);
+    const auto dz = decode(isa, b2, 32, c2);
+    EXPECT_EQ(dz[5], 20.0f);
+    std::vector<float> a2(32, 0.5f);
+    dequantizeAccumulate(isa, b2.data(), 32, c2, a2.data());
+    EXPECT_EQ(a2[5], 20.5f);
+  }
+}
+
+TEST(QuantSpikes, ZeroSpikesIsTheOriginalFormat) {
+  // spikes = 0 is the default: same bytes as a Config written before the field existed.
+  const auto x = spikyData(Dist::Normal, 1000, 3);
+  for (Isa isa : supportedIsas()) {
+    EXPECT_TRUE(sameBytes(encode(isa, x, Config{4, 128, false, 0}), encode(isa, x, Config{4, 128, false})));
+    EXPECT_EQ(encodedBytes(1000, Config{4, 128, false, 0}), 8u * 4 + 7 * 64 + 52);
+  }
 }
 
 }  // namespace

@@ -39,6 +39,12 @@ extern const Kernels kScalarKernels;  // codec_scalar.cc
 extern const Kernels kAvx2Kernels;    // codec_avx2.cc
 extern const Kernels kAvx512Kernels;  // codec_avx512.cc
 
+// Spike reserving (spikes.cc), around any ISA's kernels, for cfg.spikes > 0; the kernels themselves never
+// see spikes (they are called with spikes = 0 on a copy of the input whose spike positions are replaced).
+void quantizeWithSpikes(const Kernels& k, const float* x, size_t n, const Config& cfg, uint8_t* out);
+void dequantizeWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* out);
+void dequantizeAccumulateWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* acc);
+
 // Forgets setActiveIsa() and the FLASHRING_ISA reading, so that the next activeIsa() reads the environment
 // again. Tests only (dispatch.cc).
 void resetIsaSelectionForTesting();
@@ -146,12 +152,17 @@ inline float bf16Reciprocal(uint16_t sb) {
 inline size_t numGroups(size_t n, size_t g) { return (n + g - 1) / g; }
 inline size_t fullGroupCodeBytes(size_t g, int bits) { return g * static_cast<size_t>(bits) / 8; }
 inline size_t tailCodeBytes(size_t r, int bits) { return maxOf<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8); }
+// Spike section (Config::spikes > 0): uint16 index[G][k], then fp32 value[G][k].
+inline size_t spikeSectionSize(size_t n, const Config& cfg) {
+  return numGroups(n, static_cast<size_t>(cfg.group_size)) * static_cast<size_t>(cfg.spikes) *
+         (sizeof(uint16_t) + sizeof(float));
+}
 inline size_t encodedSize(size_t n, const Config& cfg) {
   if (n == 0) return 0;
   const size_t g = static_cast<size_t>(cfg.group_size);
   const size_t full = n / g, r = n % g;
   return numGroups(n, g) * sizeof(GroupMeta) + full * fullGroupCodeBytes(g, cfg.bits) +
-         (r != 0 ? tailCodeBytes(r, cfg.bits) : 0);
+         (r != 0 ? tailCodeBytes(r, cfg.bits) : 0) + spikeSectionSize(n, cfg);
 }
 
 inline void storeMeta(uint8_t* p, GroupMeta m) { std::memcpy(p, &m, sizeof m); }

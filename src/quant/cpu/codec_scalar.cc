@@ -15,6 +15,10 @@ void validate(const Config& cfg) {
     throw InvalidArgument("quant::Config: group_size must be a multiple of 32 in [" + std::to_string(kMinGroup) + ", " +
                           std::to_string(kMaxGroup) + "], got " + std::to_string(cfg.group_size));
   }
+  if (cfg.spikes < 0 || cfg.spikes > kMaxSpikes || cfg.spikes >= cfg.group_size) {
+    throw InvalidArgument("quant::Config: spikes must be in [0, " + std::to_string(kMaxSpikes) +
+                          "] and below group_size, got " + std::to_string(cfg.spikes));
+  }
 }
 
 size_t encodedBytes(size_t n, const Config& cfg) {
@@ -25,6 +29,7 @@ size_t encodedBytes(size_t n, const Config& cfg) {
 std::string describe(const Config& cfg) {
   std::string s = "int" + std::to_string(cfg.bits) + "-g" + std::to_string(cfg.group_size);
   if (cfg.symmetric) s += "-sym";
+  if (cfg.spikes > 0) s += "-s" + std::to_string(cfg.spikes);
   return s;
 }
 

@@ -142,6 +142,10 @@ void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
   checkCodecArgs(x, "x", out, "out", n, cfg);
   const detail::Kernels& k = checkedKernels(isa);
   if (n == 0) return;
+  if (cfg.spikes > 0) {
+    detail::quantizeWithSpikes(k, x, n, cfg, static_cast<uint8_t*>(out));
+    return;
+  }
   k.quantize(x, n, cfg, static_cast<uint8_t*>(out));
 }
 
@@ -149,6 +153,10 @@ void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out
   checkCodecArgs(in, "in", out, "out", n, cfg);
   const detail::Kernels& k = checkedKernels(isa);
   if (n == 0) return;
+  if (cfg.spikes > 0) {
+    detail::dequantizeWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, out);
+    return;
+  }
   k.dequantize(static_cast<const uint8_t*>(in), n, cfg, out);
 }
 
@@ -156,6 +164,10 @@ void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, 
   checkCodecArgs(in, "in", acc, "acc", n, cfg);
   const detail::Kernels& k = checkedKernels(isa);
   if (n == 0) return;
+  if (cfg.spikes > 0) {
+    detail::dequantizeAccumulateWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, acc);
+    return;
+  }
   k.dequantizeAccumulate(static_cast<const uint8_t*>(in), n, cfg, acc);
 }
 
