@@ -57,10 +57,12 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
 
 // Named configurations used by the CLI and benchmarks: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16,
 // mpi, auto, flash-int8, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8 all-gather), flash-int8-int4.
-// Group size and symmetry come from `base`. Throws InvalidArgument listing the valid names.
+// Group size, symmetry and spikes (quant::Config::spikes) of both stages come from `base`. Throws
+// InvalidArgument listing the valid names.
 AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base = {});
 std::string allreduceAlgorithmName(AllreduceAlgorithm a);
-// Bytes one rank sends for an all-reduce of `count` fp32 values with these options on `ranks` ranks.
+// Bytes one rank sends for an all-reduce of `count` fp32 values with these options on `ranks` ranks (the
+// quantized codecs' metadata and spike sections included).
 uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& options);
 
 }  // namespace flashring

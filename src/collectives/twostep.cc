@@ -9,6 +9,10 @@
 // and sent, chunk c-1 is reduced and chunk c-2 decoded, and progress() is called between slices so that
 // transports that move data only inside library calls (MPI over TCP) keep the links busy.
 //
+// Quantized messages are whatever the codec writes for the slice, quant::encodedBytes() long, so the codec's
+// options travel with it unchanged: spike reserving (quant::Config::spikes) adds each group's spike section,
+// and dequantizeAccumulate is exactly acc + decode per element, which keeps the rank-order sum identical.
+//
 // Every message starts with a 16-byte header (element count of the whole buffer, chunk index), so a rank
 // whose buffer size differs from its peers' is named in the error instead of corrupting a sum.
 #include <fmt/format.h>

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -36,8 +37,7 @@ std::vector<std::vector<float>> runAllreduce(int ranks, size_t n, const Allreduc
 
 void expectReplicasIdentical(const std::vector<std::vector<float>>& res) {
   for (size_t r = 1; r < res.size(); ++r)
-    ASSERT_TRUE(testref::sameBits(res[0], res[r]))
-        << "rank " << r << " differs from rank 0";
+    ASSERT_TRUE(testref::sameBits(res[0], res[r])) << "rank " << r << " differs from rank 0";
 }
 
 const std::vector<std::string> kExactAlgos = {"ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16"};
@@ -69,8 +69,8 @@ TEST_P(AllreduceSweep, MatchesReferenceOnEveryRank) {
       EXPECT_LT(testref::relError(res[0], exact), tol);
     }
   } else {
-    // fp32: rounding of N additions. bf16: two-step rounds each contribution and the sum once (2 x 2^-8, bf16 keeps 8 significant bits);
-    // the ring re-rounds the partial sum at every hop (N x 2^-8), the error growth peers warn about.
+    // fp32: rounding of N additions. bf16: two-step rounds each contribution and the sum once (2 x 2^-8, bf16 keeps 8
+    // significant bits); the ring re-rounds the partial sum at every hop (N x 2^-8), the error growth peers warn about.
     const bool bf16 = name.find("bf16") != std::string::npos;
     const bool ring = name.rfind("ring", 0) == 0;
     const double rel = bf16 ? (ring ? ranks : 2) * std::ldexp(1.0, -8) + 1e-6 : ranks * std::ldexp(1.0, -23);
@@ -92,6 +92,133 @@ INSTANTIATE_TEST_SUITE_P(Exact, AllreduceSweep, ::testing::Combine(::testing::Va
                          sweepName);
 INSTANTIATE_TEST_SUITE_P(Flash, AllreduceSweep, ::testing::Combine(::testing::ValuesIn(kFlashAlgos), kRanks, kSizes),
                          sweepName);
+
+// Spike reserving (quant::Config::spikes) through the whole algorithm: both stages keep their groups'
+// largest values exactly; bit for bit the sequential model on every rank.
+using SpikeParams = std::tuple<std::string, int, int, size_t>;  // algorithm, spikes, ranks, n
+class AllreduceSpikesSweep : public ::testing::TestWithParam<SpikeParams> {};
+
+TEST_P(AllreduceSpikesSweep, MatchesTheModelBitForBit) {
+  const auto& [name, spikes, ranks, n] = GetParam();
+  AllreduceOptions base;
+  base.reduce_scatter.spikes = base.all_gather.spikes = spikes;
+  AllreduceOptions o = allreduceOptionsFromName(name, base);
+  ASSERT_EQ(o.reduce_scatter.spikes, spikes);
+  ASSERT_EQ(o.all_gather.spikes, spikes);
+  o.chunk_elems = 4096;
+  std::vector<std::vector<float>> inputs;
+  for (int r = 0; r < ranks; ++r) inputs.push_back(testref::massiveRankInput(r, n, 5));
+  std::vector<std::vector<float>> res(static_cast<size_t>(ranks));
+  runThreadRanks(
+      ranks,
+      [&](Communicator& c) {
+        auto x = inputs[static_cast<size_t>(c.rank())];
+        allreduce(c, x, o);
+        res[static_cast<size_t>(c.rank())] = std::move(x);
+      },
+      60s);
+  expectReplicasIdentical(res);
+  ASSERT_TRUE(testref::sameBits(testref::quantizedModel(inputs, o), res[0])) << "differs from the sequential model";
+}
+
+std::string spikeSweepName(const ::testing::TestParamInfo<SpikeParams>& info) {
+  std::string algo = std::get<0>(info.param);
+  for (auto& ch : algo)
+    if (ch == '-') ch = '_';
+  return fmt::format("{}_s{}_r{}_n{}", algo, std::get<1>(info.param), std::get<2>(info.param), std::get<3>(info.param));
+}
+
+INSTANTIATE_TEST_SUITE_P(Flash, AllreduceSpikesSweep,
+                         ::testing::Combine(::testing::Values("flash-int4", "flash-int4-int8", "flash-int8"),
+                                            ::testing::Values(1, 4), ::testing::Values(1, 2, 3, 4, 7),
+                                            ::testing::Values(size_t{0}, size_t{5}, size_t{1000}, size_t{65539})),
+                         spikeSweepName);
+
+TEST(Allreduce, SpikesCutTheErrorOfMassiveActivations) {
+  // INT4 g128 on activations with massive values: without spikes each group's scale is set by its huge
+  // values and the other ~127 lose everything (the SmolLM2 perplexity collapse); enough spikes per group
+  // bring the error of the ordinary values back to what INT4 gives on plain Gaussian data.
+  const int ranks = 4;
+  const size_t n = 128 * 512;
+  std::vector<std::vector<float>> inputs;
+  for (int r = 0; r < ranks; ++r) inputs.push_back(testref::massiveRankInput(r, n, 11));
+  const auto exact = testref::exactSumOf(inputs);
+  std::vector<bool> massive(n, false);
+  std::vector<double> mag(n, 0.0);
+  for (const auto& x : inputs) {
+    for (size_t i = 0; i < n; ++i) {
+      massive[i] = massive[i] || std::fabs(x[i]) >= 5000.f;
+      mag[i] += std::fabs(x[i]);
+    }
+  }
+  auto errorOfOrdinaryValues = [&](const char* name, int spikes) {
+    AllreduceOptions base;
+    base.reduce_scatter.spikes = base.all_gather.spikes = spikes;
+    const AllreduceOptions o = allreduceOptionsFromName(name, base);
+    std::vector<float> out;
+    runThreadRanks(ranks, [&](Communicator& c) {
+      auto x = inputs[static_cast<size_t>(c.rank())];
+      allreduce(c, x, o);
+      if (c.rank() == 0) out = std::move(x);
+    });
+    double num = 0, den = 0, worst_massive = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double e = out[i] - exact[i];
+      if (massive[i]) {
+        worst_massive = std::max(worst_massive, std::fabs(e) / mag[i]);  // sums of mixed signs can cancel
+        continue;
+      }
+      num += e * e;
+      den += exact[i] * exact[i];
+    }
+    if (spikes >= 2) {  // enough spikes for every group of these inputs
+      EXPECT_LT(worst_massive, 1e-3) << name << " s" << spikes << ": a massive value lost precision";
+    }
+    return std::sqrt(num / den);
+  };
+  for (const char* name : {"flash-int4", "flash-int4-int8"}) {
+    // A quarter of the groups hold two massive values: one spike leaves those groups crushed, two fix all.
+    const double e0 = errorOfOrdinaryValues(name, 0), e1 = errorOfOrdinaryValues(name, 1),
+                 e2 = errorOfOrdinaryValues(name, 2), e4 = errorOfOrdinaryValues(name, 4);
+    EXPECT_GT(e0, 2.0) << name;
+    EXPECT_LT(e1 * 2, e0) << name << ": " << e0 << " vs " << e1;
+    EXPECT_LT(e2, 0.2) << name;
+    EXPECT_LT(e2 * 20, e0) << name << ": " << e0 << " vs " << e2;
+    EXPECT_LE(e4, e2 * 1.05) << name;
+  }
+}
+
+TEST(Allreduce, SpikesWithNanInfAndTheWireBytes) {
+  const size_t n = 5000;
+  std::vector<std::vector<float>> inputs;
+  for (int r = 0; r < 3; ++r) inputs.push_back(testref::massiveRankInput(r, n, 2));
+  inputs[1][5] = std::numeric_limits<float>::quiet_NaN();
+  inputs[2][17] = std::numeric_limits<float>::infinity();
+  AllreduceOptions base;
+  base.reduce_scatter.spikes = 2;
+  base.all_gather.spikes = 3;
+  const AllreduceOptions o = allreduceOptionsFromName("flash-int4-int8", base);
+  std::vector<std::vector<float>> res(3);
+  std::vector<uint64_t> sent(3);
+  runThreadRanks(3, [&](Communicator& c) {
+    auto x = inputs[static_cast<size_t>(c.rank())];
+    AllreduceStats st;
+    allreduce(c, x, o, &st);
+    sent[static_cast<size_t>(c.rank())] = st.wire_bytes;
+    res[static_cast<size_t>(c.rank())] = x;
+  });
+  expectReplicasIdentical(res);
+  EXPECT_TRUE(std::isnan(res[0][5]));
+  EXPECT_EQ(res[0][17], std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(testref::sameBits(testref::quantizedModel(inputs, o), res[0]));
+  // The model figure counts the spike sections: 6 bytes per spike slot per group on top of the plain codec.
+  AllreduceOptions plain = o;
+  plain.reduce_scatter.spikes = plain.all_gather.spikes = 0;
+  const size_t per = 2 * n / 3, groups = (per + 127) / 128;
+  EXPECT_EQ(allreduceWireBytes(n, 3, o), allreduceWireBytes(n, 3, plain) + groups * (2 + 3) * 6);
+  const double model = static_cast<double>(allreduceWireBytes(n, 3, o));
+  for (auto s : sent) EXPECT_NEAR(static_cast<double>(s), model, model * 0.02 + 1024);
+}
 
 TEST(Allreduce, OneChunkAndManyChunksBothMatchTheModel) {
   for (size_t chunk : {size_t{0}, size_t{1}, size_t{100000}}) {
