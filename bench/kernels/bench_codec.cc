@@ -6,6 +6,8 @@
 // q+dq GB/s >= memcpy GB/s / 2, at n = 4M floats (16 MiB), g = 128, INT8 and INT4.
 //
 //   flashring_kernel_bench --benchmark_filter='codec|bf16|memcpy' --benchmark_min_time=0.2
+// The int4-g128-s1 rows (one spike per group of 128, quant.h "Spike reserving") give the cost of spike
+// reserving against int4-g128.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -29,7 +31,7 @@ struct Buffers {
   std::vector<uint8_t> enc;
   std::vector<uint16_t> b16;
 
-  Buffers() : x(kN), y(kN), acc(kN), enc(kN + kN / 32 * 4 + 64), b16(kN) {
+  Buffers() : x(kN), y(kN), acc(kN), enc(kN + kN / 32 * (4 + 6 * 8) + 64), b16(kN) {
     std::mt19937 rng(1);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (auto& v : x) v = normal(rng);
@@ -118,8 +120,9 @@ const int kRegistered = [] {
              {Op::Dequantize, "dequantize"},
              {Op::DequantizeAcc, "dequantize_acc"},
              {Op::QuantDequant, "quant+dequant"}};
-  for (int bits : {8, 4}) {
-    const Config cfg{bits, 128, false};
+  // INT8 and INT4 g128, and INT4 g128 with one spike per group (spike reserving: its cost over plain INT4).
+  const Config cfgs[] = {{8, 128, false}, {4, 128, false}, {4, 128, false, 1}};
+  for (const Config& cfg : cfgs) {
     for (const auto& o : ops) {
       for (Isa isa : isas) {
         if (!q::isaSupported(isa)) continue;

@@ -31,6 +31,7 @@ struct Config {
   int iters = 10, warmup = 2;
   int group_size = 128;
   bool symmetric = false;
+  int spikes = 0;
   size_t chunk_elems = size_t{1} << 20;
   std::string json;
   uint64_t seed = 1;
@@ -89,14 +90,15 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
   AllreduceOptions base;
   base.reduce_scatter.group_size = base.all_gather.group_size = cfg.group_size;
   base.reduce_scatter.symmetric = base.all_gather.symmetric = cfg.symmetric;
+  base.reduce_scatter.spikes = base.all_gather.spikes = cfg.spikes;
   base.chunk_elems = cfg.chunk_elems;
   for (const auto& a : cfg.algos) opts.push_back(allreduceOptionsFromName(a, base));
   const auto bl = std::find(cfg.algos.begin(), cfg.algos.end(), cfg.baseline) - cfg.algos.begin();
 
   if (me == 0) {
-    fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{} iters={} warmup={} baseline={}\n",
-               comm.transport(), N, cfg.group_size, cfg.symmetric ? " (symmetric)" : "", cfg.iters, cfg.warmup,
-               cfg.baseline);
+    fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{}{} iters={} warmup={} baseline={}\n",
+               comm.transport(), N, cfg.group_size, cfg.symmetric ? " (symmetric)" : "",
+               cfg.spikes > 0 ? fmt::format(" spikes={}", cfg.spikes) : "", cfg.iters, cfg.warmup, cfg.baseline);
     fmt::print("# time = median over iterations of {}; error vs the exact fp64 sum; speedup = baseline time / time\n",
                same_host ? "first start to last end over all ranks" : "the slowest rank");
     fmt::print("{:>10} {:>11} {:<16} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8}\n", "size", "count", "algo",
@@ -200,6 +202,9 @@ void addBenchAllreduce(CLI::App& bench) {
   app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")->check(CLI::Range(0, 1000))->capture_default_str();
   app->add_option("-g,--group-size", cfg->group_size, "quantization group size (multiple of 32 in 32..4096)")->capture_default_str();
   app->add_flag("--symmetric", cfg->symmetric, "symmetric quantization instead of asymmetric (scale + zero)");
+  app->add_option("--spikes", cfg->spikes,
+                  "values per group the flash codecs keep exactly as fp32 (spike reserving, 0..8; 0 = off)")
+      ->capture_default_str();
   app->add_option("--chunk-elems", cfg->chunk_elems, "pipeline chunk of the flash algorithms, in elements (0 = one chunk)")
       ->capture_default_str();
   app->add_option("--seed", cfg->seed, "input seed")->capture_default_str();
@@ -221,7 +226,7 @@ void addBenchAllreduce(CLI::App& bench) {
       c.baseline = std::find(c.algos.begin(), c.algos.end(), "twostep-bf16") != c.algos.end() ? "twostep-bf16" : c.algos[0];
     if (std::find(c.algos.begin(), c.algos.end(), c.baseline) == c.algos.end())
       throw InvalidArgument(fmt::format("--baseline {} is not among --algos", c.baseline));
-    quant::validate({8, c.group_size, c.symmetric});
+    quant::validate({8, c.group_size, c.symmetric, c.spikes});
     (void)sizes(c);
 
     std::vector<Row> rows;
@@ -247,6 +252,7 @@ void addBenchAllreduce(CLI::App& bench) {
                        {"ranks", ranks},
                        {"transport", transport},
                        {"group_size", c.group_size},
+                       {"spikes", c.spikes},
                        {"time_us", r.time_us},
                        {"algbw_gbps", r.algbw},
                        {"busbw_gbps", r.busbw},

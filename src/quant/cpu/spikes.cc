@@ -1,8 +1,9 @@
 // Spike reserving (quant.h, "Spike reserving"): up to k values per group kept exactly as fp32, the rest of
 // the group encoded by the ordinary kernels of any instruction set.
 //
-// Encoding works chunk by chunk (a few thousand values, so everything stays in L1/L2): copy the chunk,
-// pick each group's spikes, write them to the spike section, overwrite their positions in the copy with the
+// Encoding works chunk by chunk (a few thousand values, so everything stays in L1/L2): copy the chunk while
+// picking each group's spikes (SSE2 max/compare passes for groups of finite values, a scalar top-k scan for
+// the others), write them to the spike section, overwrite their positions in the copy with the
 // group's first finite non-spike value, and run the ISA's own quantize on the copy with spikes = 0. The
 // kernels never see spikes, so every ISA gives the same bytes as before by construction. The chunk's
 // metadata and codes are then moved to their places in the full run (a run's layout puts all metadata
@@ -15,6 +16,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -32,6 +34,8 @@ constexpr uint32_t kAbsMask = 0x7FFFFFFFu;
 constexpr uint32_t kInfBits = 0x7F800000u;
 // Values per encoding chunk (rounded to whole groups, at least one group): 16 KiB of fp32.
 constexpr size_t kChunkValues = 4096;
+// Software prefetch distance of the one pass that reads the input from memory (as in the SIMD kernels).
+constexpr uintptr_t kPrefetchBytes = 8192;
 
 // The k largest magnitudes seen so far, sorted by (magnitude descending, index ascending). Magnitudes are
 // the fp32 bits without the sign: for finite values their integer order is the order of |x|.
@@ -111,6 +115,90 @@ int selectSpikes(const float* x, size_t r, int k, uint16_t* pos) {
   return used;
 }
 
+#if defined(__SSE2__)
+inline float hmax4(__m128 v) {
+  v = _mm_max_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_max_ss(v, _mm_shuffle_ps(v, v, 1));
+  return _mm_cvtss_f32(v);
+}
+
+// The common case, without a branch per value: a group of r values (r % 16 == 0, r > k) copied to `copy`
+// while its magnitudes go to `mags` and their maximum is taken; if the group holds NaN/Inf this returns -1
+// (the caller then runs selectSpikes on the copy). Otherwise every value is finite and r > k, so the group
+// has exactly k spikes: k times, the first position holding the largest remaining magnitude (the rule's
+// order: magnitude descending, index ascending), which is then marked -1 so that it never wins again.
+int selectSpikesFinite(const float* x, size_t r, int k, float* copy, float* mags, uint16_t* pos) {
+  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(static_cast<int>(kAbsMask)));
+  const __m128i max_finite = _mm_set1_epi32(static_cast<int>(kInfBits - 1));
+  __m128 mx0 = _mm_setzero_ps(), mx1 = _mm_setzero_ps();
+  __m128i bad = _mm_setzero_si128();
+  size_t i = 0;
+  for (; i + 8 <= r; i += 8) {
+    // The input comes from memory once, here; prefetch ahead like the kernels' pass 1 (integer address
+    // arithmetic: past the end of the input is harmless for a prefetch but not a valid pointer).
+    if (i % 16 == 0) {
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(x + i) + kPrefetchBytes), _MM_HINT_T0);
+    }
+    const __m128 v0 = _mm_loadu_ps(x + i), v1 = _mm_loadu_ps(x + i + 4);
+    _mm_storeu_ps(copy + i, v0);
+    _mm_storeu_ps(copy + i + 4, v1);
+    const __m128 a0 = _mm_and_ps(v0, abs_mask), a1 = _mm_and_ps(v1, abs_mask);
+    _mm_storeu_ps(mags + i, a0);
+    _mm_storeu_ps(mags + i + 4, a1);
+    mx0 = _mm_max_ps(mx0, a0);
+    mx1 = _mm_max_ps(mx1, a1);
+    bad = _mm_or_si128(bad, _mm_or_si128(_mm_cmpgt_epi32(_mm_castps_si128(a0), max_finite),
+                                         _mm_cmpgt_epi32(_mm_castps_si128(a1), max_finite)));
+  }
+  for (; i < r; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    _mm_storeu_ps(copy + i, v);
+    const __m128 a = _mm_and_ps(v, abs_mask);
+    _mm_storeu_ps(mags + i, a);
+    mx0 = _mm_max_ps(mx0, a);
+    bad = _mm_or_si128(bad, _mm_cmpgt_epi32(_mm_castps_si128(a), max_finite));
+  }
+  if (_mm_movemask_epi8(bad) != 0) return -1;
+  float mx = hmax4(_mm_max_ps(mx0, mx1));
+  uint16_t chosen[kMaxSpikes];
+  for (int s = 0; s < k; ++s) {
+    if (s > 0) {  // four independent chains: maxps latency, not throughput, bounds one chain
+      __m128 m0 = _mm_set1_ps(-1.0f), m1 = m0, m2 = m0, m3 = m0;
+      for (size_t j = 0; j < r; j += 16) {  // r % 16 == 0 here
+        m0 = _mm_max_ps(m0, _mm_loadu_ps(mags + j));
+        m1 = _mm_max_ps(m1, _mm_loadu_ps(mags + j + 4));
+        m2 = _mm_max_ps(m2, _mm_loadu_ps(mags + j + 8));
+        m3 = _mm_max_ps(m3, _mm_loadu_ps(mags + j + 12));
+      }
+      mx = hmax4(_mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+    }
+    // First position holding mx: hit masks of 16 values at a time, one branch per 16.
+    const __m128 target = _mm_set1_ps(mx);
+    size_t p = 0;
+    for (size_t j = 0; j < r; j += 16) {
+      const unsigned hit =
+          static_cast<unsigned>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(mags + j), target))) |
+          static_cast<unsigned>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(mags + j + 4), target))) << 4 |
+          static_cast<unsigned>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(mags + j + 8), target))) << 8 |
+          static_cast<unsigned>(_mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(mags + j + 12), target))) << 12;
+      if (hit != 0) {
+        p = j + static_cast<size_t>(__builtin_ctz(hit));
+        break;
+      }
+    }
+    chosen[s] = static_cast<uint16_t>(p);
+    mags[p] = -1.0f;
+  }
+  for (int a = 0; a < k; ++a) {  // ascending positions
+    const uint16_t v = chosen[a];
+    int b = a;
+    for (; b > 0 && pos[b - 1] > v; --b) pos[b] = pos[b - 1];
+    pos[b] = v;
+  }
+  return k;
+}
+#endif
+
 Config withoutSpikes(const Config& cfg) {
   Config c = cfg;
   c.spikes = 0;
@@ -148,9 +236,10 @@ void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Con
   uint8_t* val_out = idx_out + groups * kk * sizeof(uint16_t);
 
   const size_t chunk_groups = std::max<size_t>(1, kChunkValues / g);
-  thread_local std::vector<float> tmp_buf;
+  thread_local std::vector<float> tmp_buf, mags_buf;
   thread_local std::vector<uint8_t> enc_buf;
   if (tmp_buf.size() < chunk_groups * g) tmp_buf.resize(chunk_groups * g);
+  if (mags_buf.size() < g) mags_buf.resize(g);
   if (enc_buf.size() < encodedSize(chunk_groups * g, base)) enc_buf.resize(encodedSize(chunk_groups * g, base));
   float* tmp = tmp_buf.data();
   uint8_t* enc = enc_buf.data();
@@ -158,13 +247,19 @@ void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Con
   for (size_t q0 = 0; q0 < groups; q0 += chunk_groups) {
     const size_t ng = std::min(chunk_groups, groups - q0);
     const size_t begin = q0 * g, len = std::min(ng * g, n - begin);
-    std::memcpy(tmp, x + begin, len * sizeof(float));
     for (size_t j = 0; j < ng; ++j) {
       float* xg = tmp + j * g;
       const size_t r = std::min(g, len - j * g);
       uint16_t pos[kMaxSpikes];
       float val[kMaxSpikes];
-      const int m = selectSpikes(xg, r, k, pos);
+      int m = -1;
+#if defined(__SSE2__)
+      if (r % 16 == 0 && r > kk) m = selectSpikesFinite(x + begin + j * g, r, k, xg, mags_buf.data(), pos);
+#endif
+      if (m < 0) {  // NaN/Inf in the group, a short or odd tail, or no SSE2
+        std::memcpy(xg, x + begin + j * g, r * sizeof(float));
+        m = selectSpikes(xg, r, k, pos);
+      }
       for (int e = 0; e < m; ++e) val[e] = xg[pos[e]];
       for (int e = m; e < k; ++e) {
         pos[e] = kNoSpike;
