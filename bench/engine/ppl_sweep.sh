@@ -2,6 +2,8 @@
 # Perplexity of the default model with exact vs low-bit tensor-parallel all-reduces, on in-process ranks.
 #   bench/engine/ppl_sweep.sh OUTDIR [TP...]           (default TP 3 4)
 # Env: CHUNKS (windows of 512 for the group-size curve, default 4; the headline rows use the whole text),
+#      HEADLINE (0 skips the whole-text rows), HEADLINE_SPIKES (spikes of the headline rows, default 0),
+#      CURVE (0 skips the group-size curve),
 #      SPIKES (spike-reserving values per group for the curve, default "0"), FLASHRING (the binary).
 # Writes OUTDIR/ppl_*.json (one `flashring perplexity --json` object each) and OUTDIR/ppl_sweep.txt;
 # `python3 bench/plot.py OUTDIR/ppl_*.json` draws perplexity vs group size.
@@ -23,17 +25,20 @@ run() {  # name, args...
 }
 for tp in "${tps[@]}"; do
   # Headline rows: the whole text.
-  run "tp${tp}_exact_full" --tp "$tp" --comm exact
-  run "tp${tp}_int8_g128_full" --tp "$tp" --comm int8 --group-size 128
-  run "tp${tp}_int4_g128_full" --tp "$tp" --comm int4 --group-size 128
+  if [ "${HEADLINE:-1}" != 0 ]; then
+    hs=${HEADLINE_SPIKES:-0}
+    run "tp${tp}_exact_full" --tp "$tp" --comm exact
+    for c in int8 int4 int4-int8; do
+      run "tp${tp}_${c}_g128_s${hs}_full" --tp "$tp" --comm $c --group-size 128 --spikes "$hs"
+    done
+  fi
   # Group-size curve on the first CHUNKS windows (paired: the same tokens for every codec).
+  [ "${CURVE:-1}" = 0 ] && continue
   run "tp${tp}_exact_c$chunks" --tp "$tp" --comm exact --chunks "$chunks"
   for s in ${SPIKES:-0}; do
-    spike_args=()
-    [ "$s" != 0 ] && spike_args=(--spikes "$s")
     for g in 32 64 128 256 512 1024; do
-      run "tp${tp}_int4_g${g}_s${s}_c$chunks" --tp "$tp" --comm int4 --group-size "$g" --chunks "$chunks" "${spike_args[@]}"
-      run "tp${tp}_int8_g${g}_s${s}_c$chunks" --tp "$tp" --comm int8 --group-size "$g" --chunks "$chunks" "${spike_args[@]}"
+      run "tp${tp}_int4_g${g}_s${s}_c$chunks" --tp "$tp" --comm int4 --group-size "$g" --chunks "$chunks" --spikes "$s"
+      run "tp${tp}_int8_g${g}_s${s}_c$chunks" --tp "$tp" --comm int8 --group-size "$g" --chunks "$chunks" --spikes "$s"
     done
   done
 done

@@ -127,12 +127,12 @@ void run(const Config& cfg) {
       LlamaEngine eng(comm, shard(tp, comm.rank() % tp), eo);
       const bool owner = eng.spRank() == eng.ownerSpRank();
       // Reference: exact fp32 communication, untimed.
-      eng.setAllreduceOptions(commOptions("exact", mo.group_size));
+      eng.setAllreduceOptions(commOptions("exact", mo.group_size, 0));
       eng.prefill(all);
       const std::vector<float> ref = eng.lastLogits();
       for (int it = -cfg.warmup; it < cfg.iters; ++it) {
         for (size_t ci = 0; ci < cfg.comms.size(); ++ci) {
-          eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size));
+          eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size, mo.spikes));
           barrier(comm);
           eng.resetStats();
           const auto t0 = Clock::now();
@@ -219,7 +219,7 @@ void run(const Config& cfg) {
     for (const Row& r : rows) {
       const double t = median(r.ttft);
       out.push_back({{"bench", "ttft"}, {"model", model_desc}, {"grid", r.grid}, {"tp", r.tp}, {"sp", r.sp},
-                     {"comm", r.comm}, {"group_size", cfg.mo.group_size}, {"attn", cfg.mo.attn}, {"attn_ran", r.scheme},
+                     {"comm", r.comm}, {"group_size", cfg.mo.group_size}, {"spikes", cfg.mo.spikes}, {"attn", cfg.mo.attn}, {"attn_ran", r.scheme},
                      {"prompt_tokens", cfg.prompt_tokens}, {"ttft_ms", t * 1e3}, {"ttft_all_ms", r.ttft},
                      {"prefill_tok_s", cfg.prompt_tokens / t}, {"compute_ms", r.compute_s * 1e3},
                      {"quant_ms", r.quant_s * 1e3}, {"comm_ms", r.comm_s * 1e3}, {"attn_ms", r.attn_s * 1e3},

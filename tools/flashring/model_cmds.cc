@@ -21,13 +21,14 @@
 
 namespace flashring::cli {
 
-AllreduceOptions commOptions(const std::string& comm, int group_size) {
+AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes) {
   static const std::map<std::string, std::string> aliases = {
       {"exact", "twostep-fp32"}, {"bf16", "twostep-bf16"},       {"int8", "flash-int8"},
       {"int4", "flash-int4"},    {"int4-int8", "flash-int4-int8"}, {"int8-int4", "flash-int8-int4"}};
   auto it = aliases.find(comm);
   AllreduceOptions base;
   base.reduce_scatter.group_size = base.all_gather.group_size = group_size;
+  base.reduce_scatter.spikes = base.all_gather.spikes = spikes;
   return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
 }
 
@@ -44,6 +45,11 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
       ->capture_default_str();
   app.add_option("--group-size", group_size, "quantization group size of the low-bit all-reduces")
       ->check(CLI::Range(32, 4096))
+      ->capture_default_str();
+  app.add_option("--spikes", spikes,
+                 "values per group of the low-bit all-reduces kept exactly in fp32 (spike reserving, for the "
+                 "massive activations of LLaMA-family models); 0 = plain group-wise quantization")
+      ->check(CLI::Range(0, 8))
       ->capture_default_str();
   app.add_option("--attn", attn, "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv")
       ->check(CLI::IsMember({"auto", "tokenring", "ring-kv", "ulysses", "allgather-kv"}))
@@ -65,7 +71,7 @@ EngineOptions ModelOptions::engineOptions() const {
   EngineOptions e;
   e.tp = tp;
   e.sp = sp;
-  e.allreduce = commOptions(comm, group_size);
+  e.allreduce = commOptions(comm, group_size, spikes);
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -272,7 +278,7 @@ namespace {
 
 nlohmann::json commonJson(const ModelOptions& mo) {
   return {{"model", mo.modelPath()}, {"tp", mo.tp},       {"sp", mo.sp},
-          {"comm", mo.comm},         {"group_size", mo.group_size}, {"attn", mo.attn},
+          {"comm", mo.comm},         {"group_size", mo.group_size}, {"spikes", mo.spikes}, {"attn", mo.attn},
           {"layout", mo.layout},     {"transport", mo.transport.transport}, {"ranks", mo.ranks()}};
 }
 
@@ -297,12 +303,12 @@ void addRun(CLI::App& app) {
     const double prefill_tps = r.ttft_s > 0 ? static_cast<double>(r.prompt_tokens) / r.ttft_s : 0;
     const double decode_tps = r.decode_s > 0 && r.generated > 1 ? static_cast<double>(r.generated - 1) / r.decode_s : 0;
     fmt::print(
-        "\nmodel: {}\nplan: tp {} x sp {} on {} ranks ({}), comm {} (group {}), attention {}{}\n"
+        "\nmodel: {}\nplan: tp {} x sp {} on {} ranks ({}), comm {} (group {}, spikes {}), attention {}{}\n"
         "prompt {} tokens, generated {}\n"
         "TTFT {:.1f} ms  prefill {:.1f} tok/s  decode {:.2f} tok/s\n"
         "prefill breakdown (mean over ranks): compute {:.1f} ms (attention {:.1f}), quantization {:.1f} ms, "
         "communication {:.1f} ms; wire {:.2f} MB (all ranks; {:.2f} MB with decode)\n",
-        r.model, mo->tp, mo->sp, mo->ranks(), mo->transport.transport, mo->comm, mo->group_size, mo->attn,
+        r.model, mo->tp, mo->sp, mo->ranks(), mo->transport.transport, mo->comm, mo->group_size, mo->spikes, mo->attn,
         mo->sp > 1 ? fmt::format(" -> {}", spSchemeName(r.scheme)) : std::string(), r.prompt_tokens, r.generated,
         r.ttft_s * 1e3, prefill_tps, decode_tps, r.compute_s * 1e3, r.attn_s * 1e3, r.quant_s * 1e3, r.comm_s * 1e3,
         r.prefill_wire_bytes / 1e6, r.wire_bytes / 1e6);
@@ -341,9 +347,9 @@ void addPerplexity(CLI::App& app) {
   cmd->callback([=] {
     const PplResult r = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true);
     if (!r.root) return;
-    fmt::print("tp {} x sp {}, comm {} (group {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication {:.1f} s, "
+    fmt::print("tp {} x sp {}, comm {} (group {}, spikes {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication {:.1f} s, "
                "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
-               mo->tp, mo->sp, mo->comm, mo->group_size, r.tokens, r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s,
+               mo->tp, mo->sp, mo->comm, mo->group_size, mo->spikes, r.tokens, r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s,
                r.quant_s, r.wire_bytes / 1e6);
     if (!mo->json.empty()) {
       nlohmann::json j = commonJson(*mo);

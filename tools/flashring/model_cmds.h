@@ -10,13 +10,14 @@
 namespace flashring::cli {
 
 // --comm names: exact (two-step fp32), bf16, int8, int4, int4-int8, int8-int4, auto, or an allreduce name.
-AllreduceOptions commOptions(const std::string& comm, int group_size);
+AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes);
 
 struct ModelOptions {
   std::string model;  // empty: the default model
   int tp = 1, sp = 1;
   std::string comm = "exact";
   int group_size = 128;
+  int spikes = 0;
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
