@@ -131,7 +131,7 @@ class Writer {
     const size_t data_start = tensors_.empty() ? out.b.size() : alignUp(out.b.size());
     for (size_t i = 0; i < tensors_.size(); ++i) {
       const size_t at = data_start + offsets[i];
-      if (offsets[i] > (1u << 20)) continue;  // a test's out-of-file offset: nothing to write there
+      if (offsets[i] > (1u << 20) || tensors_[i].data.empty()) continue;  // out-of-file offsets: nothing to write
       if (out.b.size() < at + tensors_[i].data.size()) out.b.resize(at + tensors_[i].data.size(), 0);
       std::memcpy(out.b.data() + at, tensors_[i].data.data(), tensors_[i].data.size());
     }
