@@ -32,6 +32,7 @@ asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS) --target flashring_unit_tests flashring_multirank_tests
+	python3 tests/tools/make_tiny_models.py build-asan/fixtures  # the engine tests' tiny models (skips without gguf)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
 	  build-asan/bin/flashring_unit_tests --gtest_brief=1
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/bin/flashring_multirank_tests --gtest_brief=1
@@ -40,8 +41,9 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests
+	python3 tests/tools/make_tiny_models.py build-tsan/fixtures
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
-	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*'
+	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*'
 
 sanitize: asan tsan
 
