@@ -107,7 +107,7 @@ struct EngineOptions {
   SpScheme attention = SpScheme::Auto;          // prefill attention under SP
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;        // Auto: calibrated model (nullptr: calibrate at construction)
-  int blas_threads = 0;                         // 0: leave OpenBLAS's setting alone
+  int blas_threads = 0;  // > 0: set OpenBLAS's (process-wide) thread count at construction; 0: leave it alone
   // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data.
   std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
 };

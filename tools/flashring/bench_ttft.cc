@@ -17,6 +17,7 @@
 #include "flashring/llama.h"
 #include "flashring/model_path.h"
 #include "flashring/tokenizer.h"
+#include "attention/kernel_internal.h"
 #include "model_cmds.h"
 
 namespace flashring::cli {
@@ -119,11 +120,13 @@ void run(const Config& cfg) {
     mo.sp = sp;
     TransportOptions t = mo.transport;
     t.ranks = tp * sp;
+    attn::setBlasThreads(mo.engineOptions().blas_threads);  // process-wide: once per grid, not per rank
     std::vector<Row> grid_rows(cfg.comms.size());
     runOnTransport(t, [&](Communicator& comm) {
       if (comm.size() != tp * sp)
         throw InvalidArgument(fmt::format("grid {} needs {} ranks; the job has {}", gs, tp * sp, comm.size()));
       EngineOptions eo = mo.engineOptions();
+      eo.blas_threads = 0;  // set once per process below
       LlamaEngine eng(comm, shard(tp, comm.rank() % tp), eo);
       const bool owner = eng.spRank() == eng.ownerSpRank();
       // Reference: exact fp32 communication, untimed.

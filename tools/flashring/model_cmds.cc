@@ -17,6 +17,7 @@
 #include "flashring/llama.h"
 #include "flashring/model_path.h"
 #include "flashring/tokenizer.h"
+#include "attention/kernel_internal.h"
 #include "model_cmds.h"
 
 namespace flashring::cli {
@@ -108,7 +109,10 @@ int ModelOptions::ranks() const { return tp * sp; }
 
 void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body) {
   auto cache = std::make_shared<ModelCache>(mo.modelPath());
-  const EngineOptions eo = mo.engineOptions();
+  EngineOptions eo = mo.engineOptions();
+  // OpenBLAS's thread count is process-wide: set it once here, not from every rank's thread.
+  attn::setBlasThreads(eo.blas_threads);
+  eo.blas_threads = 0;
   TransportOptions t = mo.transport;
   t.ranks = mo.ranks();
   runOnTransport(t, [&](Communicator& comm) {
