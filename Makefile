@@ -70,4 +70,4 @@ bench-kernels: build
 	$(BUILD)/bin/flashring_kernel_bench --benchmark_min_time=0.2
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan
+	rm -rf $(BUILD) build-asan build-tsan build-fuzz
