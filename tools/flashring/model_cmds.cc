@@ -30,7 +30,13 @@ AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes
   AllreduceOptions base;
   base.reduce_scatter.group_size = base.all_gather.group_size = group_size;
   base.reduce_scatter.spikes = base.all_gather.spikes = spikes;
-  return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
+  try {
+    return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(fmt::format("--comm '{}': use exact, bf16, int8, int4, int4-int8, int8-int4, auto, or an "
+                                      "all-reduce name ({})",
+                                      comm, e.what()));
+  }
 }
 
 void ModelOptions::add(CLI::App& app, bool grid_flags) {
