@@ -1,9 +1,8 @@
 // The LLaMA engine on a tp x sp grid of thread ranks: tensor and sequence parallelism change nothing but
 // rounding (logits against the single-rank run, greedy tokens identical, scores equal), every rank of a TP
 // group holds identical bits after each all-reduce, and bad input fails on every rank without a hang.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <atomic>
 #include <cmath>
@@ -56,7 +55,8 @@ Outputs runAll(const std::string& path, const EngineOptions& o, const std::vecto
     TokenId t = eng.prefill(std::vector<TokenId>(tokens.begin(), tokens.begin() + static_cast<long>(prompt)));
     g.push_back(t);
     for (int i = 1; i < steps; ++i) g.push_back(t = eng.decode(t));
-    const LlamaEngine::Score s = eng.score(tokens, static_cast<int64_t>(tokens.size() / 2));
+    const LlamaEngine::Score s = eng.score(
+        tokens, std::min<int64_t>(static_cast<int64_t>(tokens.size() / 2), static_cast<int64_t>(tokens.size()) - 2));
     std::lock_guard<std::mutex> lock(mu);
     greedy[static_cast<size_t>(comm.rank())] = g;
     if (comm.rank() == 0) {
@@ -102,7 +102,8 @@ INSTANTIATE_TEST_SUITE_P(Tiny, EngineGrid,
                          ::testing::Combine(::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha"),
                                             ::testing::ValuesIn(tinyGrids())),
                          [](const auto& param_info) {
-                           std::string n = std::get<0>(param_info.param) + "_" + gridName(std::get<1>(param_info.param));
+                           std::string n =
+                               std::get<0>(param_info.param) + "_" + gridName(std::get<1>(param_info.param));
                            std::replace(n.begin(), n.end(), '-', '_');
                            return n;
                          });
@@ -196,6 +197,22 @@ TEST(EngineTp, QuantizedCommunicationStaysCloseToExact) {
   // The tiny random models amplify (residual gains of 3-8): 1% of the mean NLL, not the real-model target.
   const double nll = exact.score.nll / static_cast<double>(exact.score.count);
   EXPECT_NEAR(int8.score.nll / static_cast<double>(int8.score.count), nll, 0.01 * nll);
+}
+
+// Prompts shorter than the number of SP ranks leave some ranks without tokens; decode still works.
+TEST(EngineSp, PromptShorterThanTheRanks) {
+  const ModelFixture f = testref::tinyFixture("tiny-uneven");
+  if (!f.present) GTEST_SKIP() << f.missing;
+  for (size_t n : {size_t{1}, size_t{2}, size_t{5}}) {
+    const std::vector<TokenId> tokens(f.tokens.begin(), f.tokens.begin() + static_cast<long>(n + 1));
+    const Outputs one = runAll(f.gguf_path, exactOptions({1, 1, SpScheme::Auto}), tokens, n, 6);
+    for (SpScheme s : {SpScheme::TokenRing, SpScheme::RingKV, SpScheme::Ulysses, SpScheme::AllGatherKV}) {
+      SCOPED_TRACE(fmt::format("{} tokens, {}", n, spSchemeName(s)));
+      const Outputs par = runAll(f.gguf_path, exactOptions({1, 4, s}), tokens, n, 6);
+      EXPECT_EQ(par.greedy, one.greedy);
+      EXPECT_LE(testref::maxAbsDiff(par.logits, one.logits), 1e-4);
+    }
+  }
 }
 
 // A rank whose prompt differs in length fails every rank with an error naming it, without hanging.
