@@ -103,20 +103,20 @@ struct LlamaWeights {
 struct EngineOptions {
   int tp = 1;
   int sp = 1;
-  AllreduceOptions allreduce;                   // the TP all-reduces
-  SpScheme attention = SpScheme::Auto;          // prefill attention under SP
+  AllreduceOptions allreduce;           // the TP all-reduces
+  SpScheme attention = SpScheme::Auto;  // prefill attention under SP
   SeqLayout layout = SeqLayout::Zigzag;
-  const CostModel* cost_model = nullptr;        // Auto: calibrated model (nullptr: calibrate at construction)
+  const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)
   int blas_threads = 0;  // > 0: set OpenBLAS's (process-wide) thread count at construction; 0: leave it alone
   // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data.
   std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
 };
 
 struct EngineStats {
-  double wall_s = 0;     // inside prefill/decode/score calls
-  double quant_s = 0;    // all-reduce codec work (quantize, dequantize, convert, reduce)
-  double comm_s = 0;     // blocked on messages (all-reduces, SP attention, decode pass-Q, gathers)
-  double attn_s = 0;     // attention compute (block kernel and merges)
+  double wall_s = 0;        // inside prefill/decode/score calls
+  double quant_s = 0;       // all-reduce codec work (quantize, dequantize, convert, reduce)
+  double comm_s = 0;        // blocked on messages (all-reduces, SP attention, decode pass-Q, gathers)
+  double attn_s = 0;        // attention compute (block kernel and merges)
   uint64_t wire_bytes = 0;  // payload bytes this rank sent
   int64_t allreduces = 0;
   SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)

@@ -14,18 +14,18 @@ inline constexpr Tag kStepBits = 10;
 inline constexpr Tag kStepMask = (1 << kStepBits) - 1;
 
 enum Space : Tag {
-  kHelpers = 1 << kStepBits,          // barrier, allreduceMax, ...
+  kHelpers = 1 << kStepBits,  // barrier, allreduceMax, ...
   kRingReduceScatter = 2 << kStepBits,
   kRingAllGather = 3 << kStepBits,
   kTwoStepScatter = 4 << kStepBits,
   kTwoStepGather = 5 << kStepBits,
-  kSpForward = 8 << kStepBits,        // sequence-parallel attention: Q / KV forward
-  kSpBackward = 9 << kStepBits,       // sequence-parallel attention: results back
+  kSpForward = 8 << kStepBits,   // sequence-parallel attention: Q / KV forward
+  kSpBackward = 9 << kStepBits,  // sequence-parallel attention: results back
   kSpAllToAll = 10 << kStepBits,
-  kEngineGather = 11 << kStepBits,    // engine: small all-gathers (vocab-parallel logits, argmax, NLL)
-  kEngineDecodeQ = 12 << kStepBits,   // engine decode under SP: the new token's Q, passed along the ring
-  kEngineDecodeOut = 13 << kStepBits, // engine decode under SP: partial (out, lse) straight back to the owner
-  kEngineToken = 14 << kStepBits,     // engine: the chosen next token, owner group to the other SP groups
+  kEngineGather = 11 << kStepBits,     // engine: small all-gathers (vocab-parallel logits, argmax, NLL)
+  kEngineDecodeQ = 12 << kStepBits,    // engine decode under SP: the new token's Q, passed along the ring
+  kEngineDecodeOut = 13 << kStepBits,  // engine decode under SP: partial (out, lse) straight back to the owner
+  kEngineToken = 14 << kStepBits,      // engine: the chosen next token, owner group to the other SP groups
 };
 static_assert((31 << kStepBits) + kStepMask <= kMaxTag, "tag spaces must fit MPI's guaranteed tag range");
 

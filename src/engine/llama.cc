@@ -27,9 +27,10 @@ LlamaConfig LlamaConfig::fromGguf(const gguf::File& f) {
   c.arch = f.getString("general.architecture");
   // Architectures with LLaMA's block structure and tensor names.
   if (c.arch != "llama" && c.arch != "mistral") {
-    throw InvalidArgument(fmt::format("{}: general.architecture is '{}'; flashring runs LLaMA-architecture models "
-                                      "('llama', 'mistral')",
-                                      f.path(), c.arch));
+    throw InvalidArgument(
+        fmt::format("{}: general.architecture is '{}'; flashring runs LLaMA-architecture models "
+                    "('llama', 'mistral')",
+                    f.path(), c.arch));
   }
   const std::string a = c.arch + ".";
   c.name = f.getString("general.name", "");
@@ -44,15 +45,15 @@ LlamaConfig LlamaConfig::fromGguf(const gguf::File& f) {
   c.n_head_kv = positive(a + "attention.head_count_kv", f.getInt(a + "attention.head_count_kv", c.n_head));
   c.n_ff = positive(a + "feed_forward_length", f.getInt(a + "feed_forward_length"));
   if (c.n_embd % c.n_head != 0)
-    throw gguf::FormatError(fmt::format("{}: {}embedding_length {} is not a multiple of the head count {}", f.path(),
-                                        a, c.n_embd, c.n_head));
+    throw gguf::FormatError(fmt::format("{}: {}embedding_length {} is not a multiple of the head count {}", f.path(), a,
+                                        c.n_embd, c.n_head));
   c.head_dim = positive(a + "attention.key_length", f.getInt(a + "attention.key_length", c.n_embd / c.n_head));
   if (c.head_dim * c.n_head != c.n_embd)
     throw InvalidArgument(fmt::format("{}: head_dim {} x heads {} != embedding_length {} is not supported", f.path(),
                                       c.head_dim, c.n_head, c.n_embd));
   if (c.n_head % c.n_head_kv != 0)
-    throw gguf::FormatError(fmt::format("{}: head_count {} is not a multiple of head_count_kv {}", f.path(), c.n_head,
-                                        c.n_head_kv));
+    throw gguf::FormatError(
+        fmt::format("{}: head_count {} is not a multiple of head_count_kv {}", f.path(), c.n_head, c.n_head_kv));
   c.rope_dim = positive(a + "rope.dimension_count", f.getInt(a + "rope.dimension_count", c.head_dim));
   if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0)
     throw gguf::FormatError(fmt::format("{}: rope.dimension_count {} must be even and at most head_dim {}", f.path(),
@@ -64,8 +65,8 @@ LlamaConfig LlamaConfig::fromGguf(const gguf::File& f) {
     throw gguf::FormatError(fmt::format("{}: rope.freq_base {} and layer_norm_rms_epsilon {} must be positive",
                                         f.path(), c.rope_base, c.rms_eps));
   if (f.has(a + "rope.scaling.type") && f.getString(a + "rope.scaling.type") != "none")
-    throw InvalidArgument(fmt::format("{}: rope scaling '{}' is not supported", f.path(),
-                                      f.getString(a + "rope.scaling.type")));
+    throw InvalidArgument(
+        fmt::format("{}: rope scaling '{}' is not supported", f.path(), f.getString(a + "rope.scaling.type")));
 
   const gguf::TensorInfo& emb = f.tensor("token_embd.weight");
   if (emb.dims.size() != 2 || emb.dims[0] != c.n_embd)
@@ -199,8 +200,8 @@ std::shared_ptr<const LlamaWeights> LlamaWeights::load(std::shared_ptr<const ggu
     L.w_down = columns(f, td, s.ff_begin, s.ff);
   }
   w->output_norm = vectorTensor(f, "output_norm.weight", D);
-  const auto& tout = c.tied_output ? matrix(f, "token_embd.weight", D, c.n_vocab)
-                                   : matrix(f, "output.weight", D, c.n_vocab);
+  const auto& tout =
+      c.tied_output ? matrix(f, "token_embd.weight", D, c.n_vocab) : matrix(f, "output.weight", D, c.n_vocab);
   w->output = rows(f, tout, s.vocab_begin, s.vocab);
   w->file = std::move(file);
   return w;
@@ -299,14 +300,16 @@ std::vector<std::vector<uint8_t>> allgatherv(Communicator& comm, const void* min
   const int n = comm.size(), me = comm.rank();
   std::vector<std::vector<uint8_t>> all(static_cast<size_t>(n));
   for (int p = 0; p < n; ++p) all[static_cast<size_t>(p)].resize(std::max<size_t>(sizes[static_cast<size_t>(p)], 1));
-  if (sizes[static_cast<size_t>(me)] > 0) std::memcpy(all[static_cast<size_t>(me)].data(), mine, sizes[static_cast<size_t>(me)]);
+  if (sizes[static_cast<size_t>(me)] > 0)
+    std::memcpy(all[static_cast<size_t>(me)].data(), mine, sizes[static_cast<size_t>(me)]);
   if (n == 1) return all;
   const Tag tag = tags::make(tags::kEngineGather, step);
   std::vector<Request> reqs;
   for (int p = 0; p < n; ++p)
     if (p != me) reqs.push_back(comm.irecv(all[static_cast<size_t>(p)].data(), sizes[static_cast<size_t>(p)], p, tag));
   for (int p = 0; p < n; ++p)
-    if (p != me) reqs.push_back(comm.isend(all[static_cast<size_t>(me)].data(), sizes[static_cast<size_t>(me)], p, tag));
+    if (p != me)
+      reqs.push_back(comm.isend(all[static_cast<size_t>(me)].data(), sizes[static_cast<size_t>(me)], p, tag));
   comm.waitAll(reqs, comm.deadline());
   return all;
 }
@@ -726,9 +729,8 @@ LlamaEngine::Score LlamaEngine::score(std::span<const TokenId> tokens, int64_t f
       std::vector<std::vector<uint8_t>> all;
       {
         detail::Stopwatch sw(m.st.comm_s);
-        all = allgatherv(*m.tp_comm, stats.data(), std::vector<size_t>(static_cast<size_t>(m.opts.tp),
-                                                                       stats.size() * sizeof(float)),
-                         1);
+        all = allgatherv(*m.tp_comm, stats.data(),
+                         std::vector<size_t>(static_cast<size_t>(m.opts.tp), stats.size() * sizeof(float)), 1);
       }
       double nll = 0, nll_sq = 0;
       for (size_t i = 0; i < rows.size(); ++i) {

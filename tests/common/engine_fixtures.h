@@ -23,13 +23,13 @@ namespace flashring::testref {
 
 struct ModelFixture {
   std::string name, gguf_path;
-  std::vector<TokenId> tokens;        // the reference sequence
-  std::vector<float> logits;          // [tokens, n_vocab], float64 reference stored as float32
+  std::vector<TokenId> tokens;  // the reference sequence
+  std::vector<float> logits;    // [tokens, n_vocab], float64 reference stored as float32
   int n_vocab = 0;
   std::vector<TokenId> greedy_prompt, greedy_continuation;
   double greedy_min_margin = 0;
   bool present = false;
-  std::string missing;                // why not present
+  std::string missing;  // why not present
 };
 
 inline std::string fixtureDir() { return FLASHRING_FIXTURE_DIR; }

@@ -1,9 +1,8 @@
 // The LLaMA engine on real MPI ranks: every tp x sp grid of the world's size gives the single-rank logits
 // (computed in each process on one thread rank) up to rounding and the same greedy tokens, with exact and
 // low-bit all-reduces; a bad prompt fails on every rank.
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 
@@ -21,7 +20,8 @@ struct Result {
   std::vector<TokenId> greedy;
 };
 
-Result runEngine(Communicator& comm, const std::string& path, const EngineOptions& o, const std::vector<TokenId>& tokens) {
+Result runEngine(Communicator& comm, const std::string& path, const EngineOptions& o,
+                 const std::vector<TokenId>& tokens) {
   LlamaEngine eng(comm, testref::weightsFor(path, o.tp, comm.rank() % o.tp), o);
   Result r;
   r.logits = eng.allLogits(tokens);

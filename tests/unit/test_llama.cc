@@ -116,7 +116,8 @@ TEST_P(TinyModel, ScoreIsTheNegativeLogLikelihoodOfTheLogits) {
     expect += mx + std::log(s) - z[f.tokens[p + 1]];
   }
   LlamaEngine::Score sc;
-  testref::runGrid(f.gguf_path, EngineOptions{}, [&](Communicator&, LlamaEngine& eng) { sc = eng.score(f.tokens, first); });
+  testref::runGrid(f.gguf_path, EngineOptions{},
+                   [&](Communicator&, LlamaEngine& eng) { sc = eng.score(f.tokens, first); });
   EXPECT_EQ(sc.count, static_cast<int64_t>(f.tokens.size()) - 1 - first);
   EXPECT_NEAR(sc.nll, expect, 1e-3 * static_cast<double>(sc.count));
   EXPECT_GT(sc.nll_sq, 0);
@@ -164,9 +165,8 @@ TEST(Engine, BadInputIsAnErrorNamingIt) {
   });
   EngineOptions two;
   two.tp = 2;  // two ranks, but the world below has one
-  EXPECT_THROW(runThreadRanks(1, [&](Communicator& comm) {
-                 LlamaEngine eng(comm, testref::weightsFor(f.gguf_path, 1, 0), two);
-               }),
+  EXPECT_THROW(runThreadRanks(
+                   1, [&](Communicator& comm) { LlamaEngine eng(comm, testref::weightsFor(f.gguf_path, 1, 0), two); }),
                InvalidArgument);
 }
 

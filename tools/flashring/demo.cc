@@ -11,8 +11,9 @@ namespace flashring::cli {
 
 void addDemo(CLI::App& app) {
   auto* demo = app.add_subcommand(
-      "demo", "the main job on the embedded default: SmolLM2-135M on 4 in-process ranks, exact vs INT8 vs INT4 "
-              "tensor-parallel communication");
+      "demo",
+      "the main job on the embedded default: SmolLM2-135M on 4 in-process ranks, exact vs INT8 vs INT4 "
+      "tensor-parallel communication");
   demo->callback([] {
     const std::string text_path = "/usr/share/common-licenses/GPL-3";
     std::ifstream in(text_path);
@@ -26,7 +27,8 @@ void addDemo(CLI::App& app) {
     gen.sp = 2;
     gen.attn = "tokenring";
     const std::string prompt =
-        "<|im_start|>user\nWhat is the capital of France, and what is it famous for?<|im_end|>\n<|im_start|>assistant\n";
+        "<|im_start|>user\nWhat is the capital of France, and what is it famous "
+        "for?<|im_end|>\n<|im_start|>assistant\n";
     fmt::print("flashring demo: {} as 4 ranks in this process.\n\n", gen.modelPath());
     fmt::print("1) Generation, tensor parallel 2 x sequence parallel 2 (TokenRing attention, exact all-reduce):\n");
     fmt::print("   prompt: What is the capital of France, and what is it famous for?\n   answer:");
@@ -35,9 +37,10 @@ void addDemo(CLI::App& app) {
     fmt::print("   ({} prompt tokens, TTFT {:.0f} ms, {} tokens generated)\n\n", r.prompt_tokens, r.ttft_s * 1e3,
                r.generated);
 
-    fmt::print("2) Tensor parallel 4: TTFT of a 512-token prompt and perplexity of {} (2 windows of 512),\n"
-               "   with the TP all-reduces exact (fp32), Flash INT8 and Flash INT4 (group 128):\n",
-               text_path);
+    fmt::print(
+        "2) Tensor parallel 4: TTFT of a 512-token prompt and perplexity of {} (2 windows of 512),\n"
+        "   with the TP all-reduces exact (fp32), Flash INT8 and Flash INT4 (group 128):\n",
+        text_path);
     std::fflush(stdout);
     struct Line {
       std::string comm;

@@ -6,10 +6,10 @@
 #include <stdexcept>
 
 #include "cli.h"
-#include "model_cmds.h"
 #include "flashring/error.h"
 #include "flashring/quant.h"
 #include "flashring/thread_comm.h"
+#include "model_cmds.h"
 #ifdef FLASHRING_WITH_MPI
 #include "flashring/mpi_comm.h"
 #endif
@@ -27,11 +27,16 @@ size_t parseSize(const std::string& s) {
   }
   std::string unit = s.substr(pos);
   double mul = 1;
-  if (unit == "" || unit == "B") mul = 1;
-  else if (unit == "K" || unit == "k" || unit == "KiB") mul = 1024.0;
-  else if (unit == "M" || unit == "m" || unit == "MiB") mul = 1024.0 * 1024;
-  else if (unit == "G" || unit == "g" || unit == "GiB") mul = 1024.0 * 1024 * 1024;
-  else throw CLI::ValidationError("size", fmt::format("'{}': unknown unit '{}' (use K, M or G)", s, unit));
+  if (unit == "" || unit == "B")
+    mul = 1;
+  else if (unit == "K" || unit == "k" || unit == "KiB")
+    mul = 1024.0;
+  else if (unit == "M" || unit == "m" || unit == "MiB")
+    mul = 1024.0 * 1024;
+  else if (unit == "G" || unit == "g" || unit == "GiB")
+    mul = 1024.0 * 1024 * 1024;
+  else
+    throw CLI::ValidationError("size", fmt::format("'{}': unknown unit '{}' (use K, M or G)", s, unit));
   if (v < 0) throw CLI::ValidationError("size", fmt::format("'{}' is negative", s));
   return static_cast<size_t>(v * mul);
 }
@@ -47,7 +52,9 @@ void TransportOptions::add(CLI::App& app) {
   app.add_option("--transport", transport, "thread (ranks as threads of this process) or mpi (run under mpirun)")
       ->check(CLI::IsMember({"thread", "mpi"}))
       ->capture_default_str();
-  app.add_option("--ranks", ranks, "number of ranks for --transport thread")->check(CLI::Range(1, 256))->capture_default_str();
+  app.add_option("--ranks", ranks, "number of ranks for --transport thread")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
   app.add_option("--timeout-ms", timeout_ms, "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
 }
 
@@ -80,7 +87,8 @@ int main(int argc, char** argv) {
   using namespace flashring;
   CLI::App app{
       "flashring: communication-efficient parallel LLM inference.\n"
-      "Flash Communication low-bit all-reduce (arXiv 2412.04964) and TokenRing sequence parallelism (arXiv 2412.20501)."};
+      "Flash Communication low-bit all-reduce (arXiv 2412.04964) and TokenRing sequence parallelism (arXiv "
+      "2412.20501)."};
   app.set_version_flag("--version", "flashring 0.1.0");
   app.require_subcommand(1);
   auto* bench = app.add_subcommand("bench", "benchmarks that put flashring beside its baselines in the same run");

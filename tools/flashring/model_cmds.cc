@@ -1,30 +1,31 @@
 // `flashring run` and `flashring perplexity`: a GGUF model under tensor x sequence parallelism.
+#include "model_cmds.h"
+
 #include <fmt/format.h>
 
 #include <chrono>
-#include <filesystem>
-#include <thread>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
+#include "attention/kernel_internal.h"
 #include "cli.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
 #include "flashring/model_path.h"
 #include "flashring/tokenizer.h"
-#include "attention/kernel_internal.h"
-#include "model_cmds.h"
 
 namespace flashring::cli {
 
 AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes) {
   static const std::map<std::string, std::string> aliases = {
-      {"exact", "twostep-fp32"}, {"bf16", "twostep-bf16"},       {"int8", "flash-int8"},
+      {"exact", "twostep-fp32"}, {"bf16", "twostep-bf16"},         {"int8", "flash-int8"},
       {"int4", "flash-int4"},    {"int4-int8", "flash-int4-int8"}, {"int8-int4", "flash-int8-int4"}};
   auto it = aliases.find(comm);
   AllreduceOptions base;
@@ -33,9 +34,10 @@ AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes
   try {
     return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
   } catch (const InvalidArgument& e) {
-    throw InvalidArgument(fmt::format("--comm '{}': use exact, bf16, int8, int4, int4-int8, int8-int4, auto, or an "
-                                      "all-reduce name ({})",
-                                      comm, e.what()));
+    throw InvalidArgument(
+        fmt::format("--comm '{}': use exact, bf16, int8, int4, int4-int8, int8-int4, auto, or an "
+                    "all-reduce name ({})",
+                    comm, e.what()));
   }
 }
 
@@ -71,7 +73,8 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
                  "thread (tp x sp ranks as threads of this process) or mpi (run under mpirun -n tp*sp)")
       ->check(CLI::IsMember({"thread", "mpi"}))
       ->capture_default_str();
-  app.add_option("--timeout-ms", transport.timeout_ms, "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
+  app.add_option("--timeout-ms", transport.timeout_ms,
+                 "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
 }
 
 EngineOptions ModelOptions::engineOptions() const {
@@ -82,7 +85,8 @@ EngineOptions ModelOptions::engineOptions() const {
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  e.blas_threads = threads > 0 ? threads : (tp * sp == 1 && transport.transport == "thread" ? static_cast<int>(cores) : 1);
+  e.blas_threads =
+      threads > 0 ? threads : (tp * sp == 1 && transport.transport == "thread" ? static_cast<int>(cores) : 1);
   return e;
 }
 
@@ -228,8 +232,8 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
     const std::vector<TokenId> ids = tok.encode(text, true, false);
     const int64_t available = static_cast<int64_t>(ids.size()) / n_ctx;
     if (available < 1)
-      throw InvalidArgument(fmt::format("the text has {} tokens, fewer than one context of {} (use a smaller -c)",
-                                        ids.size(), n_ctx));
+      throw InvalidArgument(
+          fmt::format("the text has {} tokens, fewer than one context of {} (use a smaller -c)", ids.size(), n_ctx));
     const int64_t n_chunk = chunks > 0 ? std::min<int64_t>(chunks, available) : available;
     const bool printer = comm.rank() == 0 && print;
     if (printer) {
@@ -287,9 +291,16 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
 namespace {
 
 nlohmann::json commonJson(const ModelOptions& mo) {
-  return {{"model", mo.modelPath()}, {"tp", mo.tp},       {"sp", mo.sp},
-          {"comm", mo.comm},         {"group_size", mo.group_size}, {"spikes", mo.spikes}, {"attn", mo.attn},
-          {"layout", mo.layout},     {"transport", mo.transport.transport}, {"ranks", mo.ranks()}};
+  return {{"model", mo.modelPath()},
+          {"tp", mo.tp},
+          {"sp", mo.sp},
+          {"comm", mo.comm},
+          {"group_size", mo.group_size},
+          {"spikes", mo.spikes},
+          {"attn", mo.attn},
+          {"layout", mo.layout},
+          {"transport", mo.transport.transport},
+          {"ranks", mo.ranks()}};
 }
 
 }  // namespace
@@ -357,10 +368,12 @@ void addPerplexity(CLI::App& app) {
   cmd->callback([=] {
     const PplResult r = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true);
     if (!r.root) return;
-    fmt::print("tp {} x sp {}, comm {} (group {}, spikes {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication {:.1f} s, "
-               "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
-               mo->tp, mo->sp, mo->comm, mo->group_size, mo->spikes, r.tokens, r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s,
-               r.quant_s, r.wire_bytes / 1e6);
+    fmt::print(
+        "tp {} x sp {}, comm {} (group {}, spikes {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication "
+        "{:.1f} s, "
+        "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
+        mo->tp, mo->sp, mo->comm, mo->group_size, mo->spikes, r.tokens, r.seconds,
+        static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s, r.quant_s, r.wire_bytes / 1e6);
     if (!mo->json.empty()) {
       nlohmann::json j = commonJson(*mo);
       j.update({{"ppl", r.ppl},
