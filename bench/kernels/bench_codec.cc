@@ -6,8 +6,8 @@
 // q+dq GB/s >= memcpy GB/s / 2, at n = 4M floats (16 MiB), g = 128, INT8 and INT4.
 //
 //   flashring_kernel_bench --benchmark_filter='codec|bf16|memcpy' --benchmark_min_time=0.2
-// The int4-g128-s1 rows (one spike per group of 128, quant.h "Spike reserving") give the cost of spike
-// reserving against int4-g128.
+// The -s1 and -s2 rows (one or two spikes per group of 128, quant.h "Spike reserving") give the cost of
+// spike reserving against the plain int8-g128 and int4-g128 rows.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -120,8 +120,9 @@ const int kRegistered = [] {
              {Op::Dequantize, "dequantize"},
              {Op::DequantizeAcc, "dequantize_acc"},
              {Op::QuantDequant, "quant+dequant"}};
-  // INT8 and INT4 g128, and INT4 g128 with one spike per group (spike reserving: its cost over plain INT4).
-  const Config cfgs[] = {{8, 128, false}, {4, 128, false}, {4, 128, false, 1}};
+  // INT8 and INT4 g128, without and with one or two spikes per group (spike reserving: its cost over plain).
+  const Config cfgs[] = {{8, 128, false},    {4, 128, false},    {8, 128, false, 1},
+                         {4, 128, false, 1}, {8, 128, false, 2}, {4, 128, false, 2}};
   for (const Config& cfg : cfgs) {
     for (const auto& o : ops) {
       for (Isa isa : isas) {

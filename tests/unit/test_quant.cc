@@ -1350,5 +1350,101 @@ TEST(QuantSpikes, ZeroSpikesIsTheOriginalFormat) {
   }
 }
 
+// Group data for the selection tests: `kind` picks ties (few distinct magnitudes, both signs), constant or
+// signed-zero groups, wide ranges with subnormals and FLT_MAX, and NaN/Inf at random places.
+std::vector<float> selectionData(int kind, size_t r, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(r);
+  for (size_t i = 0; i < r; ++i) {
+    switch (kind % 6) {
+      case 0:  // distinct magnitudes
+        x[i] = normal(rng);
+        break;
+      case 1:  // heavy ties: magnitudes 0..3, either sign
+        x[i] = static_cast<float>(rng() % 4) * (rng() % 2 ? 1.0f : -1.0f);
+        break;
+      case 2:  // one magnitude: every value ties (+-2, or +-0)
+        x[i] = (rng() % 2 ? 1.0f : -1.0f) * (kind % 12 == 2 ? 2.0f : 0.0f);
+        break;
+      case 3:  // subnormals, tiny and huge values
+        x[i] = fromBits(static_cast<uint32_t>(rng() % 2) << 31 |
+                        static_cast<uint32_t>(rng() % 4 == 0 ? 0x7F7FFFFFu - rng() % 3 : rng() % 0x00800000u));
+        break;
+      case 4:  // a few massive values in normal data, some repeated
+        x[i] = rng() % 16 == 0 ? (rng() % 2 ? 14000.0f : -14000.0f) : normal(rng);
+        break;
+      default:  // bf16-like: few mantissa bits, so many ties
+        x[i] = bf16(static_cast<uint16_t>(floatToBf16(normal(rng)) & 0xFFF0u));
+        break;
+    }
+  }
+  if (kind % 5 == 1) {  // NaN/Inf at random places, sometimes most of the group
+    const size_t extra = static_cast<size_t>(rng() % 3);
+    const size_t bad = std::min(r, rng() % 3 == 0 ? r - std::min(r, extra) : 1 + extra);
+    for (size_t j = 0; j < bad; ++j) {
+      const auto u = rng() % 3;
+      x[rng() % r] = u == 0 ? NAN : (u == 1 ? INFINITY : -INFINITY);
+    }
+  }
+  return x;
+}
+
+TEST(QuantSpikes, Avx2SelectionEqualsTheScalarOne) {
+  // The AVX2 spike selection (spikes_avx2.cc, used by Isa::Avx2 and Isa::Avx512) against the SSE2/scalar
+  // reference (Isa::Scalar) and the rule restated by refSpikes, group by group: ties, NaN/Inf, tails
+  // (r % 32 != 0, r <= k) and every k = 1..8.
+  if (!isaSupported(Isa::Avx2)) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(2026);
+  const size_t sizes[] = {1, 2, 3, 5, 8, 9, 16, 31, 32, 33, 40, 64, 96, 127, 128, 160, 256, 1000, 4096};
+  size_t cases = 0;
+  for (int k = 1; k <= kMaxSpikes; ++k) {
+    for (size_t r : sizes) {
+      for (int kind = 0; kind < 60; ++kind) {
+        const auto x = selectionData(kind, r, rng);
+        std::vector<float> copy_s(r, 1.5f), copy_a(r, -2.5f);
+        uint16_t pos_s[kMaxSpikes], pos_a[kMaxSpikes];
+        const int ms = detail::selectGroupSpikes(Isa::Scalar, x.data(), r, k, copy_s.data(), pos_s);
+        const int ma = detail::selectGroupSpikes(Isa::Avx2, x.data(), r, k, copy_a.data(), pos_a);
+        const std::string tag = "k=" + std::to_string(k) + " r=" + std::to_string(r) + " kind=" + std::to_string(kind);
+        ASSERT_EQ(ma, ms) << tag;
+        const auto ref = refSpikes(x.data(), r, k);
+        ASSERT_EQ(static_cast<size_t>(ms), ref.size()) << tag;
+        for (int e = 0; e < ms; ++e) {
+          ASSERT_EQ(pos_a[e], pos_s[e]) << tag << " entry " << e;
+          ASSERT_EQ(pos_s[e], ref[static_cast<size_t>(e)]) << tag << " entry " << e;
+        }
+        ASSERT_TRUE(sameBits(copy_a, x)) << tag;
+        ASSERT_TRUE(sameBits(copy_s, x)) << tag;
+        ++cases;
+      }
+    }
+  }
+  EXPECT_GT(cases, 8000u);
+}
+
+TEST(QuantSpikes, TieHeavyRunsMatchTheRuleForEveryK) {
+  // Whole runs (several AVX2 chunks, tails) of tie-heavy and non-finite data for k = 1..8 in every ISA.
+  std::mt19937 rng(77);
+  for (int k = 1; k <= kMaxSpikes; ++k) {
+    for (int g : {32, 128, 256}) {
+      for (size_t n : {size_t{1000}, size_t{4 * 1024 + 96}, size_t{9 * 128}}) {
+        std::vector<float> x;
+        for (size_t b = 0; b < n; b += static_cast<size_t>(g)) {
+          const auto part = selectionData(static_cast<int>(rng() % 60), static_cast<size_t>(g), rng);
+          x.insert(x.end(), part.begin(), part.end());
+        }
+        x.resize(n);
+        for (int bits : {8, 4}) {
+          const Config c{bits, g, false, k};
+          const auto expect = refEncodeWithSpikes(x, c);
+          for (Isa isa : supportedIsas()) {
+            ASSERT_TRUE(sameBytes(encode(isa, x, c), expect)) << label(c, n, isa);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace flashring::quant

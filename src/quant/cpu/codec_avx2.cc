@@ -21,10 +21,9 @@ constexpr size_t kMaxBatch = 8;
 // quantize time by about a quarter. Prefetches past the end of the input are harmless (they never fault).
 constexpr uintptr_t kPrefetchBytes = 8192;
 
-// Prefetches the two cache lines holding p[0..31], kPrefetchBytes ahead. Integer arithmetic: the address
-// may lie past the end of the array, where forming a pointer would be undefined.
-inline void prefetchAhead(const float* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p) + kPrefetchBytes;
+// Prefetches the two cache lines at address a (128 bytes: 32 floats). Integer arithmetic: the address may lie
+// past the end of the array, where forming a pointer would be undefined.
+inline void prefetch128(uintptr_t a) {
   _mm_prefetch(reinterpret_cast<const char*>(a), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(a + 64), _MM_HINT_T0);
 }
@@ -48,9 +47,11 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-// g is a multiple of 32. min/max are only meaningful when nonfinite is false.
-inline SimdStats groupStats(const float* x, size_t g) {
-  prefetchAhead(x);
+// g is a multiple of 32. min/max are only meaningful when nonfinite is false. While reading x[i..i+31] it
+// prefetches the 128 bytes at address pf + 4 i (pf: x + kPrefetchBytes for input read from memory; the
+// spike path, whose x is a copy in L1, passes the input of its next chunk).
+inline SimdStats groupStats(const float* x, size_t g, uintptr_t pf) {
+  prefetch128(pf);
   const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
   __m256 mn0 = _mm256_loadu_ps(x), mn1 = _mm256_loadu_ps(x + 8);
   __m256 mn2 = _mm256_loadu_ps(x + 16), mn3 = _mm256_loadu_ps(x + 24);
@@ -60,7 +61,7 @@ inline SimdStats groupStats(const float* x, size_t g) {
   e0 = _mm256_max_epu32(e0, _mm256_and_si256(_mm256_castps_si256(mn2), abs_mask));
   e1 = _mm256_max_epu32(e1, _mm256_and_si256(_mm256_castps_si256(mn3), abs_mask));
   for (size_t i = 32; i < g; i += 32) {
-    prefetchAhead(x + i);
+    prefetch128(pf + i * sizeof(float));
     const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
     const __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
     mn0 = _mm256_min_ps(mn0, v0);
@@ -153,27 +154,28 @@ inline void encodeFastGroup(const float* x, size_t g, const GroupParams& p, int 
   }
 }
 
-void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
+// Full groups x[0, count * g): metadata to meta[0, count), codes to codes (cb bytes per group). Pass 1 and
+// the metadata for a batch of groups first, then the codes. The metadata is a ~60-cycle chain of scalar
+// conversions and a divide per group; chains of different groups are independent, so the core overlaps each
+// with the next group's pass 1 instead of stalling pass 2 on it. A batch holds at most 8 KiB of input (one
+// group when g > 2048), so pass 2 reads it from L1.
+// Pass 1 of x[i] prefetches the address pf + 4 i.
+inline void quantizeFullGroups(const float* x, size_t count, const Config& cfg, uint8_t* meta, uint8_t* codes,
+                               uintptr_t pf) {
   const size_t g = static_cast<size_t>(cfg.group_size);
   const int bits = cfg.bits;
-  const size_t groups = numGroups(n, g), full = n / g;
   const size_t cb = fullGroupCodeBytes(g, bits);
-  uint8_t* codes = out + groups * sizeof(GroupMeta);
-  // Pass 1 and the metadata for a batch of groups first, then the codes. The metadata is a ~60-cycle chain
-  // of scalar conversions and a divide per group; chains of different groups are independent, so the core
-  // overlaps each with the next group's pass 1 instead of stalling pass 2 on it. A batch holds at most
-  // 8 KiB of input (one group when g > 2048), so pass 2 reads it from L1.
   const size_t batch = clampOf<size_t>(2048 / g, 1, kMaxBatch);
   GroupParams params[kMaxBatch];
-  for (size_t k0 = 0; k0 < full; k0 += batch) {
-    const size_t nb = minOf(batch, full - k0);
+  for (size_t k0 = 0; k0 < count; k0 += batch) {
+    const size_t nb = minOf(batch, count - k0);
     const float* xb = x + k0 * g;
     for (size_t j = 0; j < nb; ++j) {
-      const SimdStats st = groupStats(xb + j * g, g);
+      const SimdStats st = groupStats(xb + j * g, g, pf + (k0 + j) * g * sizeof(float));
       // NaN/Inf or max == min (constant, or a 0/-0 mix): the scalar rules decide from the values themselves.
       params[j] = (st.nonfinite || st.mn == st.mx) ? planGroup(xb + j * g, g, cfg)
                                                    : paramsFromStats(st.mn, st.mx, false, bits, cfg.symmetric);
-      storeMeta(out + (k0 + j) * sizeof(GroupMeta), params[j].meta);
+      storeMeta(meta + (k0 + j) * sizeof(GroupMeta), params[j].meta);
     }
     for (size_t j = 0; j < nb; ++j) {
       uint8_t* cg = codes + (k0 + j) * cb;
@@ -184,6 +186,15 @@ void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
       }
     }
   }
+}
+
+void quantizeAvx2(const float* x, size_t n, const Config& cfg, uint8_t* out) {
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const int bits = cfg.bits;
+  const size_t groups = numGroups(n, g), full = n / g;
+  const size_t cb = fullGroupCodeBytes(g, bits);
+  uint8_t* codes = out + groups * sizeof(GroupMeta);
+  quantizeFullGroups(x, full, cfg, out, codes, reinterpret_cast<uintptr_t>(x) + kPrefetchBytes);
   if (groups > full) {
     const size_t r = n - full * g;
     const GroupParams p = planGroup(x + full * g, r, cfg);
@@ -307,6 +318,11 @@ void fromBf16AccumulateAvx2(const uint16_t* in, size_t n, float* acc) {
 }
 
 }  // namespace
+
+void quantizeFullGroupsAvx2(const float* x, size_t count, const Config& cfg, uint8_t* meta, uint8_t* codes,
+                            uintptr_t prefetch) {
+  quantizeFullGroups(x, count, cfg, meta, codes, prefetch);
+}
 
 const Kernels kAvx2Kernels = {quantizeAvx2, dequantizeAvx2, dequantizeAccumulateAvx2,
                               toBf16Avx2,   fromBf16Avx2,   fromBf16AccumulateAvx2};

@@ -41,8 +41,21 @@ extern const Kernels kAvx512Kernels;  // codec_avx512.cc
 
 // Spike reserving (spikes.cc), around any ISA's kernels, for cfg.spikes > 0; the kernels themselves never
 // see spikes (they are called with spikes = 0 on a copy of the input whose spike positions are replaced).
-void quantizeWithSpikes(const Kernels& k, const float* x, size_t n, const Config& cfg, uint8_t* out);
+// `isa` picks the spike selection (Scalar: the SSE2 reference; Avx2 and Avx512: the AVX2 one), k the kernels.
+void quantizeWithSpikes(Isa isa, const Kernels& k, const float* x, size_t n, const Config& cfg, uint8_t* out);
 void dequantizeWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* out);
+// Spike selection of one group of r values (1 <= r <= kMaxGroup, 1 <= k <= kMaxSpikes): copies x[0, r) to
+// copy and writes the group's spike positions (quant.h's rule), ascending, to pos; returns how many.
+// selectGroupSpikes uses the selection of `isa` (spikes.cc; tests compare them bit for bit).
+int selectGroupSpikes(Isa isa, const float* x, size_t r, int k, float* copy, uint16_t* pos);
+// The AVX2 selection (spikes_avx2.cc): returns -1, having maybe written part of copy, for the groups it
+// leaves to the reference (NaN/Inf in the group, r % 32 != 0, r <= k).
+int selectGroupSpikesFiniteAvx2(const float* x, size_t r, int k, float* copy, uint16_t* pos);
+// The AVX2 kernel's encoding of `count` full groups of x (cfg.spikes is ignored) with the metadata to
+// meta[0, count) and the codes to `codes` (codec_avx2.cc). Reading x[i], it prefetches the address
+// prefetch + 4 i (any address: prefetches never fault); the spike path passes the input of its next chunk.
+void quantizeFullGroupsAvx2(const float* x, size_t count, const Config& cfg, uint8_t* meta, uint8_t* codes,
+                            uintptr_t prefetch);
 void dequantizeAccumulateWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* acc);
 
 // Forgets setActiveIsa() and the FLASHRING_ISA reading, so that the next activeIsa() reads the environment

@@ -143,7 +143,7 @@ void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
   const detail::Kernels& k = checkedKernels(isa);
   if (n == 0) return;
   if (cfg.spikes > 0) {
-    detail::quantizeWithSpikes(k, x, n, cfg, static_cast<uint8_t*>(out));
+    detail::quantizeWithSpikes(isa, k, x, n, cfg, static_cast<uint8_t*>(out));
     return;
   }
   k.quantize(x, n, cfg, static_cast<uint8_t*>(out));

@@ -8,11 +8,16 @@
 // kernels never see spikes, so every ISA gives the same bytes as before by construction. The chunk's
 // metadata and codes are then moved to their places in the full run (a run's layout puts all metadata
 // first; kernels process groups independently, so a chunk's groups encode exactly as in a whole-run call).
+// Isa::Avx2 skips that move for chunks of full groups: its kernel's group encoder (quantizeFullGroupsAvx2,
+// the same code as its quantize) writes the metadata and codes to their places directly, and while it reads
+// the copy it prefetches the next chunk's input, so that memory keeps streaming during the encoding.
 // Decoding runs the ISA's decoder on the whole run and then patches the spike positions; the accumulating
 // decoder saves acc at those positions first, so that they end as saved + spike (one fp32 add, exactly
 // acc + decode(x)).
 //
-// This file is compiled for baseline x86-64: the spike search uses SSE2 only.
+// This file is compiled for baseline x86-64: its spike search (the reference, used by Isa::Scalar) uses SSE2
+// only. Isa::Avx2 and Isa::Avx512 select with spikes_avx2.cc, which falls back to this one for the groups it
+// does not handle (NaN/Inf, short tails); both pick the same spikes, bit for bit.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -34,6 +39,11 @@ constexpr uint32_t kAbsMask = 0x7FFFFFFFu;
 constexpr uint32_t kInfBits = 0x7F800000u;
 // Values per encoding chunk (rounded to whole groups, at least one group): 16 KiB of fp32.
 constexpr size_t kChunkValues = 4096;
+// The same for Isa::Avx2's direct path (see quantizeWithSpikes): 4 KiB of fp32. Small chunks keep the input
+// stream's prefetches, issued by the selection pass and the encoder, evenly spread over the work.
+constexpr size_t kDirectChunkValues = 1024;
+constexpr size_t kMaxChunkGroups = kChunkValues / kMinGroup;
+static_assert(kDirectChunkValues <= kChunkValues);
 // Software prefetch distance of the one pass that reads the input from memory (as in the SIMD kernels).
 constexpr uintptr_t kPrefetchBytes = 8192;
 
@@ -199,6 +209,19 @@ int selectSpikesFinite(const float* x, size_t r, int k, float* copy, float* mags
 }
 #endif
 
+// The reference selection of one group (see selectGroupSpikes); mags: scratch of r floats.
+int selectGroupSpikesReference(const float* x, size_t r, int k, float* copy, float* mags, uint16_t* pos) {
+  int m = -1;
+#if defined(__SSE2__)
+  if (r % 16 == 0 && r > static_cast<size_t>(k)) m = selectSpikesFinite(x, r, k, copy, mags, pos);
+#endif
+  if (m < 0) {  // NaN/Inf in the group, a short or odd tail, or no SSE2
+    std::memcpy(copy, x, r * sizeof(float));
+    m = selectSpikes(copy, r, k, pos);
+  }
+  return m;
+}
+
 Config withoutSpikes(const Config& cfg) {
   Config c = cfg;
   c.spikes = 0;
@@ -224,8 +247,20 @@ void checkSpikeIndices(const uint8_t* idx, size_t n, const Config& cfg) {
 
 }  // namespace
 
-void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Config& cfg, uint8_t* out) {
+int selectGroupSpikes(Isa isa, const float* x, size_t r, int k, float* copy, uint16_t* pos) {
+  const int m = isa != Isa::Scalar ? selectGroupSpikesFiniteAvx2(x, r, k, copy, pos) : -1;
+  if (m >= 0) return m;
+  float mags[kMaxGroup];
+  return selectGroupSpikesReference(x, r, k, copy, mags, pos);
+}
+
+void quantizeWithSpikes(Isa isa, const Kernels& kern, const float* x, size_t n, const Config& cfg, uint8_t* out) {
   const Config base = withoutSpikes(cfg);
+  // The AVX2 selection for the ISAs that have AVX2 (Avx512 CPUs do); the SSE2 reference for Scalar.
+  const bool avx2 = isa != Isa::Scalar;
+  // Isa::Avx2 encodes whole chunks of full groups with its kernel's group encoder straight into `out` (no
+  // staging of metadata and codes), in small chunks, and prefetches the next chunk's input while encoding.
+  const bool direct = isa == Isa::Avx2;
   const size_t g = static_cast<size_t>(cfg.group_size);
   const int k = cfg.spikes;
   const size_t kk = static_cast<size_t>(k);
@@ -235,14 +270,20 @@ void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Con
   uint8_t* idx_out = out + encodedSize(n, base);
   uint8_t* val_out = idx_out + groups * kk * sizeof(uint16_t);
 
-  const size_t chunk_groups = std::max<size_t>(1, kChunkValues / g);
+  const size_t chunk_groups = std::max<size_t>(1, (direct ? kDirectChunkValues : kChunkValues) / g);
   thread_local std::vector<float> tmp_buf, mags_buf;
   thread_local std::vector<uint8_t> enc_buf;
-  if (tmp_buf.size() < chunk_groups * g) tmp_buf.resize(chunk_groups * g);
+  // 64-byte aligned copies: the vector loads and stores of the selection and the kernels never cross a line.
+  constexpr size_t kAlignFloats = 64 / sizeof(float);
+  if (tmp_buf.size() < chunk_groups * g + kAlignFloats) tmp_buf.resize(chunk_groups * g + kAlignFloats);
   if (mags_buf.size() < g) mags_buf.resize(g);
   if (enc_buf.size() < encodedSize(chunk_groups * g, base)) enc_buf.resize(encodedSize(chunk_groups * g, base));
-  float* tmp = tmp_buf.data();
+  const size_t misalign = reinterpret_cast<uintptr_t>(tmp_buf.data()) / sizeof(float) % kAlignFloats;
+  float* tmp = tmp_buf.data() + (kAlignFloats - misalign) % kAlignFloats;
   uint8_t* enc = enc_buf.data();
+  // A chunk's spike entries, written to the spike section with one copy per array.
+  uint16_t pos_chunk[kMaxChunkGroups * kMaxSpikes];
+  float val_chunk[kMaxChunkGroups * kMaxSpikes];
 
   for (size_t q0 = 0; q0 < groups; q0 += chunk_groups) {
     const size_t ng = std::min(chunk_groups, groups - q0);
@@ -250,16 +291,10 @@ void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Con
     for (size_t j = 0; j < ng; ++j) {
       float* xg = tmp + j * g;
       const size_t r = std::min(g, len - j * g);
-      uint16_t pos[kMaxSpikes];
-      float val[kMaxSpikes];
-      int m = -1;
-#if defined(__SSE2__)
-      if (r % 16 == 0 && r > kk) m = selectSpikesFinite(x + begin + j * g, r, k, xg, mags_buf.data(), pos);
-#endif
-      if (m < 0) {  // NaN/Inf in the group, a short or odd tail, or no SSE2
-        std::memcpy(xg, x + begin + j * g, r * sizeof(float));
-        m = selectSpikes(xg, r, k, pos);
-      }
+      uint16_t* pos = pos_chunk + j * kk;
+      float* val = val_chunk + j * kk;
+      int m = avx2 ? selectGroupSpikesFiniteAvx2(x + begin + j * g, r, k, xg, pos) : -1;
+      if (m < 0) m = selectGroupSpikesReference(x + begin + j * g, r, k, xg, mags_buf.data(), pos);
       for (int e = 0; e < m; ++e) val[e] = xg[pos[e]];
       for (int e = m; e < k; ++e) {
         pos[e] = kNoSpike;
@@ -280,8 +315,13 @@ void quantizeWithSpikes(const Kernels& kern, const float* x, size_t n, const Con
         }
         for (int e = 0; e < m; ++e) xg[pos[e]] = repl;
       }
-      std::memcpy(idx_out + (q0 + j) * kk * sizeof(uint16_t), pos, kk * sizeof(uint16_t));
-      std::memcpy(val_out + (q0 + j) * kk * sizeof(float), val, kk * sizeof(float));
+    }
+    std::memcpy(idx_out + q0 * kk * sizeof(uint16_t), pos_chunk, ng * kk * sizeof(uint16_t));
+    std::memcpy(val_out + q0 * kk * sizeof(float), val_chunk, ng * kk * sizeof(float));
+    if (direct && len == ng * g) {
+      quantizeFullGroupsAvx2(tmp, ng, base, out + q0 * sizeof(GroupMeta), codes + q0 * cb,
+                             reinterpret_cast<uintptr_t>(x + begin) + len * sizeof(float));
+      continue;
     }
     kern.quantize(tmp, len, base, enc);
     std::memcpy(out + q0 * sizeof(GroupMeta), enc, ng * sizeof(GroupMeta));
