@@ -39,7 +39,8 @@ void addDemo(CLI::App& app) {
 
     fmt::print(
         "2) Tensor parallel 4: TTFT of a 512-token prompt and perplexity of {} (2 windows of 512),\n"
-        "   with the TP all-reduces exact (fp32), Flash INT8 and Flash INT4 (group 128):\n",
+        "   with the TP all-reduces exact (fp32), Flash INT8 and Flash INT4 (group 128, two values per group kept\n"
+        "   in fp32: spike reserving):\n",
         text_path);
     std::fflush(stdout);
     struct Line {
