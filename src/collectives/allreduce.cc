@@ -113,6 +113,10 @@ AllreduceOptions allreduceOptionsFromName(std::string_view name, const Allreduce
     codec(8, 8);
   } else if (name == "flash-int4") {
     codec(4, 4);
+  } else if (name == "flash-int6") {
+    codec(6, 6);
+  } else if (name == "flash-int5") {
+    codec(5, 5);
   } else if (name == "flash-int4-int8") {
     codec(4, 8);
   } else if (name == "flash-int8-int4") {
@@ -120,7 +124,7 @@ AllreduceOptions allreduceOptionsFromName(std::string_view name, const Allreduce
   } else {
     throw InvalidArgument(fmt::format(
         "unknown all-reduce algorithm '{}' (valid: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, "
-        "flash-int8, flash-int4, flash-int4-int8, flash-int8-int4)",
+        "flash-int8, flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4)",
         name));
   }
   return o;

@@ -65,7 +65,7 @@ TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
 
 INSTANTIATE_TEST_SUITE_P(All, MpiAllreduce,
                          ::testing::Values("ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16", "mpi", "auto",
-                                           "flash-int8", "flash-int4", "flash-int4-int8"),
+                                           "flash-int8", "flash-int6", "flash-int4", "flash-int4-int8"),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                            std::string s = i.param;
                            for (auto& c : s) c = c == '-' ? '_' : c;

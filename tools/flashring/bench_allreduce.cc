@@ -193,7 +193,8 @@ void addBenchAllreduce(CLI::App& bench) {
   app->add_option("-f,--stepfactor", cfg->factor, "multiply the size by this between rows")->capture_default_str();
   app->add_option("--algos", cfg->algos,
                   "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
-                  "flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport supports)")
+                  "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport "
+                  "supports)")
       ->delimiter(',');
   app->add_option("--baseline", cfg->baseline, "algorithm the speedup column divides by (default: twostep-bf16 if run, else the first)");
   app->add_option("-n,--iters", cfg->iters, "timed iterations per size and algorithm (median reported)")

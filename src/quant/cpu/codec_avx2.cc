@@ -115,7 +115,7 @@ struct FastCoder {
     __m256i q = _mm256_packus_epi16(ab, cd);       // a0-3 b0-3 c0-3 d0-3 | a4-7 b4-7 c4-7 d4-7
     q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     if constexpr (Sym) q = _mm256_max_epu8(q, _mm256_set1_epi8(1));
-    if constexpr (Bits == 4) q = _mm256_min_epu8(q, _mm256_set1_epi8(15));
+    if constexpr (Bits < 8) q = _mm256_min_epu8(q, _mm256_set1_epi8((1 << Bits) - 1));
     return q;
   }
 };
@@ -123,10 +123,33 @@ struct FastCoder {
 // Two codes (each <= 15) per 16-bit word -> one byte: low nibble = even value, high nibble = odd value.
 inline __m256i nibblePairs(__m256i q) { return _mm256_maddubs_epi16(q, _mm256_set1_epi16(0x1001)); }
 
+// Bit `b` of each of 32 byte codes, value i in bit i (the bit-plane layout of INT5/INT6 codes).
+template <int B>
+inline uint32_t bitPlane32(__m256i q) {
+  // Within each 16-bit lane a left shift by 7-B moves bit B of both bytes to their bit 7.
+  return static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(q, 7 - B)));
+}
+
 template <int Bits, bool Sym>
 inline void encodeFastGroupT(const float* x, size_t g, const GroupParams& p, uint8_t* codes) {
   const FastCoder<Bits, Sym> coder(p);
-  if constexpr (Bits == 8) {
+  if constexpr (Bits == 5 || Bits == 6) {
+    // Nibble plane (g/2 bytes, the INT4 layout of the low 4 bits), then bit planes of g/8 bytes.
+    const size_t nib = g / 2, plane = g / 8;
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    for (size_t i = 0; i < g; i += 32) {
+      const __m256i q = coder.codes32(x + i);
+      const __m256i w = nibblePairs(_mm256_and_si256(q, low));
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i / 2), _mm256_castsi256_si128(packed));
+      const uint32_t b4 = bitPlane32<4>(q);
+      __builtin_memcpy(codes + nib + i / 8, &b4, 4);
+      if constexpr (Bits == 6) {
+        const uint32_t b5 = bitPlane32<5>(q);
+        __builtin_memcpy(codes + nib + plane + i / 8, &b5, 4);
+      }
+    }
+  } else if constexpr (Bits == 8) {
     for (size_t i = 0; i < g; i += 32) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i), coder.codes32(x + i));
     }
@@ -149,6 +172,10 @@ inline void encodeFastGroupT(const float* x, size_t g, const GroupParams& p, uin
 inline void encodeFastGroup(const float* x, size_t g, const GroupParams& p, int bits, uint8_t* codes) {
   if (bits == 8) {
     p.symmetric ? encodeFastGroupT<8, true>(x, g, p, codes) : encodeFastGroupT<8, false>(x, g, p, codes);
+  } else if (bits == 6) {
+    p.symmetric ? encodeFastGroupT<6, true>(x, g, p, codes) : encodeFastGroupT<6, false>(x, g, p, codes);
+  } else if (bits == 5) {
+    p.symmetric ? encodeFastGroupT<5, true>(x, g, p, codes) : encodeFastGroupT<5, false>(x, g, p, codes);
   } else {
     p.symmetric ? encodeFastGroupT<4, true>(x, g, p, codes) : encodeFastGroupT<4, false>(x, g, p, codes);
   }
@@ -213,6 +240,37 @@ inline void emit8(float* out, __m256i q, __m256 s, __m256 z) {
   }
 }
 
+// 32 bits (value i in bit i) -> 32 bytes, byte i = `val` where bit i is set, else 0.
+inline __m256i expandBits32(const uint8_t* p, __m256i val) {
+  uint32_t m;
+  __builtin_memcpy(&m, p, 4);
+  const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(m)),
+                                        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                                         2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i sel = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, sel), sel), val);
+}
+
+// INT5/INT6 full group: nibble plane, then bit planes (see encodeFastGroupT).
+template <bool Accumulate>
+inline void decodePlanarGroup(const uint8_t* codes, size_t g, int bits, __m256 s, __m256 z, float* out) {
+  const size_t nib = g / 2, plane = g / 8;
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (size_t i = 0; i < g; i += 32) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i / 2));
+    const __m128i lo = _mm_and_si128(b, low);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
+    __m256i c = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));  // codes 0..31
+    c = _mm256_or_si256(c, expandBits32(codes + nib + i / 8, _mm256_set1_epi8(0x10)));
+    if (bits == 6) c = _mm256_or_si256(c, expandBits32(codes + nib + plane + i / 8, _mm256_set1_epi8(0x20)));
+    const __m128i c0 = _mm256_castsi256_si128(c), c1 = _mm256_extracti128_si256(c, 1);
+    emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(c0), s, z);
+    emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), s, z);
+    emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(c1), s, z);
+    emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), s, z);
+  }
+}
+
 template <bool Accumulate>
 inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, float zf, float* out) {
   const __m256 s = _mm256_set1_ps(sf), z = _mm256_set1_ps(zf);
@@ -227,6 +285,10 @@ inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, 
       emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 24))),
                         s, z);
     }
+    return;
+  }
+  if (bits == 5 || bits == 6) {
+    decodePlanarGroup<Accumulate>(codes, g, bits, s, z, out);
     return;
   }
   const __m128i nib = _mm_set1_epi8(0x0F);

@@ -163,8 +163,17 @@ inline float bf16Reciprocal(uint16_t sb) {
 // Layout.
 
 inline size_t numGroups(size_t n, size_t g) { return (n + g - 1) / g; }
+// INT5/INT6 codes are split into planes (see quant.h): a nibble plane of ceil(r/2) bytes (the INT4 layout of
+// the low 4 bits), then bits-4 bit planes of ceil(r/8) bytes each. For a full group (g a multiple of 32)
+// that is g*bits/8 bytes, as for INT4 and INT8.
+inline bool isPlanar(int bits) { return bits == 5 || bits == 6; }
+inline size_t nibblePlaneBytes(size_t r) { return (r + 1) / 2; }
+inline size_t bitPlaneBytes(size_t r) { return (r + 7) / 8; }
 inline size_t fullGroupCodeBytes(size_t g, int bits) { return g * static_cast<size_t>(bits) / 8; }
-inline size_t tailCodeBytes(size_t r, int bits) { return maxOf<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8); }
+inline size_t tailCodeBytes(size_t r, int bits) {
+  if (isPlanar(bits)) return maxOf<size_t>(2, nibblePlaneBytes(r) + static_cast<size_t>(bits - 4) * bitPlaneBytes(r));
+  return maxOf<size_t>(2, (r * static_cast<size_t>(bits) + 7) / 8);
+}
 // Spike section (Config::spikes > 0): uint16 index[G][k], then fp32 value[G][k].
 inline size_t spikeSectionSize(size_t n, const Config& cfg) {
   return numGroups(n, static_cast<size_t>(cfg.group_size)) * static_cast<size_t>(cfg.spikes) *
@@ -347,16 +356,29 @@ inline void encodeGroupScalar(const float* x, size_t r, const GroupParams& p, in
   if (bits == 8) {
     for (size_t i = 0; i < r; ++i) codes[i] = static_cast<uint8_t>(codeOf(x[i], p, L));
   } else {
+    const size_t nib = nibblePlaneBytes(r), plane = bitPlaneBytes(r);
     for (size_t i = 0; i < r; ++i) {
       const unsigned q = static_cast<unsigned>(codeOf(x[i], p, L));
-      codes[i / 2] = static_cast<uint8_t>(codes[i / 2] | (q << (4 * (i & 1))));
+      codes[i / 2] = static_cast<uint8_t>(codes[i / 2] | ((q & 0xFu) << (4 * (i & 1))));
+      for (int b = 4; b < bits; ++b) {  // INT5/INT6: bit b of the code in bit plane b-4
+        uint8_t& byte = codes[nib + static_cast<size_t>(b - 4) * plane + i / 8];
+        byte = static_cast<uint8_t>(byte | (((q >> b) & 1u) << (i % 8)));
+      }
     }
   }
 }
 
-inline unsigned codeAt(const uint8_t* codes, size_t i, int bits) {
+// Code of value i of a group of r values.
+inline unsigned codeAt(const uint8_t* codes, size_t i, size_t r, int bits) {
   if (bits == 8) return codes[i];
-  return (codes[i / 2] >> (4 * (i & 1))) & 0xFu;
+  unsigned q = (codes[i / 2] >> (4 * (i & 1))) & 0xFu;
+  if (bits > 4) {
+    const size_t nib = nibblePlaneBytes(r), plane = bitPlaneBytes(r);
+    for (int b = 4; b < bits; ++b) {
+      q |= ((codes[nib + static_cast<size_t>(b - 4) * plane + i / 8] >> (i % 8)) & 1u) << b;
+    }
+  }
+  return q;
 }
 
 // Decodes one group; Accumulate adds the decoded value to out (two roundings: decode, then add).
@@ -379,7 +401,7 @@ inline void decodeGroupScalar(GroupMeta m, const uint8_t* codes, size_t r, int b
   const float s = bf16Value(static_cast<uint16_t>(m.scale & 0x7FFFu));
   const float z = bf16Value(m.zero);
   for (size_t i = 0; i < r; ++i) {
-    const unsigned q = codeAt(codes, i, bits);
+    const unsigned q = codeAt(codes, i, r, bits);
     float v;
     if (flagged && q >= L - 3) {
       v = q == L - 1 ? bitsFloat(0x7FC00000u) : (q == L - 2 ? kInf : -kInf);

@@ -8,8 +8,8 @@
 namespace flashring::quant {
 
 void validate(const Config& cfg) {
-  if (cfg.bits != 4 && cfg.bits != 8) {
-    throw InvalidArgument("quant::Config: bits must be 4 or 8, got " + std::to_string(cfg.bits));
+  if (cfg.bits != 4 && cfg.bits != 5 && cfg.bits != 6 && cfg.bits != 8) {
+    throw InvalidArgument("quant::Config: bits must be 4, 5, 6 or 8, got " + std::to_string(cfg.bits));
   }
   if (cfg.group_size < kMinGroup || cfg.group_size > kMaxGroup || cfg.group_size % 32 != 0) {
     throw InvalidArgument("quant::Config: group_size must be a multiple of 32 in [" + std::to_string(kMinGroup) + ", " +

@@ -74,6 +74,13 @@ const detail::Kernels& checkedKernels(Isa isa) {
   return kernelsFor(isa);
 }
 
+// Kernels for a codec call: the AVX-512 file has no INT5/INT6 kernels (they are bit planes of AVX2 byte
+// codes), so those widths use the AVX2 ones on AVX-512 CPUs - the same bytes either way.
+const detail::Kernels& codecKernels(Isa isa, const Config& cfg) {
+  const detail::Kernels& k = checkedKernels(isa);
+  return (isa == Isa::Avx512 && detail::isPlanar(cfg.bits)) ? detail::kAvx2Kernels : k;
+}
+
 void checkCodecArgs(const void* src, const char* src_name, const void* dst, const char* dst_name, size_t n,
                     const Config& cfg) {
   validate(cfg);
@@ -140,7 +147,7 @@ void setActiveIsa(Isa isa) {
 
 void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
   checkCodecArgs(x, "x", out, "out", n, cfg);
-  const detail::Kernels& k = checkedKernels(isa);
+  const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
   if (cfg.spikes > 0) {
     detail::quantizeWithSpikes(isa, k, x, n, cfg, static_cast<uint8_t*>(out));
@@ -151,7 +158,7 @@ void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
 
 void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out) {
   checkCodecArgs(in, "in", out, "out", n, cfg);
-  const detail::Kernels& k = checkedKernels(isa);
+  const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
   if (cfg.spikes > 0) {
     detail::dequantizeWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, out);
@@ -162,7 +169,7 @@ void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out
 
 void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, float* acc) {
   checkCodecArgs(in, "in", acc, "acc", n, cfg);
-  const detail::Kernels& k = checkedKernels(isa);
+  const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
   if (cfg.spikes > 0) {
     detail::dequantizeAccumulateWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, acc);
