@@ -28,7 +28,7 @@ for tp in "${tps[@]}"; do
   if [ "${HEADLINE:-1}" != 0 ]; then
     hs=${HEADLINE_SPIKES:-0}
     run "tp${tp}_exact_full" --tp "$tp" --comm exact
-    for c in int8 int4 int4-int8; do
+    for c in int8 int6 int5 int4 int4-int8; do
       run "tp${tp}_${c}_g128_s${hs}_full" --tp "$tp" --comm $c --group-size 128 --spikes "$hs"
     done
   fi
@@ -39,6 +39,7 @@ for tp in "${tps[@]}"; do
     for g in 32 64 128 256 512 1024; do
       run "tp${tp}_int4_g${g}_s${s}_c$chunks" --tp "$tp" --comm int4 --group-size "$g" --chunks "$chunks" --spikes "$s"
       run "tp${tp}_int8_g${g}_s${s}_c$chunks" --tp "$tp" --comm int8 --group-size "$g" --chunks "$chunks" --spikes "$s"
+      run "tp${tp}_int6_g${g}_s${s}_c$chunks" --tp "$tp" --comm int6 --group-size "$g" --chunks "$chunks" --spikes "$s"
     done
   done
 done

@@ -1,7 +1,7 @@
 // Group-wise low-bit codecs for the Flash Communication all-reduce.
 //
 // A run of n fp32 values is cut into groups of g consecutive values (g a multiple of 32 in 32..4096,
-// default 128). Each group is stored as b-bit unsigned codes (b = 8 or 4) plus 4 bytes of metadata: a
+// default 128). Each group is stored as b-bit unsigned codes (b = 8, 6, 5 or 4) plus 4 bytes of metadata: a
 // scale s and a zero point z, both bf16. Decoding is one fused multiply-add, x = fma(q, s, z), computed in
 // fp32 with a single rounding, identical in the scalar reference and every SIMD version.
 //
@@ -19,6 +19,10 @@
 //   spike section                     only with Config::spikes = k > 0: G*k uint16 indices, then G*k fp32
 //                                     values (see "Spike reserving" below)
 // INT4 codes: value 2i of a group in the low nibble of the group's byte i, value 2i+1 in the high nibble.
+// INT5/INT6 codes (FlashCommunication V2's other widths; between INT4's accuracy and INT8's bytes): bit
+// planes. A group of r values stores the low 4 bits of its codes as INT4 does (ceil(r/2) bytes), then one
+// plane per further bit (bit 4, then bit 5 for INT6) of ceil(r/8) bytes: value i's bit in byte i/8, bit
+// i%8. A full group thus takes g*b/8 bytes; a partial one max(2, ceil(r/2) + (b-4)*ceil(r/8)) bytes.
 //
 // GroupMeta semantics (L = 2^b):
 //   scale bit 15 (sign) = "this group holds NaN or Inf". Then codes L-1, L-2, L-3 decode to NaN (the
@@ -95,7 +99,7 @@ inline constexpr int kMaxSpikes = 8;
 inline constexpr uint16_t kNoSpike = 0xFFFF;  // unused entry of a group's spike index list
 
 struct Config {
-  int bits = 8;          // 8 or 4
+  int bits = 8;          // 8, 6, 5 or 4
   int group_size = 128;  // multiple of 32 in [32, 4096]
   bool symmetric = false;
   int spikes = 0;  // 0..kMaxSpikes and < group_size: values per group kept exactly as fp32 (see above)

@@ -12,7 +12,7 @@ namespace flashring::cli {
 void addDemo(CLI::App& app) {
   auto* demo = app.add_subcommand(
       "demo",
-      "the main job on the embedded default: SmolLM2-135M on 4 in-process ranks, exact vs INT8 vs INT4 "
+      "the main job on the embedded default: SmolLM2-135M on 4 in-process ranks, exact vs INT8/INT6/INT4 "
       "tensor-parallel communication");
   demo->callback([] {
     const std::string text_path = "/usr/share/common-licenses/GPL-3";
@@ -39,7 +39,7 @@ void addDemo(CLI::App& app) {
 
     fmt::print(
         "2) Tensor parallel 4: TTFT of a 512-token prompt and perplexity of {} (2 windows of 512),\n"
-        "   with the TP all-reduces exact (fp32), Flash INT8 and Flash INT4 (group 128, two values per group kept\n"
+        "   with the TP all-reduces exact (fp32), Flash INT8, INT6 and INT4 (group 128, two values per group kept\n"
         "   in fp32: spike reserving):\n",
         text_path);
     std::fflush(stdout);
@@ -49,7 +49,7 @@ void addDemo(CLI::App& app) {
     };
     std::vector<Line> lines;
     const std::string prompt512 = text.substr(0, 2400);  // ~512 tokens
-    for (const char* comm : {"exact", "int8", "int4"}) {
+    for (const char* comm : {"exact", "int8", "int6", "int4"}) {
       ModelOptions mo;
       mo.tp = 4;
       mo.comm = comm;
