@@ -252,9 +252,26 @@ def main():
     ap.add_argument("--error-feedback", action="store_true")
     ap.add_argument("--tp", type=int, default=4)
     ap.add_argument("--chunks", default="0,4,8,12", help="windows of 512 of GPL-3 to score")
+    ap.add_argument("--sqnr", action="store_true",
+                    help="only print the SNR of every all-reduce output on the first window (median, min)")
     a = ap.parse_args()
     m = load()
     toks = tokens_of(m)
+    if a.sqnr:
+        c = Codec(a.bits, a.group, a.spikes, rot=a.rotate)
+        ch = list(toks[0:512])
+        ch[0] = int(m.metadata("tokenizer.ggml.bos_token_id"))
+        ex = Codec(bits=None)
+        st = []
+        forward(m, np.array(ch), a.tp, ex, ex, stats=st)
+        db = []
+        for _il, _kind, parts, exact, _y in st:
+            y = flash_allreduce(parts, c, c)
+            e = exact.astype(np.float64)
+            db.append(10 * np.log10(float((e ** 2).sum()) / float(((y - e) ** 2).sum())))
+        print(f"int{a.bits} g{a.group} s{a.spikes}: SNR of the {len(db)} all-reduce outputs: median "
+              f"{np.median(db):.1f} dB, min {min(db):.1f} dB")
+        return
     chunks = [int(c) for c in a.chunks.split(",")]
     ex = Codec(bits=None)
     t = time.time()

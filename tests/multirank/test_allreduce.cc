@@ -41,8 +41,8 @@ void expectReplicasIdentical(const std::vector<std::vector<float>>& res) {
 }
 
 const std::vector<std::string> kExactAlgos = {"ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16"};
-const std::vector<std::string> kFlashAlgos = {"flash-int8", "flash-int6", "flash-int5",
-                                               "flash-int4", "flash-int4-int8", "flash-int8-int4"};
+const std::vector<std::string> kFlashAlgos = {"flash-int8", "flash-int6",      "flash-int5",
+                                              "flash-int4", "flash-int4-int8", "flash-int8-int4"};
 
 }  // namespace
 
@@ -131,7 +131,8 @@ std::string spikeSweepName(const ::testing::TestParamInfo<SpikeParams>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Flash, AllreduceSpikesSweep,
-                         ::testing::Combine(::testing::Values("flash-int4", "flash-int4-int8", "flash-int6", "flash-int8"),
+                         ::testing::Combine(::testing::Values("flash-int4", "flash-int4-int8", "flash-int6",
+                                                              "flash-int8"),
                                             ::testing::Values(1, 4), ::testing::Values(1, 2, 3, 4, 7),
                                             ::testing::Values(size_t{0}, size_t{5}, size_t{1000}, size_t{65539})),
                          spikeSweepName);

@@ -361,7 +361,8 @@ TEST(QuantLayout, Int6AndInt5BitPlanesByHand) {
     for (unsigned i = 0; i < 32; ++i) {
       const unsigned q = static_cast<unsigned>(x[i]);
       expect[4 + i / 2] |= static_cast<uint8_t>((q & 0xFu) << (4 * (i % 2)));
-      for (int b = 4; b < bits; ++b) expect[4 + 16 + 4 * (b - 4) + i / 8] |= static_cast<uint8_t>(((q >> b) & 1u) << (i % 8));
+      for (int b = 4; b < bits; ++b)
+        expect[4 + 16 + 4 * (b - 4) + i / 8] |= static_cast<uint8_t>(((q >> b) & 1u) << (i % 8));
     }
     // A hand-written spot check of the rule above: value 1 = 10 (0b001010) -> high nibble of byte 0 = 0xA.
     ASSERT_EQ(expect[4] >> 4, 0xAu);

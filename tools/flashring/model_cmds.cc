@@ -25,8 +25,8 @@ namespace flashring::cli {
 
 AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes) {
   static const std::map<std::string, std::string> aliases = {
-      {"exact", "twostep-fp32"}, {"bf16", "twostep-bf16"},         {"int8", "flash-int8"},
-      {"int6", "flash-int6"},    {"int5", "flash-int5"},           {"int4", "flash-int4"},
+      {"exact", "twostep-fp32"},        {"bf16", "twostep-bf16"},        {"int8", "flash-int8"},
+      {"int6", "flash-int6"},           {"int5", "flash-int5"},          {"int4", "flash-int4"},
       {"int4-int8", "flash-int4-int8"}, {"int8-int4", "flash-int8-int4"}};
   auto it = aliases.find(comm);
   AllreduceOptions base;
@@ -49,9 +49,10 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
     app.add_option("--tp", tp, "tensor-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
     app.add_option("--sp", sp, "sequence-parallel degree")->check(CLI::Range(1, 256))->capture_default_str();
   }
-  app.add_option("--comm", comm,
-                 "TP all-reduce: exact (two-step fp32), bf16 (two-step bf16, the paper's baseline), int8, int6, int5, int4, "
-                 "int4-int8 (INT4 reduce-scatter, INT8 all-gather), int8-int4, auto, or any `bench allreduce` name")
+  app.add_option(
+         "--comm", comm,
+         "TP all-reduce: exact (two-step fp32), bf16 (two-step bf16, the paper's baseline), int8, int6, int5, int4, "
+         "int4-int8 (INT4 reduce-scatter, INT8 all-gather), int8-int4, auto, or any `bench allreduce` name")
       ->capture_default_str();
   app.add_option("--group-size", group_size, "quantization group size of the low-bit all-reduces")
       ->check(CLI::Range(32, 4096))
