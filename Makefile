@@ -46,7 +46,7 @@ tsan: deps
 	# and reports their writes to sgemm outputs as races with the rank thread that reads them afterwards.
 	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
-	  --gtest_filter='ThreadComm.*:Allreduce.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*'
+	  --gtest_filter='ThreadComm.*:Allreduce.*:AllreduceWithError.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*'
 
 sanitize: asan tsan
 

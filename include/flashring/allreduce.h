@@ -30,7 +30,7 @@ enum class Payload { F32, BF16 };
 
 struct AllreduceOptions {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;
-  Payload payload = Payload::F32;  // Ring and TwoStep
+  Payload payload = Payload::F32;               // Ring and TwoStep
   quant::Config reduce_scatter{8, 128, false};  // Quantized (and Auto above the threshold): step 1 codec
   quant::Config all_gather{8, 128, false};      // step 2 codec
   // TwoStep and Quantized: elements per pipeline chunk (0 = the whole buffer in one chunk).
@@ -47,13 +47,23 @@ struct AllreduceOptions {
 
 struct AllreduceStats {
   AllreduceAlgorithm algorithm = AllreduceAlgorithm::Auto;  // what actually ran (Auto resolved)
-  uint64_t wire_bytes = 0;   // payload bytes this rank sent
-  double codec_s = 0;        // time quantizing / converting / reducing on this rank
-  double wait_s = 0;         // time blocked waiting for messages on this rank
+  uint64_t wire_bytes = 0;                                  // payload bytes this rank sent
+  double codec_s = 0;                                       // time quantizing / converting / reducing on this rank
+  double wait_s = 0;                                        // time blocked waiting for messages on this rank
 };
 
 void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options = {},
                AllreduceStats* stats = nullptr);
+
+// allreduce() that also hands back the error this rank knows about, for error feedback: `error` (as many
+// floats as data, not aliasing it) receives, for each element of a slice this rank sent in the reduce-scatter,
+// its value minus what the slice's owner decoded, and for the slice it owns, the fp32 sum minus the result.
+// Summed over the ranks, `error` is the exact fp32 sum minus the result (up to the rounding of the sums), so
+// adding it to this rank's input of the next all-reduce into the same accumulator (a residual stream) cancels
+// this one's error there. Elements whose error is not finite (NaN/Inf inputs) get 0. TwoStep and Quantized
+// (and Auto) track it; Ring and Native leave `error` all zero; one rank: zero.
+void allreduceWithError(Communicator& comm, std::span<float> data, std::span<float> error,
+                        const AllreduceOptions& options = {}, AllreduceStats* stats = nullptr);
 
 // Named configurations used by the CLI and benchmarks: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16,
 // mpi, auto, flash-int8, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8 all-gather), flash-int8-int4.

@@ -108,6 +108,11 @@ struct EngineOptions {
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)
   int blas_threads = 0;  // > 0: set OpenBLAS's (process-wide) thread count at construction; 0: leave it alone
+  // Error feedback across the TP all-reduces of one forward pass: each rank adds the quantization error it
+  // knows of (allreduceWithError) to its partial of the next all-reduce, so the residual stream carries the
+  // error of the latest all-reduce only, not the sum of all of them. Off: plain allreduce(). It changes
+  // nothing with exact communication but rounding; replicas stay bitwise identical either way.
+  bool error_feedback = false;
   // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data.
   std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
 };

@@ -8,10 +8,11 @@
 namespace flashring::detail {
 
 void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
+// error: nullptr, or data.size() floats that receive this rank's share of the error (see allreduceWithError).
 void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
-                      AllreduceStats& stats);
+                      AllreduceStats& stats, float* error = nullptr);
 void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
-                        AllreduceStats& stats);
+                        AllreduceStats& stats, float* error = nullptr);
 
 // Element alignment of slice boundaries for the exact algorithms (a cache line of fp32).
 inline constexpr size_t kSliceAlign = 16;

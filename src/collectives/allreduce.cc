@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include "collectives/algorithms.h"
@@ -30,9 +31,28 @@ void validate(const AllreduceOptions& o, int rank) {
     throw InvalidArgument(fmt::format("allreduce options: {}", e.what()), rank);
   }
 }
+void allreduceImpl(Communicator& comm, std::span<float> data, float* error, const AllreduceOptions& options,
+                   AllreduceStats* stats);
 }  // namespace
 
 void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats* stats) {
+  allreduceImpl(comm, data, nullptr, options, stats);
+}
+
+void allreduceWithError(Communicator& comm, std::span<float> data, std::span<float> error,
+                        const AllreduceOptions& options, AllreduceStats* stats) {
+  if (error.size() != data.size())
+    throw InvalidArgument(fmt::format("allreduceWithError: error has {} elements, data {}", error.size(), data.size()),
+                          comm.rank());
+  if (!error.empty() && (error.data() < data.data() + data.size() && data.data() < error.data() + error.size()))
+    throw InvalidArgument("allreduceWithError: error overlaps data", comm.rank());
+  std::fill(error.begin(), error.end(), 0.f);
+  allreduceImpl(comm, data, error.empty() ? nullptr : error.data(), options, stats);
+}
+
+namespace {
+void allreduceImpl(Communicator& comm, std::span<float> data, float* error, const AllreduceOptions& options,
+                   AllreduceStats* stats) {
   AllreduceStats local;
   AllreduceStats& st = stats ? *stats : local;
   st = AllreduceStats{};
@@ -56,10 +76,10 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
         detail::ringAllreduce(comm, data, payload, st);
         break;
       case AllreduceAlgorithm::TwoStep:
-        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st);
+        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st, error);
         break;
       case AllreduceAlgorithm::Quantized:
-        detail::quantizedAllreduce(comm, data, options, st);
+        detail::quantizedAllreduce(comm, data, run, st, error);
         break;
       case AllreduceAlgorithm::Native: {
         if (options.check_sizes) checkSameOnAllRanks(comm, data.size(), "allreduce element count");
@@ -73,6 +93,7 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
   });
   st.wire_bytes = comm.bytesSent() - sent0;
 }
+}  // namespace
 
 std::string allreduceAlgorithmName(AllreduceAlgorithm a) {
   switch (a) {

@@ -17,6 +17,7 @@
 // whose buffer size differs from its peers' is named in the error instead of corrupting a sum.
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -73,8 +74,11 @@ static_assert(sizeof(Header) == 16);
 }  // namespace
 
 namespace {
+// error (nullable, data.size() floats): this rank's share of the error of the result. For a slice j sent to
+// rank j: the value minus what rank j decodes of it; for its own slice: the fp32 sum minus the decoded
+// all-gather value. Summed over the ranks, that is the exact fp32 sum minus the result.
 void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
-                      AllreduceStats& stats) {
+                      AllreduceStats& stats, float* error) {
   const int n_ranks = comm.size(), me = comm.rank();
   const size_t N = static_cast<size_t>(n_ranks);
   const size_t n = data.size();
@@ -160,6 +164,15 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
         Stopwatch w(stats.codec_s);
         writeHeader(buf, c);
         c1.encode(data.data() + r.begin, r.size(), buf + sizeof(Header));
+        if (error != nullptr) {  // what rank j will decode, subtracted from what this rank meant
+          float* e = error + r.begin;
+          const float* x = data.data() + r.begin;
+          c1.decode(buf + sizeof(Header), r.size(), e);
+          for (size_t t = 0; t < r.size(); ++t) {
+            const float d = x[t] - e[t];
+            e[t] = std::isfinite(d) ? d : 0.f;  // NaN/Inf travel exactly; nothing to carry
+          }
+        }
       }
       rs_send[k] = comm.isend(buf, rsBytes(c, j), j, t1);
       comm.progress();
@@ -191,6 +204,13 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       c2.encode(acc, m, buf + sizeof(Header));
       // The owner keeps the decoded bytes it sends (replica consistency).
       c2.decode(buf + sizeof(Header), m, data.data() + mine.begin);
+      if (error != nullptr) {
+        const float* y = data.data() + mine.begin;
+        for (size_t i = 0; i < m; ++i) {
+          const float d = acc[i] - y[i];
+          error[mine.begin + i] = std::isfinite(d) ? d : 0.f;
+        }
+      }
     }
     for (int i = 1; i < n_ranks; ++i) {
       const int p = (me + i) % n_ranks;
@@ -223,15 +243,16 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
 
 }  // namespace
 
-void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats) {
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats,
+                        float* error) {
   pipelinedTwoStep(comm, data, Codec{Codec::Quant, opt.reduce_scatter}, Codec{Codec::Quant, opt.all_gather},
-                   opt.chunk_elems, stats);
+                   opt.chunk_elems, stats, error);
 }
 
 void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
-                      AllreduceStats& stats) {
+                      AllreduceStats& stats, float* error) {
   const Codec c{payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
-  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats);
+  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats, error);
 }
 
 }  // namespace flashring::detail

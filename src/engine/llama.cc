@@ -346,6 +346,7 @@ struct LlamaEngine::Impl {
 
   // Scratch.
   std::vector<float> x, h, q, att, o, g, u;
+  std::vector<float> carry;  // error feedback (EngineOptions::error_feedback)
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
       : world(wc), w(std::move(weights)), opts(o_), cfg(w->cfg), shard(w->shard) {
@@ -399,7 +400,14 @@ struct LlamaEngine::Impl {
   void tpAllreduce(int layer, int which, float* data, size_t n) {
     if (opts.tp > 1) {
       AllreduceStats as;
-      allreduce(*tp_comm, std::span<float>(data, n), opts.allreduce, &as);
+      if (opts.error_feedback) {
+        // carry: this rank's share of the previous all-reduce's error in this forward pass (zero at its start).
+        if (carry.size() != n) carry.assign(n, 0.f);
+        for (size_t i = 0; i < n; ++i) data[i] += carry[i];
+        allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry), opts.allreduce, &as);
+      } else {
+        allreduce(*tp_comm, std::span<float>(data, n), opts.allreduce, &as);
+      }
       st.quant_s += as.codec_s;
       st.comm_s += as.wait_s;
       ++st.allreduces;
@@ -417,6 +425,7 @@ struct LlamaEngine::Impl {
     const size_t qdim = static_cast<size_t>(H) * hd, kvdim = static_cast<size_t>(kvh) * hd;
     const bool am_owner = !decode || sp_rank == owner;
     x.assign(static_cast<size_t>(len) * D, 0.f);
+    carry.assign(opts.error_feedback ? x.size() : 0, 0.f);
     for (int64_t t = 0; t < len; ++t) w->embed(tokens[t], x.data() + t * D);
     h.resize(std::max<size_t>(x.size(), 1));
     q.resize(std::max<size_t>(len * qdim, 1));

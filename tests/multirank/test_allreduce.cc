@@ -379,3 +379,79 @@ TEST(Allreduce, NativeIsRefusedClearlyOnTheThreadTransport) {
     }
   }
 }
+
+// allreduceWithError: the data come out exactly as allreduce() leaves them, and the ranks' errors add up to the
+// exact sum minus the result (so carrying them into the next all-reduce cancels this one's error there).
+TEST(AllreduceWithError, ErrorsSumToExactMinusResult) {
+  for (const char* name :
+       {"flash-int4", "flash-int6", "flash-int8", "flash-int4-int8", "twostep-bf16", "twostep-fp32"}) {
+    for (int ranks : {2, 3, 4}) {
+      for (size_t n : {size_t{1}, size_t{1000}, size_t{65539}}) {
+        SCOPED_TRACE(fmt::format("{} ranks {} n {}", name, ranks, n));
+        AllreduceOptions o = allreduceOptionsFromName(name);
+        o.chunk_elems = 4096;
+        const auto plain = runAllreduce(ranks, n, o);
+        std::vector<std::vector<float>> res(static_cast<size_t>(ranks)), err(static_cast<size_t>(ranks));
+        runThreadRanks(ranks, [&](Communicator& c) {
+          auto x = testref::rankInput(c.rank(), n);
+          std::vector<float> e(n, 123.f);  // overwritten
+          allreduceWithError(c, x, e, o);
+          res[static_cast<size_t>(c.rank())] = std::move(x);
+          err[static_cast<size_t>(c.rank())] = std::move(e);
+        });
+        expectReplicasIdentical(res);
+        ASSERT_TRUE(testref::sameBits(res[0], plain[0])) << "error tracking changed the result";
+        const auto exact = testref::exactSum(ranks, n);
+        const auto mag = testref::absSum(ranks, n);
+        double worst = 0, total = 0;
+        for (size_t i = 0; i < n; ++i) {
+          double e = 0, e_abs = 0;
+          for (int r = 0; r < ranks; ++r) {
+            e += err[static_cast<size_t>(r)][i];
+            e_abs += std::fabs(err[static_cast<size_t>(r)][i]);
+          }
+          const double miss = exact[i] - res[0][i];  // the result's true error
+          // What is left is the fp32 rounding of the owner's sum, whose terms (decoded values) are bounded by
+          // the inputs' magnitudes plus the errors, and of the error subtractions.
+          worst = std::max(worst, std::fabs(miss - e) / (mag[i] + e_abs + 1e-30));
+          total += std::fabs(miss);
+        }
+        EXPECT_LT(worst, 4 * ranks * std::ldexp(1.0, -23));
+        if (std::string(name) != "twostep-fp32" && n >= 1000) {  // (one value is a constant group: exact)
+          EXPECT_GT(total, 0.0) << "nothing was quantized";
+        }
+      }
+    }
+  }
+}
+
+TEST(AllreduceWithError, UntrackedAlgorithmsAndBadArguments) {
+  runThreadRanks(3, [](Communicator& c) {
+    std::vector<float> x(5000, 1.5f + static_cast<float>(c.rank())), e(5000, 7.f);
+    allreduceWithError(c, x, e, allreduceOptionsFromName("ring-bf16"));
+    EXPECT_EQ(x[17], 7.5f);
+    for (float v : e) ASSERT_EQ(v, 0.f) << "ring does not track its error: zeros";
+    std::vector<float> short_e(10);
+    EXPECT_THROW(allreduceWithError(c, x, short_e, allreduceOptionsFromName("flash-int4")), InvalidArgument);
+    EXPECT_THROW(allreduceWithError(c, x, std::span<float>(x.data() + 1, x.size()).first(x.size() - 1),
+                                    allreduceOptionsFromName("flash-int4")),
+                 InvalidArgument);
+  });
+}
+
+TEST(AllreduceWithError, NonFiniteValuesCarryNothing) {
+  runThreadRanks(2, [](Communicator& c) {
+    std::vector<float> x(256, 0.25f * static_cast<float>(c.rank() + 1)), e(256, 1.f);
+    for (size_t i = 0; i < x.size(); i += 7) x[i] = 0.1f * static_cast<float>(i);
+    x[3] = c.rank() == 0 ? std::numeric_limits<float>::quiet_NaN() : 1.f;
+    x[200] = std::numeric_limits<float>::infinity();
+    allreduceWithError(c, x, e, allreduceOptionsFromName("flash-int4"));
+    EXPECT_TRUE(std::isnan(x[3]));
+    EXPECT_EQ(x[200], std::numeric_limits<float>::infinity());
+    for (float v : e) ASSERT_TRUE(std::isfinite(v));
+    if (c.rank() == 0) {
+      EXPECT_EQ(e[3], 0.f);  // its NaN (rank 1's finite 1.0 has an ordinary error)
+    }
+    EXPECT_EQ(e[200], 0.f);  // Inf on both
+  });
+}

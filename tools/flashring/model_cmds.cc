@@ -62,6 +62,9 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
                  "massive activations of LLaMA-family models); 0 = plain group-wise quantization")
       ->check(CLI::Range(0, 8))
       ->capture_default_str();
+  app.add_flag("--error-feedback", error_feedback,
+               "carry each rank's quantization error of a TP all-reduce into its next one (the residual stream then "
+               "holds one all-reduce's error instead of the sum of all; ~halves INT4's perplexity loss)");
   app.add_option("--attn", attn, "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv")
       ->check(CLI::IsMember({"auto", "tokenring", "ring-kv", "ulysses", "allgather-kv"}))
       ->capture_default_str();
@@ -84,6 +87,7 @@ EngineOptions ModelOptions::engineOptions() const {
   e.tp = tp;
   e.sp = sp;
   e.allreduce = commOptions(comm, group_size, spikes);
+  e.error_feedback = error_feedback;
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -299,6 +303,7 @@ nlohmann::json commonJson(const ModelOptions& mo) {
           {"comm", mo.comm},
           {"group_size", mo.group_size},
           {"spikes", mo.spikes},
+          {"error_feedback", mo.error_feedback},
           {"attn", mo.attn},
           {"layout", mo.layout},
           {"transport", mo.transport.transport},
@@ -371,11 +376,11 @@ void addPerplexity(CLI::App& app) {
     const PplResult r = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true);
     if (!r.root) return;
     fmt::print(
-        "tp {} x sp {}, comm {} (group {}, spikes {}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication "
+        "tp {} x sp {}, comm {} (group {}, spikes {}{}): {} scored tokens in {:.1f} s ({:.1f} tok/s); communication "
         "{:.1f} s, "
         "quantization {:.1f} s (mean over ranks); wire {:.1f} MB\n",
-        mo->tp, mo->sp, mo->comm, mo->group_size, mo->spikes, r.tokens, r.seconds,
-        static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s, r.quant_s, r.wire_bytes / 1e6);
+        mo->tp, mo->sp, mo->comm, mo->group_size, mo->spikes, mo->error_feedback ? ", error feedback" : "", r.tokens,
+        r.seconds, static_cast<double>(r.chunks * *n_ctx) / r.seconds, r.comm_s, r.quant_s, r.wire_bytes / 1e6);
     if (!mo->json.empty()) {
       nlohmann::json j = commonJson(*mo);
       j.update({{"ppl", r.ppl},

@@ -17,7 +17,8 @@ struct ModelOptions {
   int tp = 1, sp = 1;
   std::string comm = "exact";
   int group_size = 128;
-  int spikes = 2;  // spike reserving on by default for models: their massive activations need it (README)
+  int spikes = 2;               // spike reserving on by default for models: their massive activations need it (README)
+  bool error_feedback = false;  // EngineOptions::error_feedback
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
