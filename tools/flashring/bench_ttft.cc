@@ -211,8 +211,9 @@ void run(const Config& cfg) {
   // Print the table: the first --comms entry is the baseline of each grid.
   fmt::print(
       "# model: {}\n# prompt: {} tokens of {}; TTFT = median over {} (slowest rank), breakdown = mean over "
-      "ranks\n",
-      model_desc, cfg.prompt_tokens, cfg.text, cfg.iters);
+      "ranks\n# low-bit all-reduces: group {}, {} spikes per group, error feedback {}\n",
+      model_desc, cfg.prompt_tokens, cfg.text, cfg.iters, cfg.mo.group_size, cfg.mo.spikes,
+      cfg.mo.error_feedback ? "on" : "off");
   fmt::print("{:>6} {:>10} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>11} {:>10} {:>5} {:>8}\n", "grid", "comm",
              "ttft_ms", "prefill/s", "compute", "quant", "comm", "attn", "wire_MB/rk", "max_err", "top1", "speedup");
   std::map<std::string, double> base;
@@ -253,6 +254,7 @@ void run(const Config& cfg) {
                      {"comm", r.comm},
                      {"group_size", cfg.mo.group_size},
                      {"spikes", cfg.mo.spikes},
+                     {"error_feedback", cfg.mo.error_feedback},
                      {"attn", cfg.mo.attn},
                      {"attn_ran", r.scheme},
                      {"prompt_tokens", cfg.prompt_tokens},
