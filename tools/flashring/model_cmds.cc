@@ -331,12 +331,13 @@ void addRun(CLI::App& app) {
     const double prefill_tps = r.ttft_s > 0 ? static_cast<double>(r.prompt_tokens) / r.ttft_s : 0;
     const double decode_tps = r.decode_s > 0 && r.generated > 1 ? static_cast<double>(r.generated - 1) / r.decode_s : 0;
     fmt::print(
-        "\nmodel: {}\nplan: tp {} x sp {} on {} ranks ({}), comm {} (group {}, spikes {}), attention {}{}\n"
+        "\nmodel: {}\nplan: tp {} x sp {} on {} ranks ({}), comm {} (group {}, spikes {}{}), attention {}{}\n"
         "prompt {} tokens, generated {}\n"
         "TTFT {:.1f} ms  prefill {:.1f} tok/s  decode {:.2f} tok/s\n"
         "prefill breakdown (mean over ranks): compute {:.1f} ms (attention {:.1f}), quantization {:.1f} ms, "
         "communication {:.1f} ms; wire {:.2f} MB (all ranks; {:.2f} MB with decode)\n",
-        r.model, mo->tp, mo->sp, mo->ranks(), mo->transport.transport, mo->comm, mo->group_size, mo->spikes, mo->attn,
+        r.model, mo->tp, mo->sp, mo->ranks(), mo->transport.transport, mo->comm, mo->group_size, mo->spikes,
+        mo->error_feedback ? ", error feedback" : "", mo->attn,
         mo->sp > 1 ? fmt::format(" -> {}", spSchemeName(r.scheme)) : std::string(), r.prompt_tokens, r.generated,
         r.ttft_s * 1e3, prefill_tps, decode_tps, r.compute_s * 1e3, r.attn_s * 1e3, r.quant_s * 1e3, r.comm_s * 1e3,
         r.prefill_wire_bytes / 1e6, r.wire_bytes / 1e6);
