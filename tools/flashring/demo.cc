@@ -39,8 +39,8 @@ void addDemo(CLI::App& app) {
 
     fmt::print(
         "2) Tensor parallel 4: TTFT of a 512-token prompt and perplexity of {} (2 windows of 512),\n"
-        "   with the TP all-reduces exact (fp32), Flash INT8, INT6 and INT4 (group 128, two values per group kept\n"
-        "   in fp32: spike reserving):\n",
+        "   with the TP all-reduces exact (fp32) and Flash INT8 / INT6 / INT5 / INT4 (group 128, two values per group\n"
+        "   kept in fp32: spike reserving):\n",
         text_path);
     std::fflush(stdout);
     struct Line {
@@ -49,20 +49,29 @@ void addDemo(CLI::App& app) {
     };
     std::vector<Line> lines;
     const std::string prompt512 = text.substr(0, 2400);  // ~512 tokens
-    for (const char* comm : {"exact", "int8", "int6", "int4"}) {
+    const struct {
+      const char* comm;
+      bool error_feedback;
+    } rows[] = {{"exact", false}, {"int8", false}, {"int6", false}, {"int5", true}, {"int4", false}, {"int4", true}};
+    for (const auto& row : rows) {
       ModelOptions mo;
       mo.tp = 4;
-      mo.comm = comm;
+      mo.comm = row.comm;
+      mo.error_feedback = row.error_feedback;
+      const std::string name = std::string(row.comm) + (row.error_feedback ? "+EF" : "");
       const RunResult g = runGenerate(mo, prompt512, 1, false);
       const PplResult p = runPerplexity(mo, text, 512, 2, false);
-      lines.push_back({comm, g.ttft_s * 1e3, p.ppl, g.prefill_wire_bytes / 4e6});
-      fmt::print("   {} done\n", comm);
+      lines.push_back({name, g.ttft_s * 1e3, p.ppl, g.prefill_wire_bytes / 4e6});
+      fmt::print("   {} done\n", name);
       std::fflush(stdout);
     }
-    fmt::print("\n   {:<7} {:>9} {:>14} {:>11} {:>12}\n", "comm", "TTFT ms", "MB/rank/pass", "perplexity", "vs exact");
+    fmt::print("\n   {:<8} {:>9} {:>14} {:>11} {:>12}\n", "comm", "TTFT ms", "MB/rank/pass", "perplexity", "vs exact");
     for (const Line& l : lines)
-      fmt::print("   {:<7} {:>9.0f} {:>14.2f} {:>11.4f} {:>+11.3f}%\n", l.comm, l.ttft_ms, l.wire_mb, l.ppl,
+      fmt::print("   {:<8} {:>9.0f} {:>14.2f} {:>11.4f} {:>+11.3f}%\n", l.comm, l.ttft_ms, l.wire_mb, l.ppl,
                  100.0 * (l.ppl / lines[0].ppl - 1.0));
+    fmt::print(
+        "\n   +EF: error feedback (--error-feedback): each rank carries the quantization error it knows of into its\n"
+        "   next all-reduce, so the residual stream holds one all-reduce's error instead of the sum of all.\n");
     fmt::print(
         "\n   Here the ranks share memory, so a 'link' is a memcpy and fewer bytes barely change TTFT. On real links\n"
         "   the bytes are the time: see `flashring bench ttft --transport mpi` under bench/netem/run.sh (README).\n");
