@@ -9,7 +9,7 @@ partials with a model of the Flash two-step all-reduce: slice j of every rank's 
 and everyone uses the decoded result. The codec model is group-wise asymmetric min/max (fp32 scale/zero, not
 the engine's bf16 ones), with k spikes per group kept exactly, optional per-group randomized Hadamard
 rotation and optional MSE-searched clipping. --error-feedback carries each rank's locally known
-quantization error into its next all-reduce's partial (see issue 4's note).
+quantization error into its next all-reduce's partial (the engine's --error-feedback, found here first).
 
 What it showed (4 windows of 512, TP4, exact 15.2325), for the record:
   int4 g128 s2 +11.1% (the engine: +11.7% on the whole text), + Hadamard +11.3%, + MSE clip +11.0%,
