@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -36,6 +37,36 @@ bool sameOnAllRanks(uint64_t h) {
 }  // namespace
 
 class MpiAllreduce : public MpiTest, public ::testing::WithParamInterface<std::string> {};
+class MpiAllreduceWithError : public MpiTest {};
+
+// Across processes: the errors the ranks report add up to the exact sum minus the result.
+TEST_F(MpiAllreduceWithError, ErrorsSumToExactMinusResult) {
+  for (const char* name : {"flash-int4", "flash-int6", "twostep-bf16"}) {
+    const size_t n = 20011;
+    AllreduceOptions o = allreduceOptionsFromName(name);
+    o.chunk_elems = 8192;
+    auto x = testref::rankInput(rank(), n);
+    std::vector<float> e(n);
+    allreduceWithError(comm(), x, e, o);
+    EXPECT_TRUE(sameOnAllRanks(hashOf(x))) << name;
+    std::vector<double> e64(e.begin(), e.end()), sum(n), abs64(n), sum_abs(n);
+    for (size_t i = 0; i < n; ++i) abs64[i] = std::fabs(e64[i]);
+    MPI_Allreduce(e64.data(), sum.data(), static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(abs64.data(), sum_abs.data(), static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    const auto exact = testref::exactSum(size(), n);
+    const auto mag = testref::absSum(size(), n);
+    double worst = 0, total = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double miss = exact[i] - x[i];
+      worst = std::max(worst, std::fabs(miss - sum[i]) / (mag[i] + sum_abs[i] + 1e-30));
+      total += std::fabs(miss);
+    }
+    EXPECT_LT(worst, 4 * size() * std::ldexp(1.0, -23)) << name;
+    if (size() > 1) {
+      EXPECT_GT(total, 0.0) << name;
+    }
+  }
+}
 class MpiAllreduceErrors : public MpiTest {};
 
 TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {

@@ -89,6 +89,12 @@ TEST_F(MpiEngineComm, QuantizedAllreduceKeepsTpRanksIdentical) {
   const Result r = runEngine(comm(), f.gguf_path, o, f.tokens);
   checkSameOnAllRanks(comm(), h, "hash of every TP all-reduce result");
   EXPECT_EQ(r.greedy.size(), 7u);
+  // With error feedback every process carries a different error, and the results still agree bit for bit.
+  h = 1469598103934665603ull;
+  o.error_feedback = true;
+  const Result r_ef = runEngine(comm(), f.gguf_path, o, f.tokens);
+  checkSameOnAllRanks(comm(), h, "hash of every TP all-reduce result, error feedback");
+  EXPECT_EQ(r_ef.greedy.size(), 7u);
 }
 
 TEST_F(MpiEngineComm, MismatchedPromptFailsEveryRank) {
