@@ -182,11 +182,14 @@ def plot_ppl(rows, out):
             ax.axhline(e["ppl"], linestyle=":", color="gray")
             ax.text(32, e["ppl"], f" exact, tp {tp}", va="bottom", fontsize=8, color="gray")
         for comm in sorted({r["comm"] for r in rows} - {"exact", "twostep-fp32"}):
-            for spikes in sorted({r.get("spikes", 0) for r in rows}):
+            variants = sorted({(r.get("spikes", 0), bool(r.get("error_feedback", False))) for r in rows})
+            for spikes, ef in variants:
                 pts = sorted((r["group_size"], r["ppl"]) for r in rows
-                             if r["tp"] == tp and r["comm"] == comm and r.get("spikes", 0) == spikes)
+                             if r["tp"] == tp and r["comm"] == comm and r.get("spikes", 0) == spikes
+                             and bool(r.get("error_feedback", False)) == ef)
                 if pts:
-                    lab = f"{comm}, tp {tp}" + (f", {spikes} spikes/group" if spikes else "")
+                    lab = (f"{comm}, tp {tp}" + (f", {spikes} spikes/group" if spikes else "")
+                           + (", error feedback" if ef else ""))
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
