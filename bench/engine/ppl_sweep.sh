@@ -4,7 +4,8 @@
 # Env: CHUNKS (windows of 512 for the group-size curve, default 4; the headline rows use the whole text),
 #      HEADLINE (0 skips the whole-text rows), HEADLINE_SPIKES (spikes of the headline rows, default 0),
 #      CURVE (0 skips the group-size curve),
-#      SPIKES (spike-reserving values per group for the curve, default "0"), FLASHRING (the binary).
+#      SPIKES (spike-reserving values per group for the curve, default "0"), EF (1: every low-bit row with
+#      --error-feedback, names suffixed _ef), FLASHRING (the binary).
 # Writes OUTDIR/ppl_*.json (one `flashring perplexity --json` object each) and OUTDIR/ppl_sweep.txt;
 # `python3 bench/plot.py OUTDIR/ppl_*.json` draws perplexity vs group size.
 set -euo pipefail
@@ -16,12 +17,19 @@ chunks=${CHUNKS:-4}
 mkdir -p "$out"
 log="$out/ppl_sweep.txt"
 : >"$log"
+ef=()
+[ "${EF:-0}" = 1 ] && ef=(--error-feedback)
 run() {  # name, args...
   local name=$1
   shift
+  local extra=()
+  if [ ${#ef[@]} -gt 0 ] && [[ "$name" != *exact* ]]; then
+    extra=("${ef[@]}")
+    name="${name}_ef"
+  fi
   local line
-  line=$("$bin" perplexity -c 512 --json "$out/ppl_$name.json" "$@" | grep "Final estimate")
-  echo "$name: $line ($*)" | tee -a "$log"
+  line=$("$bin" perplexity -c 512 --json "$out/ppl_$name.json" "$@" "${extra[@]}" | grep "Final estimate")
+  echo "$name: $line ($* ${extra[*]})" | tee -a "$log"
 }
 for tp in "${tps[@]}"; do
   # Headline rows: the whole text.

@@ -66,7 +66,8 @@ void allreduceWithError(Communicator& comm, std::span<float> data, std::span<flo
                         const AllreduceOptions& options = {}, AllreduceStats* stats = nullptr);
 
 // Named configurations used by the CLI and benchmarks: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16,
-// mpi, auto, flash-int8, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8 all-gather), flash-int8-int4.
+// mpi, auto, flash-int8, flash-int6, flash-int5, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8
+// all-gather), flash-int8-int4.
 // Group size, symmetry and spikes (quant::Config::spikes) of both stages come from `base`. Throws
 // InvalidArgument listing the valid names.
 AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base = {});
