@@ -31,26 +31,7 @@ void validate(const AllreduceOptions& o, int rank) {
     throw InvalidArgument(fmt::format("allreduce options: {}", e.what()), rank);
   }
 }
-void allreduceImpl(Communicator& comm, std::span<float> data, float* error, const AllreduceOptions& options,
-                   AllreduceStats* stats);
-}  // namespace
 
-void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats* stats) {
-  allreduceImpl(comm, data, nullptr, options, stats);
-}
-
-void allreduceWithError(Communicator& comm, std::span<float> data, std::span<float> error,
-                        const AllreduceOptions& options, AllreduceStats* stats) {
-  if (error.size() != data.size())
-    throw InvalidArgument(fmt::format("allreduceWithError: error has {} elements, data {}", error.size(), data.size()),
-                          comm.rank());
-  if (!error.empty() && (error.data() < data.data() + data.size() && data.data() < error.data() + error.size()))
-    throw InvalidArgument("allreduceWithError: error overlaps data", comm.rank());
-  std::fill(error.begin(), error.end(), 0.f);
-  allreduceImpl(comm, data, error.empty() ? nullptr : error.data(), options, stats);
-}
-
-namespace {
 void allreduceImpl(Communicator& comm, std::span<float> data, float* error, const AllreduceOptions& options,
                    AllreduceStats* stats) {
   AllreduceStats local;
@@ -94,6 +75,21 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
   st.wire_bytes = comm.bytesSent() - sent0;
 }
 }  // namespace
+
+void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats* stats) {
+  allreduceImpl(comm, data, nullptr, options, stats);
+}
+
+void allreduceWithError(Communicator& comm, std::span<float> data, std::span<float> error,
+                        const AllreduceOptions& options, AllreduceStats* stats) {
+  if (error.size() != data.size())
+    throw InvalidArgument(fmt::format("allreduceWithError: error has {} elements, data {}", error.size(), data.size()),
+                          comm.rank());
+  if (!error.empty() && (error.data() < data.data() + data.size() && data.data() < error.data() + error.size()))
+    throw InvalidArgument("allreduceWithError: error overlaps data", comm.rank());
+  std::fill(error.begin(), error.end(), 0.f);
+  allreduceImpl(comm, data, error.empty() ? nullptr : error.data(), options, stats);
+}
 
 std::string allreduceAlgorithmName(AllreduceAlgorithm a) {
   switch (a) {

@@ -66,6 +66,15 @@ struct Codec {
   }
 };
 
+// err[i] = want[i] - got[i], or 0 where that is not finite (NaN/Inf travel exactly: nothing to carry). err may
+// alias got.
+void storeError(const float* want, const float* got, size_t n, float* err) {
+  for (size_t i = 0; i < n; ++i) {
+    const float d = want[i] - got[i];
+    err[i] = std::isfinite(d) ? d : 0.f;
+  }
+}
+
 struct Header {
   uint64_t count;
   uint64_t chunk;
@@ -164,14 +173,9 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
         Stopwatch w(stats.codec_s);
         writeHeader(buf, c);
         c1.encode(data.data() + r.begin, r.size(), buf + sizeof(Header));
-        if (error != nullptr) {  // what rank j will decode, subtracted from what this rank meant
-          float* e = error + r.begin;
-          const float* x = data.data() + r.begin;
-          c1.decode(buf + sizeof(Header), r.size(), e);
-          for (size_t t = 0; t < r.size(); ++t) {
-            const float d = x[t] - e[t];
-            e[t] = std::isfinite(d) ? d : 0.f;  // NaN/Inf travel exactly; nothing to carry
-          }
+        if (error != nullptr) {  // what this rank meant minus what rank j will decode
+          c1.decode(buf + sizeof(Header), r.size(), error + r.begin);
+          storeError(data.data() + r.begin, error + r.begin, r.size(), error + r.begin);
         }
       }
       rs_send[k] = comm.isend(buf, rsBytes(c, j), j, t1);
@@ -204,13 +208,7 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       c2.encode(acc, m, buf + sizeof(Header));
       // The owner keeps the decoded bytes it sends (replica consistency).
       c2.decode(buf + sizeof(Header), m, data.data() + mine.begin);
-      if (error != nullptr) {
-        const float* y = data.data() + mine.begin;
-        for (size_t i = 0; i < m; ++i) {
-          const float d = acc[i] - y[i];
-          error[mine.begin + i] = std::isfinite(d) ? d : 0.f;
-        }
-      }
+      if (error != nullptr) storeError(acc, data.data() + mine.begin, m, error + mine.begin);
     }
     for (int i = 1; i < n_ranks; ++i) {
       const int p = (me + i) % n_ranks;

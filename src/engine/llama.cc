@@ -401,8 +401,7 @@ struct LlamaEngine::Impl {
     if (opts.tp > 1) {
       AllreduceStats as;
       if (opts.error_feedback) {
-        // carry: this rank's share of the previous all-reduce's error in this forward pass (zero at its start).
-        if (carry.size() != n) carry.assign(n, 0.f);
+        // carry: this rank's share of the previous all-reduce's error in this forward pass (zeroed by blocks()).
         for (size_t i = 0; i < n; ++i) data[i] += carry[i];
         allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry), opts.allreduce, &as);
       } else {

@@ -123,6 +123,13 @@ struct FastCoder {
 // Two codes (each <= 15) per 16-bit word -> one byte: low nibble = even value, high nibble = odd value.
 inline __m256i nibblePairs(__m256i q) { return _mm256_maddubs_epi16(q, _mm256_set1_epi16(0x1001)); }
 
+// 32 codes (each <= 15) -> 16 bytes of nibble pairs at dst.
+inline void storeNibbles32(uint8_t* dst, __m256i q) {
+  const __m256i w = nibblePairs(q);
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm256_castsi256_si128(packed));
+}
+
 // Bit `b` of each of 32 byte codes, value i in bit i (the bit-plane layout of INT5/INT6 codes).
 template <int B>
 inline uint32_t bitPlane32(__m256i q) {
@@ -139,9 +146,7 @@ inline void encodeFastGroupT(const float* x, size_t g, const GroupParams& p, uin
     const __m256i low = _mm256_set1_epi8(0x0F);
     for (size_t i = 0; i < g; i += 32) {
       const __m256i q = coder.codes32(x + i);
-      const __m256i w = nibblePairs(_mm256_and_si256(q, low));
-      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i / 2), _mm256_castsi256_si128(packed));
+      storeNibbles32(codes + i / 2, _mm256_and_si256(q, low));
       const uint32_t b4 = bitPlane32<4>(q);
       __builtin_memcpy(codes + nib + i / 8, &b4, 4);
       if constexpr (Bits == 6) {
@@ -161,11 +166,7 @@ inline void encodeFastGroupT(const float* x, size_t g, const GroupParams& p, uin
       const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w0, w1), 0xD8);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + i / 2), packed);
     }
-    if (i < g) {  // g % 64 == 32
-      const __m256i w = nibblePairs(coder.codes32(x + i));
-      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(w, w), 0x08);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i / 2), _mm256_castsi256_si128(packed));
-    }
+    if (i < g) storeNibbles32(codes + i / 2, coder.codes32(x + i));  // g % 64 == 32
   }
 }
 
@@ -240,6 +241,25 @@ inline void emit8(float* out, __m256i q, __m256 s, __m256 z) {
   }
 }
 
+// 16 bytes of nibble pairs -> codes 0..15 in c0, 16..31 in c1, one per byte.
+inline void loadNibbles32(const uint8_t* src, __m128i& c0, __m128i& c1) {
+  const __m128i nib = _mm_set1_epi8(0x0F);
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+  const __m128i lo = _mm_and_si128(b, nib);
+  const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
+  c0 = _mm_unpacklo_epi8(lo, hi);
+  c1 = _mm_unpackhi_epi8(lo, hi);
+}
+
+// Decodes 32 byte codes (0..15 in c0, 16..31 in c1) to out[0, 32).
+template <bool Accumulate>
+inline void emit32(float* out, __m128i c0, __m128i c1, __m256 s, __m256 z) {
+  emit8<Accumulate>(out, _mm256_cvtepu8_epi32(c0), s, z);
+  emit8<Accumulate>(out + 8, _mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), s, z);
+  emit8<Accumulate>(out + 16, _mm256_cvtepu8_epi32(c1), s, z);
+  emit8<Accumulate>(out + 24, _mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), s, z);
+}
+
 // 32 bits (value i in bit i) -> 32 bytes, byte i = `val` where bit i is set, else 0.
 inline __m256i expandBits32(const uint8_t* p, __m256i val) {
   uint32_t m;
@@ -255,19 +275,13 @@ inline __m256i expandBits32(const uint8_t* p, __m256i val) {
 template <bool Accumulate>
 inline void decodePlanarGroup(const uint8_t* codes, size_t g, int bits, __m256 s, __m256 z, float* out) {
   const size_t nib = g / 2, plane = g / 8;
-  const __m128i low = _mm_set1_epi8(0x0F);
   for (size_t i = 0; i < g; i += 32) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i / 2));
-    const __m128i lo = _mm_and_si128(b, low);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
-    __m256i c = _mm256_set_m128i(_mm_unpackhi_epi8(lo, hi), _mm_unpacklo_epi8(lo, hi));  // codes 0..31
+    __m128i c0, c1;
+    loadNibbles32(codes + i / 2, c0, c1);
+    __m256i c = _mm256_set_m128i(c1, c0);  // codes 0..31, low 4 bits
     c = _mm256_or_si256(c, expandBits32(codes + nib + i / 8, _mm256_set1_epi8(0x10)));
     if (bits == 6) c = _mm256_or_si256(c, expandBits32(codes + nib + plane + i / 8, _mm256_set1_epi8(0x20)));
-    const __m128i c0 = _mm256_castsi256_si128(c), c1 = _mm256_extracti128_si256(c, 1);
-    emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(c0), s, z);
-    emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), s, z);
-    emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(c1), s, z);
-    emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), s, z);
+    emit32<Accumulate>(out + i, _mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1), s, z);
   }
 }
 
@@ -277,13 +291,8 @@ inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, 
   if (bits == 8) {
     for (size_t i = 0; i < g; i += 32) {
       const uint8_t* c = codes + i;
-      emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))), s, z);
-      emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8))), s,
-                        z);
-      emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 16))),
-                        s, z);
-      emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 24))),
-                        s, z);
+      emit32<Accumulate>(out + i, _mm_loadu_si128(reinterpret_cast<const __m128i*>(c)),
+                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 16)), s, z);
     }
     return;
   }
@@ -291,17 +300,10 @@ inline void decodeFastGroup(const uint8_t* codes, size_t g, int bits, float sf, 
     decodePlanarGroup<Accumulate>(codes, g, bits, s, z, out);
     return;
   }
-  const __m128i nib = _mm_set1_epi8(0x0F);
   for (size_t i = 0; i < g; i += 32) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i / 2));
-    const __m128i lo = _mm_and_si128(b, nib);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), nib);
-    const __m128i c0 = _mm_unpacklo_epi8(lo, hi);  // codes 0..15
-    const __m128i c1 = _mm_unpackhi_epi8(lo, hi);  // codes 16..31
-    emit8<Accumulate>(out + i, _mm256_cvtepu8_epi32(c0), s, z);
-    emit8<Accumulate>(out + i + 8, _mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), s, z);
-    emit8<Accumulate>(out + i + 16, _mm256_cvtepu8_epi32(c1), s, z);
-    emit8<Accumulate>(out + i + 24, _mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), s, z);
+    __m128i c0, c1;
+    loadNibbles32(codes + i / 2, c0, c1);
+    emit32<Accumulate>(out + i, c0, c1, s, z);
   }
 }
 
