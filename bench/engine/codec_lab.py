@@ -85,28 +85,44 @@ class Codec:
             np.put_along_axis(d, sp_idx, sp_val, 1)
         return d.reshape(-1)[:n].reshape(x.shape)
 
-def flash_allreduce(parts, c1, c2):
-    """parts: list of T arrays (n, e). Two-step: slice j owned by rank j."""
+def flash_allreduce(parts, c1, c2, with_error=False):
+    """parts: list of T arrays (n, e). Two-step: slice j owned by rank j. With with_error, also returns each
+    rank's locally known error (what it meant to contribute minus what the others decoded): the RS errors of
+    the slices it sent, plus the AG error of the slice it owns."""
     T = len(parts)
     shape = parts[0].shape
     flat = [p.reshape(-1) for p in parts]
     M = flat[0].size
     bounds = np.linspace(0, M, T + 1).astype(int)
     out = np.empty(M, np.float32)
+    err = [np.zeros(M, np.float32) for _ in range(T)] if with_error else None
     for j in range(T):
         a, b = bounds[j], bounds[j + 1]
         acc = np.zeros(b - a, np.float32)
         for r in range(T):
             sl = flat[r][a:b]
-            acc += sl if r == j else c1(sl)
-        out[a:b] = c2(acc)
+            if r == j:
+                acc += sl
+            else:
+                d = c1(sl)
+                acc += d
+                if with_error:
+                    err[r][a:b] += sl - d
+        q = c2(acc)
+        if with_error:
+            err[j][a:b] += acc - q
+        out[a:b] = q
+    if with_error:
+        return out.reshape(shape), [e.reshape(shape) for e in err]
     return out.reshape(shape)
 
 def split(n, t):
     base, rem = divmod(n, t)
     return [base + (1 if i < rem else 0) for i in range(t)]
 
-def forward(m, tokens, T, c1, c2, layers_q=None, stats=None):
+def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=False):
+    """Logits of `tokens`; layers_q(layer, 'attn'|'mlp') picks which all-reduces are quantized (None: all);
+    error_feedback carries each rank's known error into its next partial."""
     hp = m.hp
     n = len(tokens)
     pos = np.arange(n)
@@ -116,6 +132,20 @@ def forward(m, tokens, T, c1, c2, layers_q=None, stats=None):
     hs = split(hp.n_head, T); hoff = np.cumsum([0] + hs)
     fs = split(hp.n_ff, T); foff = np.cumsum([0] + fs)
     dh = hp.head_dim_v
+    carry = [np.zeros((n, hp.n_embd), np.float32) for _ in range(T)]
+
+    def reduce(il, kind, parts):
+        if layers_q is not None and not layers_q(il, kind):
+            y = sum(parts)
+        elif error_feedback:
+            parts = [pt + cr for pt, cr in zip(parts, carry)]
+            y, carry[:] = flash_allreduce(parts, c1, c2, with_error=True)
+        else:
+            y = flash_allreduce(parts, c1, c2)
+        if stats is not None:
+            stats.append((il, kind, parts, sum(parts), y))
+        return y
+
     for il in range(hp.n_layer):
         p = f"blk.{il}."
         h = R.rms_norm(x, W(p + "attn_norm.weight"), hp.eps)
@@ -127,18 +157,14 @@ def forward(m, tokens, T, c1, c2, layers_q=None, stats=None):
         a = R.causal_gqa_attention(q, k, v, scale).astype(np.float32)
         Wo = W(p + "attn_output.weight")
         parts = [a[:, hoff[r]*dh:hoff[r+1]*dh] @ Wo[:, hoff[r]*dh:hoff[r+1]*dh].T for r in range(T)]
-        y = flash_allreduce(parts, c1, c2) if (layers_q is None or layers_q(il, "attn")) else sum(parts)
-        if stats is not None: stats.append((il, "attn", parts, sum(parts), y))
-        x = x + y
+        x = x + reduce(il, "attn", parts)
         h = R.rms_norm(x, W(p + "ffn_norm.weight"), hp.eps)
         g = h @ W(p + "ffn_gate.weight").T
         u = h @ W(p + "ffn_up.weight").T
         act = (R.silu(g) * u).astype(np.float32)
         Wd = W(p + "ffn_down.weight")
         parts = [act[:, foff[r]:foff[r+1]] @ Wd[:, foff[r]:foff[r+1]].T for r in range(T)]
-        y = flash_allreduce(parts, c1, c2) if (layers_q is None or layers_q(il, "mlp")) else sum(parts)
-        if stats is not None: stats.append((il, "mlp", parts, sum(parts), y))
-        x = x + y
+        x = x + reduce(il, "mlp", parts)
     x = R.rms_norm(x, W("output_norm.weight"), hp.eps)
     return x @ W("token_embd.weight").T
 
@@ -154,7 +180,7 @@ def tokens_of(m):
     text = open("/usr/share/common-licenses/GPL-3").read()
     return R.tokenize(m, text)
 
-def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None):
+def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False):
     bos = int(m.metadata("tokenizer.ggml.bos_token_id"))
     add_bos = bool(m.metadata("tokenizer.ggml.add_bos_token", False))
     first = ctx // 2
@@ -162,85 +188,12 @@ def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None):
     for c in chunks:
         ch = list(toks[c*ctx:(c+1)*ctx])
         if add_bos: ch[0] = bos
-        lg = forward(m, np.array(ch), T, c1, c2, layers_q).astype(np.float64)
+        lg = forward(m, np.array(ch), T, c1, c2, layers_q, error_feedback=error_feedback).astype(np.float64)
         rows = lg[first:ctx-1]
         mx = rows.max(1)
         lse = mx + np.log(np.exp(rows - mx[:, None]).sum(1))
         nll += float((lse - rows[np.arange(len(rows)), ch[first+1:ctx]]).sum()); cnt += len(rows)
     return float(np.exp(nll / cnt))
-
-def flash_allreduce_ef(parts, c1, c2):
-    """Like flash_allreduce, also returns each rank's locally known error (what it meant to contribute
-    minus what the others decoded): RS errors of its slices sent, plus AG error of its owned slice."""
-    T = len(parts)
-    shape = parts[0].shape
-    flat = [p.reshape(-1) for p in parts]
-    M = flat[0].size
-    bounds = np.linspace(0, M, T + 1).astype(int)
-    out = np.empty(M, np.float32)
-    err = [np.zeros(M, np.float32) for _ in range(T)]
-    for j in range(T):
-        a, b = bounds[j], bounds[j + 1]
-        acc = np.zeros(b - a, np.float32)
-        for r in range(T):
-            sl = flat[r][a:b]
-            if r == j:
-                acc += sl
-            else:
-                d = c1(sl); acc += d; err[r][a:b] += sl - d
-        q = c2(acc)
-        err[j][a:b] += acc - q
-        out[a:b] = q
-    return out.reshape(shape), [e.reshape(shape) for e in err]
-
-def forward_ef(m, tokens, T, c1, c2):
-    hp = m.hp
-    n = len(tokens)
-    pos = np.arange(n)
-    scale = 1.0 / np.sqrt(hp.head_dim_k)
-    W = lambda name: m.w32[name]
-    x = W("token_embd.weight")[tokens]
-    hs = split(hp.n_head, T); hoff = np.cumsum([0] + hs)
-    fs = split(hp.n_ff, T); foff = np.cumsum([0] + fs)
-    dh = hp.head_dim_v
-    carry = [np.zeros((n, hp.n_embd), np.float32) for _ in range(T)]
-    for il in range(hp.n_layer):
-        p = f"blk.{il}."
-        h = R.rms_norm(x, W(p + "attn_norm.weight"), hp.eps)
-        q = (h @ W(p + "attn_q.weight").T).reshape(n, hp.n_head, hp.head_dim_k)
-        k = (h @ W(p + "attn_k.weight").T).reshape(n, hp.n_head_kv, hp.head_dim_k)
-        v = (h @ W(p + "attn_v.weight").T).reshape(n, hp.n_head_kv, dh)
-        q = R.rope_norm(q, pos, hp.n_rot, hp.rope_base).astype(np.float32)
-        k = R.rope_norm(k, pos, hp.n_rot, hp.rope_base).astype(np.float32)
-        a = R.causal_gqa_attention(q, k, v, scale).astype(np.float32)
-        Wo = W(p + "attn_output.weight")
-        parts = [a[:, hoff[r]*dh:hoff[r+1]*dh] @ Wo[:, hoff[r]*dh:hoff[r+1]*dh].T + carry[r] for r in range(T)]
-        y, carry = flash_allreduce_ef(parts, c1, c2)
-        x = x + y
-        h = R.rms_norm(x, W(p + "ffn_norm.weight"), hp.eps)
-        g = h @ W(p + "ffn_gate.weight").T
-        u = h @ W(p + "ffn_up.weight").T
-        act = (R.silu(g) * u).astype(np.float32)
-        Wd = W(p + "ffn_down.weight")
-        parts = [act[:, foff[r]:foff[r+1]] @ Wd[:, foff[r]:foff[r+1]].T + carry[r] for r in range(T)]
-        y, carry = flash_allreduce_ef(parts, c1, c2)
-        x = x + y
-    x = R.rms_norm(x, W("output_norm.weight"), hp.eps)
-    return x @ W("token_embd.weight").T
-
-def ppl_ef(m, toks, T, c1, c2, chunks, ctx=512):
-    bos = int(m.metadata("tokenizer.ggml.bos_token_id"))
-    first = ctx // 2
-    nll, cnt = 0.0, 0
-    for c in chunks:
-        ch = list(toks[c*ctx:(c+1)*ctx]); ch[0] = bos
-        lg = forward_ef(m, np.array(ch), T, c1, c2).astype(np.float64)
-        rows = lg[first:ctx-1]
-        mx = rows.max(1)
-        lse = mx + np.log(np.exp(rows - mx[:, None]).sum(1))
-        nll += float((lse - rows[np.arange(len(rows)), ch[first+1:ctx]]).sum()); cnt += len(rows)
-    return float(np.exp(nll / cnt))
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -282,7 +235,7 @@ def main():
     c = Codec(a.bits, a.group, a.spikes, rot=a.rotate,
               clip=[1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7] if a.clip else None)
     t = time.time()
-    p = (ppl_ef if a.error_feedback else ppl)(m, toks, a.tp, c, c, chunks)
+    p = ppl(m, toks, a.tp, c, c, chunks, error_feedback=a.error_feedback)
     print(f"int{a.bits} g{a.group} s{a.spikes}{' rot' if a.rotate else ''}{' clip' if a.clip else ''}"
           f"{' EF' if a.error_feedback else ''}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
 
