@@ -13,8 +13,9 @@ quantization error into its next all-reduce's partial (the engine's --error-feed
 
 What it showed (4 windows of 512, TP4, exact 15.2325), for the record:
   int4 g128 s2 +11.1% (the engine: +11.7% on the whole text), + Hadamard +11.3%, + MSE clip +11.0%,
-  + both +9.4%; int5 s2 +1.9%; int6 s2 +0.76%; int8 s0 +0.14%. Error feedback: int4 s2 +5.8%, int5 +1.8%.
-  Per all-reduce SQNR of int4 s2 is ~19 dB (the uniform 4-bit floor for near-Gaussian data); 1% needs ~28.
+  + both +9.4%; int5 s2 +1.9%; int6 s2 +0.76%; int8 s0 +0.14%. Error feedback: int4 s2 +5.0%, int5 +1.0%,
+  int4 s4 +1.7% (the engine, whole text: int4 s2 +5.8% TP3 / +4.0% TP4, int5 +0.9%, int4 s4 +2.0% / +3.2%).
+  Per all-reduce SQNR of int4 s2 is ~19 dB (the uniform 4-bit floor for near-Gaussian data); 1% needs ~30.
 
   python3 bench/engine/codec_lab.py --bits 4 --spikes 2 [--rotate] [--clip] [--error-feedback] [--tp 4]
 """
