@@ -121,7 +121,7 @@ def split(n, t):
     base, rem = divmod(n, t)
     return [base + (1 if i < rem else 0) for i in range(t)]
 
-def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=False):
+def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=False, flush=None):
     """Logits of `tokens`; layers_q(layer, 'attn'|'mlp') picks which all-reduces are quantized (None: all);
     error_feedback carries each rank's known error into its next partial."""
     hp = m.hp
@@ -166,6 +166,9 @@ def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=Fals
         Wd = W(p + "ffn_down.weight")
         parts = [act[:, foff[r]:foff[r+1]] @ Wd[:, foff[r]:foff[r+1]].T for r in range(T)]
         x = x + reduce(il, "mlp", parts)
+    if error_feedback and flush is not None:
+        # one more all-reduce, of the carried errors only, so that the last all-reduce's error is also fixed
+        x = x + flash_allreduce(carry, flush, flush)
     x = R.rms_norm(x, W("output_norm.weight"), hp.eps)
     return x @ W("token_embd.weight").T
 
@@ -181,7 +184,7 @@ def tokens_of(m):
     text = open("/usr/share/common-licenses/GPL-3").read()
     return R.tokenize(m, text)
 
-def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False):
+def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False, flush=None):
     bos = int(m.metadata("tokenizer.ggml.bos_token_id"))
     add_bos = bool(m.metadata("tokenizer.ggml.add_bos_token", False))
     first = ctx // 2
@@ -189,7 +192,8 @@ def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False
     for c in chunks:
         ch = list(toks[c*ctx:(c+1)*ctx])
         if add_bos: ch[0] = bos
-        lg = forward(m, np.array(ch), T, c1, c2, layers_q, error_feedback=error_feedback).astype(np.float64)
+        lg = forward(m, np.array(ch), T, c1, c2, layers_q, error_feedback=error_feedback,
+                     flush=flush).astype(np.float64)
         rows = lg[first:ctx-1]
         mx = rows.max(1)
         lse = mx + np.log(np.exp(rows - mx[:, None]).sum(1))
@@ -204,6 +208,9 @@ def main():
     ap.add_argument("--rotate", action="store_true", help="randomized Hadamard rotation per group")
     ap.add_argument("--clip", action="store_true", help="per-group MSE-searched clipping of the range")
     ap.add_argument("--error-feedback", action="store_true")
+    ap.add_argument("--flush", type=int, default=None, metavar="BITS",
+                    help="with --error-feedback: after the last layer, all-reduce the carried errors with a "
+                         "BITS-bit codec (0 = exact) and add them to the residual")
     ap.add_argument("--tp", type=int, default=4)
     ap.add_argument("--chunks", default="0,4,8,12", help="windows of 512 of GPL-3 to score")
     ap.add_argument("--sqnr", action="store_true",
@@ -236,9 +243,12 @@ def main():
     c = Codec(a.bits, a.group, a.spikes, rot=a.rotate,
               clip=[1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7] if a.clip else None)
     t = time.time()
-    p = ppl(m, toks, a.tp, c, c, chunks, error_feedback=a.error_feedback)
+    fl = None
+    if a.flush is not None:
+        fl = Codec(bits=None) if a.flush == 0 else Codec(a.flush, a.group, a.spikes)
+    p = ppl(m, toks, a.tp, c, c, chunks, error_feedback=a.error_feedback, flush=fl)
     print(f"int{a.bits} g{a.group} s{a.spikes}{' rot' if a.rotate else ''}{' clip' if a.clip else ''}"
-          f"{' EF' if a.error_feedback else ''}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
+          f"{' EF' if a.error_feedback else ''}{'' if fl is None else f' flush{a.flush}'}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
 
 
 if __name__ == "__main__":

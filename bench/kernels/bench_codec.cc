@@ -122,9 +122,19 @@ const int kRegistered = [] {
              {Op::QuantDequant, "quant+dequant"}};
   // INT8, INT6, INT5 and INT4 g128, without and with one or two spikes per group (spike reserving: its cost
   // over plain). INT6/INT5 are bit planes over the INT4 layout (quant.h): their cost over INT4 and INT8.
-  const Config cfgs[] = {{8, 128, false},    {6, 128, false},    {5, 128, false},
-                         {4, 128, false},    {8, 128, false, 1}, {4, 128, false, 1},
-                         {8, 128, false, 2}, {6, 128, false, 2}, {4, 128, false, 2}};
+  const Config cfgs[] = {{8, 128, false},
+                         {6, 128, false},
+                         {5, 128, false},
+                         {4, 128, false},
+                         {8, 128, false, 1},
+                         {4, 128, false, 1},
+                         {8, 128, false, 2},
+                         {6, 128, false, 2},
+                         {4, 128, false, 2},
+                         // Rotation and clipping (quant.h "Rotation"): their cost over plain INT4 s2.
+                         {4, 128, false, 2, true, false},
+                         {4, 128, false, 2, false, true},
+                         {4, 128, false, 2, true, true}};
   for (const Config& cfg : cfgs) {
     for (const auto& o : ops) {
       for (Isa isa : isas) {

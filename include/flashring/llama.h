@@ -111,9 +111,12 @@ struct EngineOptions {
   // Error feedback across the TP all-reduces of one forward pass: each rank adds the quantization error it
   // knows of (allreduceWithError) to its partial of the next all-reduce, so the residual stream carries the
   // error of the latest all-reduce only, not the sum of all of them. Off: plain allreduce(). It changes
-  // nothing with exact communication but rounding; replicas stay bitwise identical either way.
+  // nothing with exact communication but rounding; replicas stay bitwise identical either way. After the last
+  // layer the carried errors are summed by one more all-reduce and added to the residual stream (the flush),
+  // unless the algorithm is Ring or Native (exact: nothing carried).
   bool error_feedback = false;
-  // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data.
+  // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data; the
+  // error-feedback flush calls it with layer = n_layer, 2 and the summed error.
   std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
 };
 

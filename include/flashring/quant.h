@@ -77,6 +77,32 @@
 // Indices and values are split, not interleaved, so each array is uniform; a decoder rejects (throws
 // InvalidArgument) an index that is neither 0xFFFF nor inside its group. If an index repeats in a group, the
 // later value wins. With k = 0 nothing is appended and every byte is as it was before spikes existed.
+//
+// Rotation (Config::rotate; QuaRot/QuIP-style incoherence processing, applied per group). Groups of
+// near-Gaussian activations quantized at 4 bits sit on the uniform-quantizer noise floor (~19 dB); spreading
+// every value over the whole group with an orthonormal transform and clipping the range (below) lowers the
+// error that matters downstream. With rotate, every full group (r = g; g must then be a power of two) whose
+// values are all finite is encoded as:
+//   1. spikes are picked as above and their positions set to 0.0 (not to a replacement value);
+//   2. y = c * H * (D * x): D = diag(d_i), d_i = -1 where bit 0 of mix(i) is 1 and +1 otherwise, with
+//      mix(i) = h ^ (h >> 13) for h = ((i * 0x9E3779B1) ^ ((i * 0x9E3779B1) >> 15)) * 0x85EBCA77 (uint32);
+//      H the Sylvester-Hadamard matrix of order g, computed as the in-place fast transform (for h = 1, 2, 4,
+//      ..., g/2, every pair (j, j + h) with j & h == 0 becomes (a + b, a - b), in fp32), and c the fp32
+//      nearest 1/sqrt(g), multiplied last;
+//   3. y is encoded as any group (asymmetric or symmetric, constant test included), without spikes.
+// Decoding such a group: decode the codes as usual, apply the inverse (x = D * (c * H * y) + 0.0: the same fast
+// transform, times c, times d_i, plus +0.0 so that no -0.0 comes out), then write the spikes. A group is rotated
+// exactly when it is full, the run is encoded with rotate, and its scale carries no NaN/Inf flag: groups holding
+// NaN/Inf, and finite groups whose rotation overflows fp32 (|x| near FLT_MAX), are encoded unrotated with the flag set
+// (the flag then only reserves the top three codes), and the partial tail group is never rotated; unrotated groups keep
+// the spike rule above. A rotated group's L2 error is at most sqrt(g) * s / 2 (orthonormal transform, up to fp32
+// rounding of the transform itself), no longer s / 2 per element; zero groups still decode to exact (+0.0) zeros.
+// Decoders must be told rotate: the bytes do not say it (the all-reduce checks that every rank agrees).
+// Clipping (Config::clip; encoder only, the decoder is unchanged): for each Fast group (neither constant,
+// flagged nor wide) the encoder tries the ranges [mid - c*half, mid + c*half] (symmetric: [c*min, c*max]) for
+// c = 1, 15/16, ..., 11/16 (mid, half from the group's min and max, in double) and keeps the metadata of the
+// smallest sum of squared errors (first wins ties); values outside the clipped range take the end codes.
+// Rotate and clip are computed by one scalar implementation that every ISA calls (same bytes everywhere).
 // All arithmetic assumes the default fp environment (round to nearest even, no flush-to-zero/DAZ).
 // Every instruction-set version produces the same bytes and the same decoded floats, bit for bit.
 #pragma once
@@ -102,14 +128,16 @@ struct Config {
   int bits = 8;          // 8, 6, 5 or 4
   int group_size = 128;  // multiple of 32 in [32, 4096]
   bool symmetric = false;
-  int spikes = 0;  // 0..kMaxSpikes and < group_size: values per group kept exactly as fp32 (see above)
+  int spikes = 0;       // 0..kMaxSpikes and < group_size: values per group kept exactly as fp32 (see above)
+  bool rotate = false;  // randomized Hadamard rotation of each full group (group_size a power of two)
+  bool clip = false;    // MSE-searched clipping of each group's range (encoder only)
 };
 
 // Throws InvalidArgument naming the bad field.
 void validate(const Config& cfg);
 // Bytes of an encoded run of n values (0 for n = 0).
 size_t encodedBytes(size_t n, const Config& cfg);
-// "int8-g128", "int4-g64-sym", "int4-g128-s1" (spikes = 1), ...
+// "int8-g128", "int4-g64-sym", "int4-g128-s1" (spikes = 1), "int4-g128-s2-rot-clip", ...
 std::string describe(const Config& cfg);
 
 // Instruction sets with their own kernels. Selected at run time from CPUID; never assumed at build time.

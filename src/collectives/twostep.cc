@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "collectives/algorithms.h"
@@ -34,6 +35,15 @@ namespace {
 struct Codec {
   enum Kind { Quant, Bf16, F32 } kind;
   quant::Config cfg;
+  // What a receiver must agree on to decode: kind, and for Quant bits, group size, spikes and rotate (symmetric
+  // and clip only change the encoder). Sent in every message header, so that ranks configured differently get
+  // an error instead of decoding each other's bytes wrongly.
+  uint32_t tag() const {
+    if (kind != Quant) return kind == Bf16 ? 2u : 3u;
+    return 1u | static_cast<uint32_t>(cfg.bits) << 2 | static_cast<uint32_t>(cfg.spikes) << 6 |
+           static_cast<uint32_t>(cfg.rotate) << 10 | static_cast<uint32_t>(cfg.group_size / 32) << 11;
+  }
+  std::string name() const { return kind == Quant ? quant::describe(cfg) : (kind == Bf16 ? "bf16" : "fp32"); }
   size_t bytes(size_t n) const { return kind == Quant ? quant::encodedBytes(n, cfg) : n * (kind == Bf16 ? 2 : 4); }
   void encode(const float* x, size_t n, std::byte* out) const {
     if (kind == Quant)
@@ -77,7 +87,7 @@ void storeError(const float* want, const float* got, size_t n, float* err) {
 
 struct Header {
   uint64_t count;
-  uint64_t chunk;
+  uint64_t chunk;  // chunk index in the low 32 bits, the stage codec's tag() in the high 32
 };
 static_assert(sizeof(Header) == 16);
 }  // namespace
@@ -138,16 +148,22 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
   float* acc = scratch(acc_buf, max_slice);
   std::vector<Request> rs_recv(n_chunks * N), rs_send(n_chunks * N), ag_recv(n_chunks * N), ag_send(n_chunks * N);
 
-  auto writeHeader = [&](std::byte* p, size_t c) {
-    const Header h{n, c};
+  auto writeHeader = [&](std::byte* p, size_t c, const Codec& codec) {
+    const Header h{n, static_cast<uint64_t>(codec.tag()) << 32 | c};
     std::memcpy(p, &h, sizeof h);
   };
-  auto checkHeader = [&](const std::byte* p, size_t c, int from) {
+  auto checkHeader = [&](const std::byte* p, size_t c, int from, const Codec& codec, const char* stage) {
     Header h;
     std::memcpy(&h, p, sizeof h);
-    if (h.count != n || h.chunk != c)
+    if (h.count != n || (h.chunk & 0xFFFFFFFFu) != c)
       throw InvalidArgument(fmt::format("all-reduce: rank {} has {} elements but rank {} has {} (chunk {} vs {})", me,
-                                        n, from, h.count, c, h.chunk),
+                                        n, from, h.count, c, h.chunk & 0xFFFFFFFFu),
+                            me);
+    if (h.chunk >> 32 != codec.tag())
+      throw InvalidArgument(fmt::format("all-reduce: rank {} sent a {} message encoded differently from this rank's {} "
+                                        "(every rank must use the same algorithm, bits, group size, spikes and "
+                                        "rotate)",
+                                        from, stage, codec.name()),
                             me);
   };
   auto waitOne = [&](Request& r) {
@@ -171,7 +187,7 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       const Range r = slice(c, j);
       {
         Stopwatch w(stats.codec_s);
-        writeHeader(buf, c);
+        writeHeader(buf, c, c1);
         c1.encode(data.data() + r.begin, r.size(), buf + sizeof(Header));
         if (error != nullptr) {  // what this rank meant minus what rank j will decode
           c1.decode(buf + sizeof(Header), r.size(), error + r.begin);
@@ -198,13 +214,13 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       const size_t k = c * N + static_cast<size_t>(p);
       waitOne(rs_recv[k]);
       Stopwatch w(stats.codec_s);
-      checkHeader(arena + rs_recv_off[k], c, p);
+      checkHeader(arena + rs_recv_off[k], c, p, c1, "reduce-scatter");
       c1.decodeAccumulate(arena + rs_recv_off[k] + sizeof(Header), m, acc);
     }
     std::byte* buf = arena + ag_send_off[c];
     {
       Stopwatch w(stats.codec_s);
-      writeHeader(buf, c);
+      writeHeader(buf, c, c2);
       c2.encode(acc, m, buf + sizeof(Header));
       // The owner keeps the decoded bytes it sends (replica consistency).
       c2.decode(buf + sizeof(Header), m, data.data() + mine.begin);
@@ -223,7 +239,7 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       const size_t k = c * N + static_cast<size_t>(p);
       waitOne(ag_recv[k]);
       Stopwatch w(stats.codec_s);
-      checkHeader(arena + ag_recv_off[k], c, p);
+      checkHeader(arena + ag_recv_off[k], c, p, c2, "all-gather");
       const Range r = slice(c, p);
       c2.decode(arena + ag_recv_off[k] + sizeof(Header), r.size(), data.data() + r.begin);
     }

@@ -414,6 +414,23 @@ struct LlamaEngine::Impl {
     if (opts.on_allreduce) opts.on_allreduce(layer, which, std::span<const float>(data, n));
   }
 
+  // Error feedback's last step: nothing follows the last all-reduce to take its error, so the ranks' carries
+  // are summed by one more all-reduce (same options) and added to the residual stream. Its own error is that
+  // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry.
+  void flushErrorFeedback(size_t n) {
+    const AllreduceAlgorithm a = opts.allreduce.algorithm;
+    if (!opts.error_feedback || opts.tp == 1 || a == AllreduceAlgorithm::Ring || a == AllreduceAlgorithm::Native)
+      return;
+    o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
+    AllreduceStats as;
+    allreduce(*tp_comm, std::span<float>(o.data(), n), opts.allreduce, &as);
+    st.quant_s += as.codec_s;
+    st.comm_s += as.wait_s;
+    ++st.allreduces;
+    for (size_t i = 0; i < n; ++i) x[i] += o[i];
+    if (opts.on_allreduce) opts.on_allreduce(cfg.n_layer, 2, std::span<const float>(o.data(), n));
+  }
+
   // The transformer blocks over `len` tokens of this rank at global positions `pos`, appending their K/V to
   // the cache. On return x holds the final hidden states (before the output norm).
   // Prompt mode (decode_owner < 0): the tokens are this rank's SP shard of a `global` long sequence and the
@@ -475,7 +492,10 @@ struct LlamaEngine::Impl {
       tpAllreduce(l, 1, o.data(), static_cast<size_t>(len) * D);
       for (size_t i = 0; i < static_cast<size_t>(len) * D; ++i) x[i] += o[i];
     }
-    if (am_owner) local_len += len;
+    if (am_owner) {
+      flushErrorFeedback(static_cast<size_t>(len) * D);
+      local_len += len;
+    }
   }
 
   // Attention of the newest token's query (on the owner; its K/V already appended at local_len) against

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <random>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -188,6 +189,77 @@ TEST(Allreduce, SpikesCutTheErrorOfMassiveActivations) {
     EXPECT_LT(e2, 0.2) << name;
     EXPECT_LT(e2 * 20, e0) << name << ": " << e0 << " vs " << e2;
     EXPECT_LE(e4, e2 * 1.05) << name;
+  }
+}
+
+// Rotation and clipping (quant::Config::rotate/clip) through the whole algorithm: bit for bit the sequential
+// model on every rank, the same wire bytes as without them, and a smaller error than plain INT4 on activations.
+TEST(Allreduce, RotateAndClipMatchTheModelAndCutTheError) {
+  for (const char* name : {"flash-int4", "flash-int4-int8", "flash-int8", "flash-int5"}) {
+    for (int ranks : {2, 3, 4}) {
+      for (size_t n : {size_t{5}, size_t{1000}, size_t{65539}}) {
+        SCOPED_TRACE(fmt::format("{} ranks {} n {}", name, ranks, n));
+        AllreduceOptions base;
+        base.reduce_scatter.spikes = base.all_gather.spikes = 2;
+        AllreduceOptions plain = allreduceOptionsFromName(name, base);
+        plain.chunk_elems = 4096;
+        AllreduceOptions o = plain;
+        o.reduce_scatter.rotate = o.all_gather.rotate = true;
+        o.reduce_scatter.clip = o.all_gather.clip = true;
+        std::vector<std::vector<float>> inputs;
+        // Activation-like: massive values, and channels (period 576, as the default model's width) whose scales
+        // spread over a decade, so that a few channels set each group's range (what rotation evens out).
+        std::vector<float> chan(576);
+        std::mt19937 cg(5);
+        std::lognormal_distribution<float> ld(0.f, 1.f);
+        for (auto& v : chan) v = ld(cg);
+        for (int r = 0; r < ranks; ++r) {
+          auto x = testref::massiveRankInput(r, n, 3);
+          for (size_t i = 0; i < n; ++i)
+            if (std::fabs(x[i]) < 5000.f) x[i] *= chan[i % chan.size()];
+          inputs.push_back(std::move(x));
+        }
+        auto run = [&](const AllreduceOptions& opt, uint64_t* wire) {
+          std::vector<std::vector<float>> res(static_cast<size_t>(ranks));
+          runThreadRanks(ranks, [&](Communicator& c) {
+            auto x = inputs[static_cast<size_t>(c.rank())];
+            AllreduceStats st;
+            allreduce(c, x, opt, &st);
+            if (c.rank() == 0) *wire = st.wire_bytes;
+            res[static_cast<size_t>(c.rank())] = std::move(x);
+          });
+          return res;
+        };
+        uint64_t w_rot = 0, w_plain = 0;
+        const auto res = run(o, &w_rot);
+        expectReplicasIdentical(res);
+        ASSERT_TRUE(testref::sameBits(testref::quantizedModel(inputs, o), res[0])) << "differs from the model";
+        const auto ref = run(plain, &w_plain);
+        EXPECT_EQ(w_rot, w_plain);
+        if (n == 65539 && std::string(name) == "flash-int4") {
+          const auto exact = testref::exactSumOf(inputs);
+          EXPECT_LT(testref::relError(res[0], exact), 0.8 * testref::relError(ref[0], exact))
+              << testref::relError(res[0], exact) << " vs " << testref::relError(ref[0], exact);
+        }
+      }
+    }
+  }
+}
+
+TEST(Allreduce, RanksThatDisagreeOnRotateFailClearly) {
+  auto errors = runThreadRanksCollect(3, [&](Communicator& c) {
+    AllreduceOptions o = allreduceOptionsFromName("flash-int4");
+    o.reduce_scatter.rotate = o.all_gather.rotate = c.rank() == 1;  // same bytes, different meaning
+    std::vector<float> x(5000, 1.0f + static_cast<float>(c.rank()));
+    allreduce(c, x, o);
+  });
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(errors[static_cast<size_t>(r)]) << "rank " << r << " did not fail";
+    try {
+      std::rethrow_exception(errors[static_cast<size_t>(r)]);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("encoded differently"), std::string::npos) << e.what();
+    }
   }
 }
 
@@ -383,12 +455,15 @@ TEST(Allreduce, NativeIsRefusedClearlyOnTheThreadTransport) {
 // allreduceWithError: the data come out exactly as allreduce() leaves them, and the ranks' errors add up to the
 // exact sum minus the result (so carrying them into the next all-reduce cancels this one's error there).
 TEST(AllreduceWithError, ErrorsSumToExactMinusResult) {
-  for (const char* name :
-       {"flash-int4", "flash-int6", "flash-int8", "flash-int4-int8", "twostep-bf16", "twostep-fp32"}) {
+  for (const char* name : {"flash-int4", "flash-int6", "flash-int8", "flash-int4-int8", "twostep-bf16", "twostep-fp32",
+                           "flash-int4-rot"}) {
     for (int ranks : {2, 3, 4}) {
       for (size_t n : {size_t{1}, size_t{1000}, size_t{65539}}) {
         SCOPED_TRACE(fmt::format("{} ranks {} n {}", name, ranks, n));
-        AllreduceOptions o = allreduceOptionsFromName(name);
+        const bool rot = std::string(name) == "flash-int4-rot";
+        AllreduceOptions o = allreduceOptionsFromName(rot ? "flash-int4" : name);
+        o.reduce_scatter.rotate = o.all_gather.rotate = rot;
+        o.reduce_scatter.clip = o.all_gather.clip = rot;
         o.chunk_elems = 4096;
         const auto plain = runAllreduce(ranks, n, o);
         std::vector<std::vector<float>> res(static_cast<size_t>(ranks)), err(static_cast<size_t>(ranks));

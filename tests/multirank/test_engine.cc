@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cmath>
 #include <map>
+#include <mutex>
+#include <tuple>
 
 #include "common/engine_fixtures.h"
 #include "flashring/llama.h"
@@ -222,6 +224,71 @@ TEST(EngineTp, ErrorFeedback) {
     EXPECT_GT(e_ef, 0.0);
     EXPECT_LT(e_ef, e) << "error feedback should bring INT4 closer to exact";
   }
+}
+
+// Error feedback ends each forward pass with one more all-reduce, of the carried errors (the flush): it runs
+// right after the last layer's MLP all-reduce on every rank that ran it, leaves the TP group's ranks bitwise
+// identical, and with rotation and clipping on top INT4 lands closer to exact than plain INT4.
+TEST(EngineTp, ErrorFeedbackFlushWithRotationAndClipping) {
+  const ModelFixture f = testref::tinyFixture("tiny-uneven");
+  if (!f.present) GTEST_SKIP() << f.missing;
+  EngineOptions o;
+  o.tp = 2;
+  o.sp = 2;
+  o.allreduce = allreduceOptionsFromName("flash-int4");
+  o.allreduce.reduce_scatter.spikes = o.allreduce.all_gather.spikes = 1;
+  o.allreduce.reduce_scatter.rotate = o.allreduce.all_gather.rotate = true;
+  o.allreduce.reduce_scatter.clip = o.allreduce.all_gather.clip = true;
+  o.error_feedback = true;
+  std::mutex mu;
+  std::map<int, std::vector<std::tuple<int, int, uint64_t>>> seen;  // rank -> (layer, which, hash) per call
+  int n_layer = 0;
+  runThreadRanks(4, [&](Communicator& comm) {
+    EngineOptions mine = o;
+    const int rank = comm.rank();
+    mine.on_allreduce = [&, rank](int layer, int which, std::span<const float> d) {
+      uint64_t h = 1469598103934665603ull;
+      for (float v : d) {
+        uint32_t b;
+        std::memcpy(&b, &v, 4);
+        h = (h ^ b) * 1099511628211ull;
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      seen[rank].emplace_back(layer, which, h);
+    };
+    LlamaEngine eng(comm, testref::weightsFor(f.gguf_path, o.tp, rank % o.tp), mine);
+    TokenId t = eng.prefill(f.tokens);
+    for (int i = 0; i < 3; ++i) t = eng.decode(t);
+    std::lock_guard<std::mutex> lock(mu);
+    n_layer = eng.config().n_layer;
+  });
+  int flushes = 0;
+  for (const auto& [rank, calls] : seen) {
+    for (size_t i = 0; i < calls.size(); ++i) {
+      if (std::get<1>(calls[i]) != 2) continue;
+      ++flushes;
+      EXPECT_EQ(std::get<0>(calls[i]), n_layer);
+      ASSERT_GT(i, 0u);
+      EXPECT_EQ(std::get<0>(calls[i - 1]), n_layer - 1) << "rank " << rank << ": the flush follows the last layer";
+      EXPECT_EQ(std::get<1>(calls[i - 1]), 1);
+    }
+    // TP partner (rank ^ 1 on a 2 x 2 grid): the same calls, the same bits.
+    EXPECT_EQ(calls, seen[rank ^ 1]) << "rank " << rank;
+  }
+  EXPECT_GE(flushes, 4 * 1 + 2 * 3) << "prefill on 4 ranks, 3 decode steps on the owner's TP pair";
+  // Accuracy: rotate + clip + EF against plain INT4 (same spikes), both against exact.
+  const Outputs exact = runAll(f.gguf_path, exactOptions({2, 2, SpScheme::Auto}), f.tokens, 9, 2);
+  const Outputs best = runAll(f.gguf_path, o, f.tokens, 9, 2);
+  EngineOptions plain = o;
+  plain.error_feedback = false;
+  plain.allreduce.reduce_scatter.rotate = plain.allreduce.all_gather.rotate = false;
+  plain.allreduce.reduce_scatter.clip = plain.allreduce.all_gather.clip = false;
+  const Outputs q = runAll(f.gguf_path, plain, f.tokens, 9, 2);
+  const double e_best = testref::maxAbsDiff(best.logits, exact.logits),
+               e_q = testref::maxAbsDiff(q.logits, exact.logits);
+  std::printf("tiny-uneven TP2xSP2 INT4 s1: max |logit - exact| plain %.3g, rotate+clip+EF %.3g\n", e_q, e_best);
+  EXPECT_GT(e_best, 0.0);
+  EXPECT_LT(e_best, e_q);
 }
 
 // Prompts shorter than the number of SP ranks leave some ranks without tokens; decode still works.

@@ -132,7 +132,7 @@ void run(const Config& cfg) {
     const std::vector<float> ref = eng.lastLogits();
     for (int it = -cfg.warmup; it < cfg.iters; ++it) {
       for (size_t ci = 0; ci < cfg.comms.size(); ++ci) {
-        eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size, mo.spikes));
+        eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size, mo.spikes, mo.rotate, mo.clip));
         barrier(comm);
         eng.resetStats();
         const auto t0 = Clock::now();
@@ -211,9 +211,8 @@ void run(const Config& cfg) {
   // Print the table: the first --comms entry is the baseline of each grid.
   fmt::print(
       "# model: {}\n# prompt: {} tokens of {}; TTFT = median over {} (slowest rank), breakdown = mean over "
-      "ranks\n# low-bit all-reduces: group {}, {} spikes per group, error feedback {}\n",
-      model_desc, cfg.prompt_tokens, cfg.text, cfg.iters, cfg.mo.group_size, cfg.mo.spikes,
-      cfg.mo.error_feedback ? "on" : "off");
+      "ranks\n# low-bit all-reduces: {}\n",
+      model_desc, cfg.prompt_tokens, cfg.text, cfg.iters, cfg.mo.codecDescription());
   fmt::print("{:>6} {:>10} {:>10} {:>11} {:>10} {:>9} {:>9} {:>9} {:>11} {:>10} {:>5} {:>8}\n", "grid", "comm",
              "ttft_ms", "prefill/s", "compute", "quant", "comm", "attn", "wire_MB/rk", "max_err", "top1", "speedup");
   std::map<std::string, double> base;
@@ -255,6 +254,8 @@ void run(const Config& cfg) {
                      {"group_size", cfg.mo.group_size},
                      {"spikes", cfg.mo.spikes},
                      {"error_feedback", cfg.mo.error_feedback},
+                     {"rotate", cfg.mo.rotate},
+                     {"clip", cfg.mo.clip},
                      {"attn", cfg.mo.attn},
                      {"attn_ran", r.scheme},
                      {"prompt_tokens", cfg.prompt_tokens},

@@ -10,7 +10,9 @@
 namespace flashring::cli {
 
 // --comm names: exact (two-step fp32), bf16, int8, int4, int4-int8, int8-int4, auto, or an allreduce name.
-AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes);
+// rotate/clip: quant::Config::rotate and ::clip of both stages (ignored by the exact algorithms).
+AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes, bool rotate = false,
+                             bool clip = false);
 
 struct ModelOptions {
   std::string model;  // empty: the default model
@@ -19,6 +21,8 @@ struct ModelOptions {
   int group_size = 128;
   int spikes = 2;               // spike reserving on by default for models: their massive activations need it (README)
   bool error_feedback = false;  // EngineOptions::error_feedback
+  bool rotate = false;          // quant::Config::rotate of the low-bit all-reduces
+  bool clip = false;            // quant::Config::clip
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
@@ -28,6 +32,8 @@ struct ModelOptions {
   EngineOptions engineOptions() const;
   std::string modelPath() const;
   int ranks() const;
+  // "group 128, spikes 2, rotate, clip, error feedback": the low-bit options, for the reports.
+  std::string codecDescription() const;
 };
 
 // Loads the model once per process and runs body on every rank with its engine.

@@ -388,6 +388,88 @@ void quantizeFullGroupsAvx2(const float* x, size_t count, const Config& cfg, uin
   quantizeFullGroups(x, count, cfg, meta, codes, prefetch);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Pieces of the rotation/clipping path (transform.cc), each the lane-for-lane twin of its scalar reference there.
+
+void encodeFastGroupAvx2(const float* x, size_t g, int bits, bool symmetric, float z, float inv, uint8_t* codes) {
+  GroupParams p;
+  p.symmetric = symmetric;
+  p.z = z;
+  p.inv = inv;
+  encodeFastGroup(x, g, p, bits, codes);
+}
+
+void decodeFastGroupAvx2(const uint8_t* codes, size_t g, int bits, float s, float z, float* out) {
+  decodeFastGroup<false>(codes, g, bits, s, z, out);
+}
+
+float clipErrorAvx2(const float* x, size_t g, int bits, bool symmetric, float s, float z, float inv) {
+  const int L = 1 << bits;
+  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vinv = _mm256_set1_ps(inv);
+  const __m256i lo = _mm256_set1_epi32(symmetric ? 1 : 0), hi = _mm256_set1_epi32(L - 1);
+  const __m256i half = _mm256_set1_epi32(L / 2);
+  __m256 acc = _mm256_setzero_ps();
+  for (size_t i = 0; i < g; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256i r = symmetric ? _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vinv)), half)
+                                : _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v, vz), vinv));
+    const __m256 q = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+    const __m256 d = _mm256_sub_ps(_mm256_fmadd_ps(q, vs, vz), v);
+    acc = _mm256_fmadd_ps(d, d, acc);
+  }
+  float a[8];
+  _mm256_storeu_ps(a, acc);
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+void minMaxAvx2(const float* x, size_t g, float* mn, float* mx, bool* constant) {
+  __m256 vmn = _mm256_loadu_ps(x), vmx = vmn;
+  const __m256i first = _mm256_set1_epi32(static_cast<int>(floatBits(x[0])));
+  __m256i diff = _mm256_setzero_si256();
+  for (size_t i = 0; i < g; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    vmn = _mm256_min_ps(vmn, v);
+    vmx = _mm256_max_ps(vmx, v);
+    diff = _mm256_or_si256(diff, _mm256_xor_si256(_mm256_castps_si256(v), first));
+  }
+  *mn = hmin(vmn);
+  *mx = hmax(vmx);
+  *constant = _mm256_testz_si256(diff, diff) != 0;
+}
+
+void hadamardRotateAvx2(float* v, size_t g, bool inverse, const float* d, float c) {
+  if (!inverse)
+    for (size_t i = 0; i < g; i += 8)
+      _mm256_storeu_ps(v + i, _mm256_mul_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(d + i)));
+  // h = 1, 2, 4 inside each vector: lane j < j^h takes v[j] + v[j^h], lane j^h takes v[j] - v[j^h] (as the
+  // scalar butterflies: additions are commutative, so v + swapped equals the scalar a + b bit for bit).
+  for (size_t i = 0; i < g; i += 8) {
+    __m256 x = _mm256_loadu_ps(v + i);
+    __m256 w = _mm256_permute_ps(x, 0xB1);
+    x = _mm256_blend_ps(_mm256_add_ps(x, w), _mm256_sub_ps(w, x), 0xAA);
+    w = _mm256_permute_ps(x, 0x4E);
+    x = _mm256_blend_ps(_mm256_add_ps(x, w), _mm256_sub_ps(w, x), 0xCC);
+    w = _mm256_permute2f128_ps(x, x, 1);
+    x = _mm256_blend_ps(_mm256_add_ps(x, w), _mm256_sub_ps(w, x), 0xF0);
+    _mm256_storeu_ps(v + i, x);
+  }
+  for (size_t h = 8; h < g; h <<= 1) {
+    for (size_t j0 = 0; j0 < g; j0 += 2 * h) {
+      for (size_t j = j0; j < j0 + h; j += 8) {
+        const __m256 a = _mm256_loadu_ps(v + j), b = _mm256_loadu_ps(v + j + h);
+        _mm256_storeu_ps(v + j, _mm256_add_ps(a, b));
+        _mm256_storeu_ps(v + j + h, _mm256_sub_ps(a, b));
+      }
+    }
+  }
+  const __m256 vc = _mm256_set1_ps(c), zero = _mm256_setzero_ps();
+  for (size_t i = 0; i < g; i += 8) {
+    __m256 x = _mm256_mul_ps(_mm256_loadu_ps(v + i), vc);
+    if (inverse) x = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(d + i)), zero);
+    _mm256_storeu_ps(v + i, x);
+  }
+}
+
 const Kernels kAvx2Kernels = {quantizeAvx2, dequantizeAvx2, dequantizeAccumulateAvx2,
                               toBf16Avx2,   fromBf16Avx2,   fromBf16AccumulateAvx2};
 

@@ -57,6 +57,25 @@ int selectGroupSpikesFiniteAvx2(const float* x, size_t r, int k, float* copy, ui
 void quantizeFullGroupsAvx2(const float* x, size_t count, const Config& cfg, uint8_t* meta, uint8_t* codes,
                             uintptr_t prefetch);
 void dequantizeAccumulateWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* acc);
+// Rotation and clipping (quant.h, "Rotation"; transform.cc): one scalar implementation that every ISA calls,
+// spikes included. quantizeTransformed serves cfg.rotate || cfg.clip; dequantizeTransformed serves cfg.rotate
+// (clip does not change decoding), writing out = decoded or, with accumulate, out = out + decoded.
+void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, uint8_t* out);
+void dequantizeTransformed(Isa isa, const uint8_t* in, size_t n, const Config& cfg, float* out, bool accumulate);
+// The group rotation itself (g a power of two, 1 < g <= kMaxGroup): forward y = c * H * (D * v), inverse
+// v = D * (c * H * y), in place. Exposed for the tests.
+void hadamardRotate(float* v, size_t g, bool inverse);
+// d_i of quant.h's rotation: -1.0f or +1.0f.
+float rotationSign(size_t i);
+// AVX2 twins of transform.cc's per-group steps (codec_avx2.cc; g a multiple of 32, all values finite), bit for
+// bit their scalar references: the codes of a Fast group with the given z / inv; the decoding of a Fast group;
+// the clipping search's squared error (8 lane sums, lane j over i = j mod 8 by fma, then a fixed tree); min, max
+// and the constant test; the rotation with signs d and factor c.
+void encodeFastGroupAvx2(const float* x, size_t g, int bits, bool symmetric, float z, float inv, uint8_t* codes);
+void decodeFastGroupAvx2(const uint8_t* codes, size_t g, int bits, float s, float z, float* out);
+float clipErrorAvx2(const float* x, size_t g, int bits, bool symmetric, float s, float z, float inv);
+void minMaxAvx2(const float* x, size_t g, float* mn, float* mx, bool* constant);
+void hadamardRotateAvx2(float* v, size_t g, bool inverse, const float* d, float c);
 
 // Forgets setActiveIsa() and the FLASHRING_ISA reading, so that the next activeIsa() reads the environment
 // again. Tests only (dispatch.cc).

@@ -19,6 +19,10 @@ void validate(const Config& cfg) {
     throw InvalidArgument("quant::Config: spikes must be in [0, " + std::to_string(kMaxSpikes) +
                           "] and below group_size, got " + std::to_string(cfg.spikes));
   }
+  if (cfg.rotate && (cfg.group_size & (cfg.group_size - 1)) != 0) {
+    throw InvalidArgument("quant::Config: rotate needs a power-of-two group_size (32, 64, ..., 4096), got " +
+                          std::to_string(cfg.group_size));
+  }
 }
 
 size_t encodedBytes(size_t n, const Config& cfg) {
@@ -30,6 +34,8 @@ std::string describe(const Config& cfg) {
   std::string s = "int" + std::to_string(cfg.bits) + "-g" + std::to_string(cfg.group_size);
   if (cfg.symmetric) s += "-sym";
   if (cfg.spikes > 0) s += "-s" + std::to_string(cfg.spikes);
+  if (cfg.rotate) s += "-rot";
+  if (cfg.clip) s += "-clip";
   return s;
 }
 

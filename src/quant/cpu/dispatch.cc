@@ -149,6 +149,10 @@ void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
   checkCodecArgs(x, "x", out, "out", n, cfg);
   const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
+  if (cfg.rotate || cfg.clip) {
+    detail::quantizeTransformed(isa, x, n, cfg, static_cast<uint8_t*>(out));
+    return;
+  }
   if (cfg.spikes > 0) {
     detail::quantizeWithSpikes(isa, k, x, n, cfg, static_cast<uint8_t*>(out));
     return;
@@ -160,6 +164,10 @@ void dequantize(Isa isa, const void* in, size_t n, const Config& cfg, float* out
   checkCodecArgs(in, "in", out, "out", n, cfg);
   const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
+  if (cfg.rotate) {
+    detail::dequantizeTransformed(isa, static_cast<const uint8_t*>(in), n, cfg, out, false);
+    return;
+  }
   if (cfg.spikes > 0) {
     detail::dequantizeWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, out);
     return;
@@ -171,6 +179,10 @@ void dequantizeAccumulate(Isa isa, const void* in, size_t n, const Config& cfg, 
   checkCodecArgs(in, "in", acc, "acc", n, cfg);
   const detail::Kernels& k = codecKernels(isa, cfg);
   if (n == 0) return;
+  if (cfg.rotate) {
+    detail::dequantizeTransformed(isa, static_cast<const uint8_t*>(in), n, cfg, acc, true);
+    return;
+  }
   if (cfg.spikes > 0) {
     detail::dequantizeAccumulateWithSpikes(k, static_cast<const uint8_t*>(in), n, cfg, acc);
     return;

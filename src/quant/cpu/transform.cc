@@ -1,0 +1,272 @@
+// Rotation and clipping around the group codec (quant.h, "Rotation"): the scalar implementation that every
+// instruction set calls, so the bytes are the same everywhere by construction.
+//
+// Encoding works group by group on a stack copy: pick the spikes (the ISA's selection, bit-identical across
+// ISAs), zero their positions and rotate the group (full, all-finite groups), or fall back to the plain spike
+// rule (tail, NaN/Inf, rotation overflow: then flagged), plan the metadata with the shared per-group rules of
+// codec_internal.h, optionally search the clipping ratio, and encode with the shared scalar group encoder.
+// Decoding is the shared scalar group decoder, the inverse rotation, then the spikes.
+//
+// This file is compiled for baseline x86-64 (it may use std:: freely; it is never compiled with -mavx*).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "flashring/error.h"
+#include "quant/cpu/codec_internal.h"
+
+namespace flashring::quant::detail {
+namespace {
+
+constexpr uint32_t kAbsMask = 0x7FFFFFFFu;
+constexpr uint32_t kInfBits = 0x7F800000u;
+
+uint32_t mixIndex(uint32_t i) {
+  uint32_t h = i * 0x9E3779B1u;
+  h = (h ^ (h >> 15)) * 0x85EBCA77u;
+  return h ^ (h >> 13);
+}
+
+struct SignTable {
+  std::array<float, kMaxGroup> d{};
+  SignTable() {
+    for (size_t i = 0; i < d.size(); ++i) d[i] = (mixIndex(static_cast<uint32_t>(i)) & 1u) ? -1.0f : 1.0f;
+  }
+};
+const SignTable& signs() {
+  static const SignTable t;
+  return t;
+}
+
+// c of quant.h's rotation: the fp32 nearest 1/sqrt(g).
+float rotationFactor(size_t g) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(g))); }
+
+bool allFinite(const float* v, size_t r) {
+  for (size_t i = 0; i < r; ++i)
+    if ((floatBits(v[i]) & kAbsMask) >= kInfBits) return false;
+  return true;
+}
+
+// Metadata of a group as every kernel plans it, except that force_flag marks it as holding NaN/Inf (so that
+// the decoder knows it is not rotated) even when all its values are finite.
+GroupParams planWithFlag(const float* v, size_t r, const Config& cfg, bool force_flag) {
+  const GroupStats st = scalarStats(v, r);
+  if (st.constant && !st.has_nonfinite && !force_flag) return constantParams(floatBits(v[0]));
+  return paramsFromStats(st.mn, st.mx, st.has_nonfinite || force_flag, cfg.bits, cfg.symmetric);
+}
+
+// Squared decoding error of a Fast group under parameters p, as quant.h's clipping search defines it (so that the
+// AVX2 version, clipErrorAvx2, gives the same float): d_i = fma(q_i, s, z) - x_i, eight lane sums
+// acc_j = fma(d_i, d_i, acc_j) over i = j mod 8 in order, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)).
+float groupErrorScalar(const float* v, size_t r, const GroupParams& p, int bits) {
+  const int L = 1 << bits;
+  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (size_t i = 0; i < r; ++i) {
+    const int q = codeOf(v[i], p, L);
+    const float d = fmaF(static_cast<float>(q), p.s, p.z) - v[i];
+    a[i % 8] = fmaF(d, d, a[i % 8]);
+  }
+  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
+// Full groups of finite values take the AVX2 steps on ISAs that have them; the rest the scalar ones.
+struct Steps {
+  bool simd;
+  float error(const float* v, size_t r, const GroupParams& p, int bits) const {
+    return simd ? clipErrorAvx2(v, r, bits, p.symmetric, p.s, p.z, p.inv) : groupErrorScalar(v, r, p, bits);
+  }
+};
+
+// The clipping search of quant.h: ratios 16/16 .. 11/16 of the half-range, smallest squared error wins (the
+// first on ties, so unclipped when nothing is gained). mn/mx: the group's finite min and max.
+GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mnf, float mxf, const Config& cfg,
+                       const Steps& steps) {
+  if (p0.kind != GroupKind::Fast) return p0;
+  const double mn = mnf, mx = mxf;
+  const double mid = 0.5 * (mn + mx), half = 0.5 * (mx - mn);
+  GroupParams best = p0;
+  float best_err = steps.error(v, r, p0, cfg.bits);
+  for (int j = 15; j >= 11; --j) {
+    const double c = j / 16.0;
+    const float lo = cfg.symmetric ? static_cast<float>(mn * c) : static_cast<float>(mid - c * half);
+    const float hi = cfg.symmetric ? static_cast<float>(mx * c) : static_cast<float>(mid + c * half);
+    const GroupParams p = paramsFromStats(lo, hi, false, cfg.bits, cfg.symmetric);
+    if (p.kind != GroupKind::Fast) continue;
+    const float e = steps.error(v, r, p, cfg.bits);
+    if (e < best_err) {
+      best_err = e;
+      best = p;
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
+float rotationSign(size_t i) { return signs().d[i]; }
+
+void hadamardRotate(float* v, size_t g, bool inverse) {
+  const float* d = signs().d.data();
+  const float c = rotationFactor(g);
+  if (!inverse)
+    for (size_t i = 0; i < g; ++i) v[i] *= d[i];
+  for (size_t h = 1; h < g; h <<= 1) {
+    for (size_t j0 = 0; j0 < g; j0 += 2 * h) {
+      for (size_t j = j0; j < j0 + h; ++j) {
+        const float a = v[j], b = v[j + h];
+        v[j] = a + b;
+        v[j + h] = a - b;
+      }
+    }
+  }
+  for (size_t i = 0; i < g; ++i) v[i] *= c;
+  if (inverse)  // + 0.0f: -0.0 (a zero times a negative sign) becomes +0.0, nothing else changes
+    for (size_t i = 0; i < g; ++i) v[i] = v[i] * d[i] + 0.0f;
+}
+
+void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, uint8_t* out) {
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const int k = cfg.spikes;
+  const size_t kk = static_cast<size_t>(k);
+  Config base = cfg;
+  base.spikes = 0;
+  const size_t groups = numGroups(n, g);
+  uint8_t* codes = out + groups * sizeof(GroupMeta);
+  uint8_t* idx_out = out + encodedSize(n, base);
+  uint8_t* val_out = idx_out + groups * kk * sizeof(uint16_t);
+  alignas(64) float buf[kMaxGroup];
+  uint16_t pos[kMaxSpikes];
+  size_t code_off = 0;
+  const bool simd = isa != Isa::Scalar;
+  auto rotate = [&](float* v, size_t len, bool inverse) {
+    if (simd) {
+      hadamardRotateAvx2(v, len, inverse, signs().d.data(), rotationFactor(len));
+    } else {
+      hadamardRotate(v, len, inverse);
+    }
+  };
+  for (size_t q = 0; q < groups; ++q) {
+    const size_t r = std::min(g, n - q * g);
+    const float* xg = x + q * g;
+    int m = 0;
+    if (k > 0) {
+      m = selectGroupSpikes(isa, xg, r, k, buf, pos);
+      for (size_t e = 0; e < kk; ++e) {
+        const uint16_t p = static_cast<int>(e) < m ? pos[e] : kNoSpike;
+        const float val = static_cast<int>(e) < m ? xg[pos[e]] : 0.0f;
+        std::memcpy(idx_out + (q * kk + e) * sizeof(uint16_t), &p, sizeof p);
+        std::memcpy(val_out + (q * kk + e) * sizeof(float), &val, sizeof val);
+      }
+    } else {
+      std::memcpy(buf, xg, r * sizeof(float));
+    }
+    bool rotated = false, force_flag = false;
+    if (cfg.rotate && r == g && allFinite(xg, r)) {
+      for (int e = 0; e < m; ++e) buf[pos[e]] = 0.0f;
+      rotate(buf, g, false);
+      if (allFinite(buf, g)) {
+        rotated = true;
+      } else {  // |x| near FLT_MAX: encode the group as it is, flagged so that the decoder does not rotate it
+        std::memcpy(buf, xg, r * sizeof(float));
+        force_flag = true;
+      }
+    }
+    if (!rotated && m > 0) {  // the plain spike rule: spike positions hold the first finite non-spike value
+      float repl = 0.0f;
+      for (size_t i = 0, e = 0; i < r; ++i) {
+        if (e < static_cast<size_t>(m) && pos[e] == i) {
+          ++e;
+          continue;
+        }
+        if ((floatBits(xg[i]) & kAbsMask) < kInfBits) {
+          repl = xg[i];
+          break;
+        }
+      }
+      for (int e = 0; e < m; ++e) buf[pos[e]] = repl;
+    }
+    // Full groups of finite values (rotated or not) on an AVX2 ISA: the vector steps; the rest: the scalar ones.
+    const Steps steps{simd && r == g && !force_flag && allFinite(buf, r)};
+    GroupParams p;
+    float mn = 0, mx = 0;
+    if (steps.simd) {
+      bool constant = false;
+      minMaxAvx2(buf, r, &mn, &mx, &constant);
+      p = constant ? constantParams(floatBits(buf[0])) : paramsFromStats(mn, mx, false, cfg.bits, cfg.symmetric);
+    } else {
+      const GroupStats st = scalarStats(buf, r);
+      mn = st.mn;
+      mx = st.mx;
+      p = planWithFlag(buf, r, cfg, force_flag);
+    }
+    if (cfg.clip) p = clipSearch(buf, r, p, mn, mx, cfg, steps);
+    storeMeta(out + q * sizeof(GroupMeta), p.meta);
+    const size_t cb = r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
+    if (steps.simd && p.kind == GroupKind::Fast) {
+      encodeFastGroupAvx2(buf, r, cfg.bits, p.symmetric, p.z, p.inv, codes + code_off);
+    } else {
+      encodeGroupScalar(buf, r, p, cfg.bits, codes + code_off, cb);
+    }
+    code_off += cb;
+  }
+}
+
+void dequantizeTransformed(Isa isa, const uint8_t* in, size_t n, const Config& cfg, float* out, bool accumulate) {
+  const bool simd = isa != Isa::Scalar;
+  const size_t g = static_cast<size_t>(cfg.group_size);
+  const size_t kk = static_cast<size_t>(cfg.spikes);
+  Config base = cfg;
+  base.spikes = 0;
+  const size_t groups = numGroups(n, g);
+  const uint8_t* codes = in + groups * sizeof(GroupMeta);
+  const uint8_t* idx = in + encodedSize(n, base);
+  const uint8_t* val = idx + groups * kk * sizeof(uint16_t);
+  // Check the whole spike section first, so that a corrupt run leaves `out` untouched.
+  for (size_t q = 0; q < groups; ++q) {
+    const size_t r = std::min(g, n - q * g);
+    for (size_t e = 0; e < kk; ++e) {
+      uint16_t p;
+      std::memcpy(&p, idx + (q * kk + e) * sizeof p, sizeof p);
+      if (p != kNoSpike && p >= r)
+        throw InvalidArgument(
+            fmt::format("quant: corrupt spike section: index {} in group {} of {} values (entry {})", p, q, r, e));
+    }
+  }
+  alignas(64) float buf[kMaxGroup];
+  size_t code_off = 0;
+  for (size_t q = 0; q < groups; ++q) {
+    const size_t r = std::min(g, n - q * g);
+    const GroupMeta meta = loadMeta(in + q * sizeof(GroupMeta));
+    const bool fast = meta.scale != 0 && (meta.scale & kScaleFlag) == 0;
+    if (simd && r == g && fast) {
+      decodeFastGroupAvx2(codes + code_off, g, cfg.bits, bf16Value(meta.scale), bf16Value(meta.zero), buf);
+    } else {
+      decodeGroupScalar<false>(meta, codes + code_off, r, cfg.bits, buf);
+    }
+    code_off += r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
+    if (r == g && (meta.scale & kScaleFlag) == 0) {
+      if (simd) {
+        hadamardRotateAvx2(buf, g, true, signs().d.data(), rotationFactor(g));
+      } else {
+        hadamardRotate(buf, g, true);
+      }
+    }
+    for (size_t e = 0; e < kk; ++e) {
+      uint16_t p;
+      std::memcpy(&p, idx + (q * kk + e) * sizeof p, sizeof p);
+      if (p != kNoSpike) std::memcpy(buf + p, val + (q * kk + e) * sizeof(float), sizeof(float));
+    }
+    float* o = out + q * g;
+    if (accumulate) {
+      for (size_t i = 0; i < r; ++i) o[i] = o[i] + buf[i];
+    } else {
+      std::memcpy(o, buf, r * sizeof(float));
+    }
+  }
+}
+
+}  // namespace flashring::quant::detail
