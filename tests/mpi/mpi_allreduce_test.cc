@@ -41,9 +41,13 @@ class MpiAllreduceWithError : public MpiTest {};
 
 // Across processes: the errors the ranks report add up to the exact sum minus the result.
 TEST_F(MpiAllreduceWithError, ErrorsSumToExactMinusResult) {
-  for (const char* name : {"flash-int4", "flash-int6", "twostep-bf16"}) {
+  for (const std::string name : {"flash-int4", "flash-int6", "twostep-bf16", "flash-int4-rot-clip"}) {
     const size_t n = 20011;
-    AllreduceOptions o = allreduceOptionsFromName(name);
+    // "<name>-rot-clip": the codec's rotation and clipping on both stages (quant::Config::rotate/clip).
+    const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
+    AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
+    o.reduce_scatter.rotate = o.all_gather.rotate = rot_clip;
+    o.reduce_scatter.clip = o.all_gather.clip = rot_clip;
     o.chunk_elems = 8192;
     auto x = testref::rankInput(rank(), n);
     std::vector<float> e(n);
@@ -72,7 +76,10 @@ class MpiAllreduceErrors : public MpiTest {};
 TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
   const std::string name = GetParam();
   for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{5000}, size_t{100003}}) {
-    AllreduceOptions o = allreduceOptionsFromName(name);
+    const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
+    AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
+    o.reduce_scatter.rotate = o.all_gather.rotate = rot_clip;
+    o.reduce_scatter.clip = o.all_gather.clip = rot_clip;
     o.chunk_elems = 8192;
     auto x = testref::rankInput(rank(), n);
     allreduce(comm(), x, o);
@@ -96,7 +103,8 @@ TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
 
 INSTANTIATE_TEST_SUITE_P(All, MpiAllreduce,
                          ::testing::Values("ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16", "mpi", "auto",
-                                           "flash-int8", "flash-int6", "flash-int4", "flash-int4-int8"),
+                                           "flash-int8", "flash-int6", "flash-int4", "flash-int4-int8",
+                                           "flash-int4-rot-clip"),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                            std::string s = i.param;
                            for (auto& c : s) c = c == '-' ? '_' : c;
