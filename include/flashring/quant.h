@@ -101,7 +101,9 @@
 // Clipping (Config::clip; encoder only, the decoder is unchanged): for each Fast group (neither constant,
 // flagged nor wide) the encoder tries the ranges [mid - c*half, mid + c*half] (symmetric: [c*min, c*max]) for
 // c = 1, 15/16, ..., 11/16 (mid, half from the group's min and max, in double) and keeps the metadata of the
-// smallest sum of squared errors (first wins ties); values outside the clipped range take the end codes.
+// smallest squared error (first wins ties); values outside the clipped range take the end codes. The squared
+// error is defined in fp32 so that every ISA picks alike: d_i = fma(q_i, s, z) - x_i, eight sums
+// a_j = fma(d_i, d_i, a_j) over i = j mod 8 in order, total ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)).
 // Rotate and clip are computed by one scalar implementation that every ISA calls (same bytes everywhere).
 // All arithmetic assumes the default fp environment (round to nearest even, no flush-to-zero/DAZ).
 // Every instruction-set version produces the same bytes and the same decoded floats, bit for bit.
