@@ -177,19 +177,21 @@ def plot_ppl(rows, out):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     exact = [r for r in rows if r["comm"] in ("exact", "twostep-fp32")]
+    gmin = min((r["group_size"] for r in rows if r not in exact), default=32)
     for tp in sorted({r["tp"] for r in rows}):
         for e in [r for r in exact if r["tp"] == tp]:
             ax.axhline(e["ppl"], linestyle=":", color="gray")
-            ax.text(32, e["ppl"], f" exact, tp {tp}", va="bottom", fontsize=8, color="gray")
+            ax.text(gmin, e["ppl"], f" exact, tp {tp}", va="bottom", fontsize=8, color="gray")
         for comm in sorted({r["comm"] for r in rows} - {"exact", "twostep-fp32"}):
-            variants = sorted({(r.get("spikes", 0), bool(r.get("error_feedback", False))) for r in rows})
-            for spikes, ef in variants:
+            def key(r):
+                return (r.get("spikes", 0), bool(r.get("error_feedback", False)),
+                        bool(r.get("rotate", False)) and bool(r.get("clip", False)))
+            for spikes, ef, rc in sorted({key(r) for r in rows}):
                 pts = sorted((r["group_size"], r["ppl"]) for r in rows
-                             if r["tp"] == tp and r["comm"] == comm and r.get("spikes", 0) == spikes
-                             and bool(r.get("error_feedback", False)) == ef)
+                             if r["tp"] == tp and r["comm"] == comm and key(r) == (spikes, ef, rc))
                 if pts:
                     lab = (f"{comm}, tp {tp}" + (f", {spikes} spikes/group" if spikes else "")
-                           + (", error feedback" if ef else ""))
+                           + (", error feedback" if ef else "") + (", rotate+clip" if rc else ""))
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")

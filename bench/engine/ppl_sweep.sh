@@ -5,7 +5,8 @@
 #      HEADLINE (0 skips the whole-text rows), HEADLINE_SPIKES (spikes of the headline rows, default 0),
 #      CURVE (0 skips the group-size curve),
 #      SPIKES (spike-reserving values per group for the curve, default "0"), EF (1: every low-bit row with
-#      --error-feedback, names suffixed _ef), FLASHRING (the binary).
+#      --error-feedback, names suffixed _ef), ROTCLIP (1: every low-bit row with --rotate --clip, names suffixed
+#      _rc), FLASHRING (the binary).
 # Writes OUTDIR/ppl_*.json (one `flashring perplexity --json` object each) and OUTDIR/ppl_sweep.txt;
 # `python3 bench/plot.py OUTDIR/ppl_*.json` draws perplexity vs group size.
 set -euo pipefail
@@ -19,6 +20,8 @@ log="$out/ppl_sweep.txt"
 : >"$log"
 ef=()
 [ "${EF:-0}" = 1 ] && ef=(--error-feedback)
+rc=()
+[ "${ROTCLIP:-0}" = 1 ] && rc=(--rotate --clip)
 run() {  # name, args...
   local name=$1
   shift
@@ -26,6 +29,10 @@ run() {  # name, args...
   if [ ${#ef[@]} -gt 0 ] && [[ "$name" != *exact* ]]; then
     extra=("${ef[@]}")
     name="${name}_ef"
+  fi
+  if [ ${#rc[@]} -gt 0 ] && [[ "$name" != *exact* ]]; then
+    extra+=("${rc[@]}")
+    name="${name}_rc"
   fi
   local line
   line=$("$bin" perplexity -c 512 --json "$out/ppl_$name.json" "$@" "${extra[@]}" | grep "Final estimate")

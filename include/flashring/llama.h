@@ -113,7 +113,7 @@ struct EngineOptions {
   // error of the latest all-reduce only, not the sum of all of them. Off: plain allreduce(). It changes
   // nothing with exact communication but rounding; replicas stay bitwise identical either way. After the last
   // layer the carried errors are summed by one more all-reduce and added to the residual stream (the flush),
-  // unless the algorithm is Ring or Native (exact: nothing carried).
+  // unless the algorithm carries nothing (Ring, Native, the fp32 two-step).
   bool error_feedback = false;
   // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data; the
   // error-feedback flush calls it with layer = n_layer, 2 and the summed error.

@@ -416,11 +416,13 @@ struct LlamaEngine::Impl {
 
   // Error feedback's last step: nothing follows the last all-reduce to take its error, so the ranks' carries
   // are summed by one more all-reduce (same options) and added to the residual stream. Its own error is that
-  // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry.
+  // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry
+  // (Ring and Native leave the carry zero; the fp32 two-step is exact).
   void flushErrorFeedback(size_t n) {
     const AllreduceAlgorithm a = opts.allreduce.algorithm;
-    if (!opts.error_feedback || opts.tp == 1 || a == AllreduceAlgorithm::Ring || a == AllreduceAlgorithm::Native)
-      return;
+    const bool exact = a == AllreduceAlgorithm::Ring || a == AllreduceAlgorithm::Native ||
+                       (a == AllreduceAlgorithm::TwoStep && opts.allreduce.payload == Payload::F32);
+    if (!opts.error_feedback || opts.tp == 1 || exact) return;
     o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
     AllreduceStats as;
     allreduce(*tp_comm, std::span<float>(o.data(), n), opts.allreduce, &as);
