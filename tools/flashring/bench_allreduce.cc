@@ -32,6 +32,7 @@ struct Config {
   int group_size = 128;
   bool symmetric = false;
   int spikes = 0;
+  bool rotate = false, clip = false;
   size_t chunk_elems = size_t{1} << 20;
   std::string json;
   uint64_t seed = 1;
@@ -91,14 +92,17 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
   base.reduce_scatter.group_size = base.all_gather.group_size = cfg.group_size;
   base.reduce_scatter.symmetric = base.all_gather.symmetric = cfg.symmetric;
   base.reduce_scatter.spikes = base.all_gather.spikes = cfg.spikes;
+  base.reduce_scatter.rotate = base.all_gather.rotate = cfg.rotate;
+  base.reduce_scatter.clip = base.all_gather.clip = cfg.clip;
   base.chunk_elems = cfg.chunk_elems;
   for (const auto& a : cfg.algos) opts.push_back(allreduceOptionsFromName(a, base));
   const auto bl = std::find(cfg.algos.begin(), cfg.algos.end(), cfg.baseline) - cfg.algos.begin();
 
   if (me == 0) {
-    fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{}{} iters={} warmup={} baseline={}\n",
+    fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{}{}{}{} iters={} warmup={} baseline={}\n",
                comm.transport(), N, cfg.group_size, cfg.symmetric ? " (symmetric)" : "",
-               cfg.spikes > 0 ? fmt::format(" spikes={}", cfg.spikes) : "", cfg.iters, cfg.warmup, cfg.baseline);
+               cfg.spikes > 0 ? fmt::format(" spikes={}", cfg.spikes) : "", cfg.rotate ? " rotate" : "",
+               cfg.clip ? " clip" : "", cfg.iters, cfg.warmup, cfg.baseline);
     fmt::print("# time = median over iterations of {}; error vs the exact fp64 sum; speedup = baseline time / time\n",
                same_host ? "first start to last end over all ranks" : "the slowest rank");
     fmt::print("{:>10} {:>11} {:<16} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8}\n", "size", "count", "algo",
@@ -206,6 +210,9 @@ void addBenchAllreduce(CLI::App& bench) {
   app->add_option("--spikes", cfg->spikes,
                   "values per group the flash codecs keep exactly as fp32 (spike reserving, 0..8; 0 = off)")
       ->capture_default_str();
+  app->add_flag("--rotate", cfg->rotate,
+                "flash codecs: randomized Hadamard rotation of each group (power-of-two group size)");
+  app->add_flag("--clip", cfg->clip, "flash codecs: per-group clipping range of least squared error");
   app->add_option("--chunk-elems", cfg->chunk_elems, "pipeline chunk of the flash algorithms, in elements (0 = one chunk)")
       ->capture_default_str();
   app->add_option("--seed", cfg->seed, "input seed")->capture_default_str();
@@ -227,7 +234,7 @@ void addBenchAllreduce(CLI::App& bench) {
       c.baseline = std::find(c.algos.begin(), c.algos.end(), "twostep-bf16") != c.algos.end() ? "twostep-bf16" : c.algos[0];
     if (std::find(c.algos.begin(), c.algos.end(), c.baseline) == c.algos.end())
       throw InvalidArgument(fmt::format("--baseline {} is not among --algos", c.baseline));
-    quant::validate({8, c.group_size, c.symmetric, c.spikes});
+    quant::validate({8, c.group_size, c.symmetric, c.spikes, c.rotate, c.clip});
     (void)sizes(c);
 
     std::vector<Row> rows;
@@ -254,6 +261,8 @@ void addBenchAllreduce(CLI::App& bench) {
                        {"transport", transport},
                        {"group_size", c.group_size},
                        {"spikes", c.spikes},
+                       {"rotate", c.rotate},
+                       {"clip", c.clip},
                        {"time_us", r.time_us},
                        {"algbw_gbps", r.algbw},
                        {"busbw_gbps", r.busbw},
