@@ -255,8 +255,7 @@ TEST(QuantRotate, ZeroAndSpikeOnlyGroupsAreExact) {
   x[128 + 77] = -0.001f;
   x[128 + 100] = 7e-30f;
   const auto y = dec(enc(x, c), x.size(), c);
-  for (size_t i = 0; i < x.size(); ++i)
-    ASSERT_EQ(std::bit_cast<uint32_t>(x[i]), std::bit_cast<uint32_t>(y[i])) << i;
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(std::bit_cast<uint32_t>(x[i]), std::bit_cast<uint32_t>(y[i])) << i;
 }
 
 // The AVX2 steps (codec_avx2.cc: rotation, min/max, clipping error, codes, decoding) are lane-for-lane twins of
@@ -268,7 +267,7 @@ TEST(QuantRotate, EveryIsaGivesTheSameBytesAndFloats) {
     int k;
     bool rot, clip;
   };
-  const C cases[] = {{4, 128, false, 2, true, true}, {5, 64, true, 0, true, true},  {6, 32, false, 1, true, false},
+  const C cases[] = {{4, 128, false, 2, true, true}, {5, 64, true, 0, true, true},    {6, 32, false, 1, true, false},
                      {8, 256, true, 3, false, true}, {4, 1024, false, 0, true, true}, {8, 128, false, 0, true, true},
                      {4, 32, true, 2, false, true}};
   for (const C& cs : cases) {
@@ -277,7 +276,8 @@ TEST(QuantRotate, EveryIsaGivesTheSameBytesAndFloats) {
     c.clip = cs.clip;
     SCOPED_TRACE(describe(c));
     for (uint32_t seed : {9u, 10u}) {
-      auto x = seed == 9 ? gaussian(static_cast<size_t>(cs.g) * 40 + 77, seed) : laplace(static_cast<size_t>(cs.g) * 9, seed);
+      auto x = seed == 9 ? gaussian(static_cast<size_t>(cs.g) * 40 + 77, seed)
+                         : laplace(static_cast<size_t>(cs.g) * 9, seed);
       for (size_t i = 0; i < x.size(); i += 53) x[i] *= 300.0f;
       x[x.size() / 3] = NAN;
       for (size_t i = 0; i < static_cast<size_t>(cs.g); ++i) x[x.size() / 2 / cs.g * cs.g + i] = 0.25f;  // constant

@@ -403,23 +403,35 @@ void decodeFastGroupAvx2(const uint8_t* codes, size_t g, int bits, float s, floa
   decodeFastGroup<false>(codes, g, bits, s, z, out);
 }
 
-float clipErrorAvx2(const float* x, size_t g, int bits, bool symmetric, float s, float z, float inv) {
+void clipErrorsAvx2(const float* x, size_t g, int bits, bool symmetric, const float* s, const float* z,
+                    const float* inv, float* err) {
+  constexpr int K = kClipCandidates;
   const int L = 1 << bits;
-  const __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z), vinv = _mm256_set1_ps(inv);
   const __m256i lo = _mm256_set1_epi32(symmetric ? 1 : 0), hi = _mm256_set1_epi32(L - 1);
   const __m256i half = _mm256_set1_epi32(L / 2);
-  __m256 acc = _mm256_setzero_ps();
+  __m256 vs[K], vz[K], vinv[K], acc[K];
+  for (int k = 0; k < K; ++k) {
+    vs[k] = _mm256_set1_ps(s[k]);
+    vz[k] = _mm256_set1_ps(z[k]);
+    vinv[k] = _mm256_set1_ps(inv[k]);
+    acc[k] = _mm256_setzero_ps();
+  }
+  // One pass over the group for all candidates: K independent accumulation chains instead of one at a time.
   for (size_t i = 0; i < g; i += 8) {
     const __m256 v = _mm256_loadu_ps(x + i);
-    const __m256i r = symmetric ? _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vinv)), half)
-                                : _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v, vz), vinv));
-    const __m256 q = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
-    const __m256 d = _mm256_sub_ps(_mm256_fmadd_ps(q, vs, vz), v);
-    acc = _mm256_fmadd_ps(d, d, acc);
+    for (int k = 0; k < K; ++k) {
+      const __m256i r = symmetric ? _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vinv[k])), half)
+                                  : _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_sub_ps(v, vz[k]), vinv[k]));
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi));
+      const __m256 d = _mm256_sub_ps(_mm256_fmadd_ps(q, vs[k], vz[k]), v);
+      acc[k] = _mm256_fmadd_ps(d, d, acc[k]);
+    }
   }
-  float a[8];
-  _mm256_storeu_ps(a, acc);
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  for (int k = 0; k < K; ++k) {
+    float a[8];
+    _mm256_storeu_ps(a, acc[k]);
+    err[k] = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  }
 }
 
 void minMaxAvx2(const float* x, size_t g, float* mn, float* mx, bool* constant) {

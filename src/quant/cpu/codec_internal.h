@@ -69,11 +69,14 @@ void hadamardRotate(float* v, size_t g, bool inverse);
 float rotationSign(size_t i);
 // AVX2 twins of transform.cc's per-group steps (codec_avx2.cc; g a multiple of 32, all values finite), bit for
 // bit their scalar references: the codes of a Fast group with the given z / inv; the decoding of a Fast group;
-// the clipping search's squared error (8 lane sums, lane j over i = j mod 8 by fma, then a fixed tree); min, max
+// the clipping search's squared errors of all candidates in one pass (8 lane sums each, lane j over i = j mod 8
+// by fma, then a fixed tree); min, max
 // and the constant test; the rotation with signs d and factor c.
 void encodeFastGroupAvx2(const float* x, size_t g, int bits, bool symmetric, float z, float inv, uint8_t* codes);
 void decodeFastGroupAvx2(const uint8_t* codes, size_t g, int bits, float s, float z, float* out);
-float clipErrorAvx2(const float* x, size_t g, int bits, bool symmetric, float s, float z, float inv);
+inline constexpr int kClipCandidates = 6;  // c = 16/16 .. 11/16 (quant.h)
+void clipErrorsAvx2(const float* x, size_t g, int bits, bool symmetric, const float* s, const float* z,
+                    const float* inv, float* err);  // kClipCandidates of each
 void minMaxAvx2(const float* x, size_t g, float* mn, float* mx, bool* constant);
 void hadamardRotateAvx2(float* v, size_t g, bool inverse, const float* d, float c);
 

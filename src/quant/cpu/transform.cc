@@ -45,10 +45,11 @@ const SignTable& signs() {
 // c of quant.h's rotation: the fp32 nearest 1/sqrt(g).
 float rotationFactor(size_t g) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(g))); }
 
+// Branchless (the compiler vectorizes it): no NaN/Inf among v[0, r).
 bool allFinite(const float* v, size_t r) {
-  for (size_t i = 0; i < r; ++i)
-    if ((floatBits(v[i]) & kAbsMask) >= kInfBits) return false;
-  return true;
+  uint32_t bad = 0;
+  for (size_t i = 0; i < r; ++i) bad |= static_cast<uint32_t>((floatBits(v[i]) & kInfBits) == kInfBits);
+  return bad == 0;
 }
 
 // Metadata of a group as every kernel plans it, except that force_flag marks it as holding NaN/Inf (so that
@@ -76,9 +77,6 @@ float groupErrorScalar(const float* v, size_t r, const GroupParams& p, int bits)
 // Full groups of finite values take the AVX2 steps on ISAs that have them; the rest the scalar ones.
 struct Steps {
   bool simd;
-  float error(const float* v, size_t r, const GroupParams& p, int bits) const {
-    return simd ? clipErrorAvx2(v, r, bits, p.symmetric, p.s, p.z, p.inv) : groupErrorScalar(v, r, p, bits);
-  }
 };
 
 // The clipping search of quant.h: ratios 16/16 .. 11/16 of the half-range, smallest squared error wins (the
@@ -88,21 +86,43 @@ GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mn
   if (p0.kind != GroupKind::Fast) return p0;
   const double mn = mnf, mx = mxf;
   const double mid = 0.5 * (mn + mx), half = 0.5 * (mx - mn);
-  GroupParams best = p0;
-  float best_err = steps.error(v, r, p0, cfg.bits);
-  for (int j = 15; j >= 11; --j) {
-    const double c = j / 16.0;
+  // Candidate k: c = (16 - k) / 16; a candidate that is not Fast is skipped (evaluated as p0, never chosen).
+  GroupParams cand[kClipCandidates];
+  bool usable[kClipCandidates];
+  cand[0] = p0;
+  usable[0] = true;
+  for (int k = 1; k < kClipCandidates; ++k) {
+    const double c = (16 - k) / 16.0;
     const float lo = cfg.symmetric ? static_cast<float>(mn * c) : static_cast<float>(mid - c * half);
     const float hi = cfg.symmetric ? static_cast<float>(mx * c) : static_cast<float>(mid + c * half);
-    const GroupParams p = paramsFromStats(lo, hi, false, cfg.bits, cfg.symmetric);
-    if (p.kind != GroupKind::Fast) continue;
-    const float e = steps.error(v, r, p, cfg.bits);
-    if (e < best_err) {
-      best_err = e;
-      best = p;
-    }
+    cand[k] = paramsFromStats(lo, hi, false, cfg.bits, cfg.symmetric);
+    usable[k] = cand[k].kind == GroupKind::Fast;
+    if (!usable[k]) cand[k] = p0;
   }
-  return best;
+  float err[kClipCandidates];
+  if (steps.simd) {
+    // symmetric: every candidate shares p0's encoding kind (a Fast symmetric group's candidates are symmetric too,
+    // and an asymmetric one's asymmetric: paramsFromStats falls back to asymmetric only for huge ranges).
+    float s[kClipCandidates], z[kClipCandidates], inv[kClipCandidates];
+    bool same_kind = true;
+    for (int k = 0; k < kClipCandidates; ++k) {
+      s[k] = cand[k].s;
+      z[k] = cand[k].z;
+      inv[k] = cand[k].inv;
+      same_kind = same_kind && cand[k].symmetric == p0.symmetric;
+    }
+    if (same_kind) {
+      clipErrorsAvx2(v, r, cfg.bits, p0.symmetric, s, z, inv, err);
+    } else {
+      for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorScalar(v, r, cand[k], cfg.bits);
+    }
+  } else {
+    for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorScalar(v, r, cand[k], cfg.bits);
+  }
+  int best = 0;
+  for (int k = 1; k < kClipCandidates; ++k)
+    if (usable[k] && err[k] < err[best]) best = k;
+  return cand[best];
 }
 
 }  // namespace
@@ -165,7 +185,8 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
       std::memcpy(buf, xg, r * sizeof(float));
     }
     bool rotated = false, force_flag = false;
-    if (cfg.rotate && r == g && allFinite(xg, r)) {
+    const bool finite = allFinite(xg, r);
+    if (cfg.rotate && r == g && finite) {
       for (int e = 0; e < m; ++e) buf[pos[e]] = 0.0f;
       rotate(buf, g, false);
       if (allFinite(buf, g)) {
@@ -190,7 +211,8 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
       for (int e = 0; e < m; ++e) buf[pos[e]] = repl;
     }
     // Full groups of finite values (rotated or not) on an AVX2 ISA: the vector steps; the rest: the scalar ones.
-    const Steps steps{simd && r == g && !force_flag && allFinite(buf, r)};
+    // (Unrotated, buf holds x with finite spike replacements: finite exactly when x is.)
+    const Steps steps{simd && r == g && !force_flag && (rotated || finite)};
     GroupParams p;
     float mn = 0, mx = 0;
     if (steps.simd) {
