@@ -215,6 +215,8 @@ def main():
     ap.add_argument("--flush", type=int, default=None, metavar="BITS",
                     help="with --error-feedback: after the last layer, all-reduce the carried errors with a "
                          "BITS-bit codec (0 = exact) and add them to the residual")
+    ap.add_argument("--exact-layers", default="", metavar="L,L,...",
+                    help="layers whose two all-reduces stay exact (fp32), to see where the loss sits")
     ap.add_argument("--tp", type=int, default=4)
     ap.add_argument("--chunks", default="0,4,8,12", help="windows of 512 of GPL-3 to score")
     ap.add_argument("--sqnr", action="store_true",
@@ -250,9 +252,11 @@ def main():
     fl = None
     if a.flush is not None:
         fl = Codec(bits=None) if a.flush == 0 else Codec(a.flush, a.group, a.spikes)
-    p = ppl(m, toks, a.tp, c, c, chunks, error_feedback=a.error_feedback, flush=fl)
+    exact_layers = {int(v) for v in a.exact_layers.split(",") if v}
+    layers_q = (lambda il, _kind: il not in exact_layers) if exact_layers else None
+    p = ppl(m, toks, a.tp, c, c, chunks, layers_q=layers_q, error_feedback=a.error_feedback, flush=fl)
     print(f"int{a.bits} g{a.group} s{a.spikes}{' rot' if a.rotate else ''}{' clip' if a.clip else ''}"
-          f"{' EF' if a.error_feedback else ''}{'' if fl is None else f' flush{a.flush}'}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
+          f"{' EF' if a.error_feedback else ''}{'' if fl is None else f' flush{a.flush}'}{f' exact L{a.exact_layers}' if exact_layers else ''}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
 
 
 if __name__ == "__main__":
