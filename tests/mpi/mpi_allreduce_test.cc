@@ -27,6 +27,17 @@ uint64_t hashOf(const std::vector<float>& v) {
   return h;
 }
 
+// An all-reduce name, or "<name>-rot-clip" for the codec's rotation and clipping on both stages
+// (quant::Config::rotate/clip); pipelined in chunks of 8192.
+AllreduceOptions optionsOf(const std::string& name) {
+  const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
+  AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
+  o.reduce_scatter.rotate = o.all_gather.rotate = rot_clip;
+  o.reduce_scatter.clip = o.all_gather.clip = rot_clip;
+  o.chunk_elems = 8192;
+  return o;
+}
+
 bool sameOnAllRanks(uint64_t h) {
   uint64_t mn = 0, mx = 0;
   MPI_Allreduce(&h, &mn, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
@@ -43,12 +54,7 @@ class MpiAllreduceWithError : public MpiTest {};
 TEST_F(MpiAllreduceWithError, ErrorsSumToExactMinusResult) {
   for (const std::string name : {"flash-int4", "flash-int6", "twostep-bf16", "flash-int4-rot-clip"}) {
     const size_t n = 20011;
-    // "<name>-rot-clip": the codec's rotation and clipping on both stages (quant::Config::rotate/clip).
-    const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
-    AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
-    o.reduce_scatter.rotate = o.all_gather.rotate = rot_clip;
-    o.reduce_scatter.clip = o.all_gather.clip = rot_clip;
-    o.chunk_elems = 8192;
+    AllreduceOptions o = optionsOf(name);
     auto x = testref::rankInput(rank(), n);
     std::vector<float> e(n);
     allreduceWithError(comm(), x, e, o);
@@ -76,11 +82,7 @@ class MpiAllreduceErrors : public MpiTest {};
 TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
   const std::string name = GetParam();
   for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{5000}, size_t{100003}}) {
-    const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
-    AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
-    o.reduce_scatter.rotate = o.all_gather.rotate = rot_clip;
-    o.reduce_scatter.clip = o.all_gather.clip = rot_clip;
-    o.chunk_elems = 8192;
+    AllreduceOptions o = optionsOf(name);
     auto x = testref::rankInput(rank(), n);
     allreduce(comm(), x, o);
     EXPECT_TRUE(sameOnAllRanks(hashOf(x))) << name << " n=" << n << ": ranks hold different results";

@@ -46,6 +46,17 @@ struct Outputs {
 
 // allLogits, a greedy run of `steps` tokens from the first `prompt` tokens, and a score; the same on every
 // rank (checked).
+// FNV-1a of the bits of an all-reduce's output (the TP replicas must agree on every bit).
+uint64_t bitsHash(std::span<const float> d) {
+  uint64_t h = 1469598103934665603ull;
+  for (float v : d) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    h = (h ^ b) * 1099511628211ull;
+  }
+  return h;
+}
+
 Outputs runAll(const std::string& path, const EngineOptions& o, const std::vector<TokenId>& tokens, size_t prompt,
                int steps) {
   Outputs out;
@@ -156,12 +167,7 @@ TEST(EngineTp, ActivationsAreBitwiseIdenticalAcrossTheTpGroup) {
       int index = 0;
       const int sp_rank = comm_.rank() / o.tp, tp_rank = comm_.rank() % o.tp;
       mine.on_allreduce = [&, sp_rank, tp_rank](int, int, std::span<const float> d) {
-        uint64_t h = 1469598103934665603ull;
-        for (float v : d) {
-          uint32_t b;
-          std::memcpy(&b, &v, 4);
-          h = (h ^ b) * 1099511628211ull;
-        }
+        const uint64_t h = bitsHash(d);
         std::lock_guard<std::mutex> lock(mu);
         hashes[{sp_rank, index++}][tp_rank] = h;
         ++calls;
@@ -247,12 +253,7 @@ TEST(EngineTp, ErrorFeedbackFlushWithRotationAndClipping) {
     EngineOptions mine = o;
     const int rank = comm.rank();
     mine.on_allreduce = [&, rank](int layer, int which, std::span<const float> d) {
-      uint64_t h = 1469598103934665603ull;
-      for (float v : d) {
-        uint32_t b;
-        std::memcpy(&b, &v, 4);
-        h = (h ^ b) * 1099511628211ull;
-      }
+      const uint64_t h = bitsHash(d);
       std::lock_guard<std::mutex> lock(mu);
       seen[rank].emplace_back(layer, which, h);
     };

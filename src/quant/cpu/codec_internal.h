@@ -57,6 +57,9 @@ int selectGroupSpikesFiniteAvx2(const float* x, size_t r, int k, float* copy, ui
 void quantizeFullGroupsAvx2(const float* x, size_t count, const Config& cfg, uint8_t* meta, uint8_t* codes,
                             uintptr_t prefetch);
 void dequantizeAccumulateWithSpikes(const Kernels& k, const uint8_t* in, size_t n, const Config& cfg, float* acc);
+// Throws InvalidArgument if an index of the spike section `idx` (of a run of n values) is neither kNoSpike nor
+// inside its group (spikes.cc).
+void checkSpikeIndices(const uint8_t* idx, size_t n, const Config& cfg);
 // Rotation and clipping (quant.h, "Rotation"; transform.cc): one scalar implementation that every ISA calls,
 // spikes included. quantizeTransformed serves cfg.rotate || cfg.clip; dequantizeTransformed serves cfg.rotate
 // (clip does not change decoding), writing out = decoded or, with accumulate, out = out + decoded.
@@ -335,6 +338,24 @@ inline GroupParams planGroup(const float* x, size_t r, const Config& cfg) {
   const GroupStats st = scalarStats(x, r);
   if (st.constant && !st.has_nonfinite) return constantParams(floatBits(x[0]));
   return paramsFromStats(st.mn, st.mx, st.has_nonfinite, cfg.bits, cfg.symmetric);
+}
+
+// The spike rule of quant.h for an unrotated group: copy[pos[e]] = the first finite non-spike value of x[0, r)
+// for the m spike positions pos (ascending).
+inline void replaceSpikes(const float* x, size_t r, const uint16_t* pos, int m, float* copy) {
+  if (m <= 0) return;
+  float repl = 0.0f;  // there is one: m <= finite values - 1
+  for (size_t i = 0, e = 0; i < r; ++i) {
+    if (e < static_cast<size_t>(m) && pos[e] == i) {
+      ++e;
+      continue;
+    }
+    if ((floatBits(x[i]) & 0x7FFFFFFFu) < 0x7F800000u) {
+      repl = x[i];
+      break;
+    }
+  }
+  for (int e = 0; e < m; ++e) copy[pos[e]] = repl;
 }
 
 // ---------------------------------------------------------------------------------------------------------

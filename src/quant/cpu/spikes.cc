@@ -228,7 +228,9 @@ Config withoutSpikes(const Config& cfg) {
   return c;
 }
 
-// Throws if an index of the spike section is neither kNoSpike nor inside its group.
+
+}  // namespace
+
 void checkSpikeIndices(const uint8_t* idx, size_t n, const Config& cfg) {
   const size_t g = static_cast<size_t>(cfg.group_size), k = static_cast<size_t>(cfg.spikes);
   const size_t groups = numGroups(n, g);
@@ -244,8 +246,6 @@ void checkSpikeIndices(const uint8_t* idx, size_t n, const Config& cfg) {
     }
   }
 }
-
-}  // namespace
 
 int selectGroupSpikes(Isa isa, const float* x, size_t r, int k, float* copy, uint16_t* pos) {
   const int m = isa != Isa::Scalar ? selectGroupSpikesFiniteAvx2(x, r, k, copy, pos) : -1;
@@ -300,21 +300,7 @@ void quantizeWithSpikes(Isa isa, const Kernels& kern, const float* x, size_t n, 
         pos[e] = kNoSpike;
         val[e] = 0.0f;
       }
-      if (m > 0) {
-        // The first finite non-spike value (there is one: m <= finite values - 1).
-        float repl = 0.0f;
-        for (size_t i = 0, e = 0; i < r; ++i) {
-          if (e < static_cast<size_t>(m) && pos[e] == i) {
-            ++e;
-            continue;
-          }
-          if ((floatBits(xg[i]) & kAbsMask) < kInfBits) {
-            repl = xg[i];
-            break;
-          }
-        }
-        for (int e = 0; e < m; ++e) xg[pos[e]] = repl;
-      }
+      replaceSpikes(xg, r, pos, m, xg);
     }
     std::memcpy(idx_out + q0 * kk * sizeof(uint16_t), pos_chunk, ng * kk * sizeof(uint16_t));
     std::memcpy(val_out + q0 * kk * sizeof(float), val_chunk, ng * kk * sizeof(float));

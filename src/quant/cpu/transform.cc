@@ -8,7 +8,6 @@
 // Decoding is the shared scalar group decoder, the inverse rotation, then the spikes.
 //
 // This file is compiled for baseline x86-64 (it may use std:: freely; it is never compiled with -mavx*).
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -16,13 +15,11 @@
 #include <cstdint>
 #include <cstring>
 
-#include "flashring/error.h"
 #include "quant/cpu/codec_internal.h"
 
 namespace flashring::quant::detail {
 namespace {
 
-constexpr uint32_t kAbsMask = 0x7FFFFFFFu;
 constexpr uint32_t kInfBits = 0x7F800000u;
 
 uint32_t mixIndex(uint32_t i) {
@@ -52,10 +49,9 @@ bool allFinite(const float* v, size_t r) {
   return bad == 0;
 }
 
-// Metadata of a group as every kernel plans it, except that force_flag marks it as holding NaN/Inf (so that
-// the decoder knows it is not rotated) even when all its values are finite.
-GroupParams planWithFlag(const float* v, size_t r, const Config& cfg, bool force_flag) {
-  const GroupStats st = scalarStats(v, r);
+// Metadata of a group with statistics st as every kernel plans it, except that force_flag marks it as holding
+// NaN/Inf (so that the decoder knows it is not rotated) even when all its values are finite.
+GroupParams planWithFlag(const float* v, const GroupStats& st, const Config& cfg, bool force_flag) {
   if (st.constant && !st.has_nonfinite && !force_flag) return constantParams(floatBits(v[0]));
   return paramsFromStats(st.mn, st.mx, st.has_nonfinite || force_flag, cfg.bits, cfg.symmetric);
 }
@@ -74,15 +70,11 @@ float groupErrorScalar(const float* v, size_t r, const GroupParams& p, int bits)
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
 }
 
-// Full groups of finite values take the AVX2 steps on ISAs that have them; the rest the scalar ones.
-struct Steps {
-  bool simd;
-};
-
 // The clipping search of quant.h: ratios 16/16 .. 11/16 of the half-range, smallest squared error wins (the
 // first on ties, so unclipped when nothing is gained). mn/mx: the group's finite min and max.
+// simd: the group is full and finite and the ISA has AVX2 (clipErrorsAvx2 then, else the scalar reference).
 GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mnf, float mxf, const Config& cfg,
-                       const Steps& steps) {
+                       bool simd) {
   if (p0.kind != GroupKind::Fast) return p0;
   const double mn = mnf, mx = mxf;
   const double mid = 0.5 * (mn + mx), half = 0.5 * (mx - mn);
@@ -100,7 +92,7 @@ GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mn
     if (!usable[k]) cand[k] = p0;
   }
   float err[kClipCandidates];
-  if (steps.simd) {
+  if (simd) {
     // symmetric: every candidate shares p0's encoding kind (a Fast symmetric group's candidates are symmetric too,
     // and an asymmetric one's asymmetric: paramsFromStats falls back to asymmetric only for huge ranges).
     float s[kClipCandidates], z[kClipCandidates], inv[kClipCandidates];
@@ -123,6 +115,15 @@ GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mn
   for (int k = 1; k < kClipCandidates; ++k)
     if (usable[k] && err[k] < err[best]) best = k;
   return cand[best];
+}
+
+// The rotation with the AVX2 twin where the ISA has it.
+void rotateGroup(bool simd, float* v, size_t g, bool inverse) {
+  if (simd) {
+    hadamardRotateAvx2(v, g, inverse, signs().d.data(), rotationFactor(g));
+  } else {
+    hadamardRotate(v, g, inverse);
+  }
 }
 
 }  // namespace
@@ -162,13 +163,6 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
   uint16_t pos[kMaxSpikes];
   size_t code_off = 0;
   const bool simd = isa != Isa::Scalar;
-  auto rotate = [&](float* v, size_t len, bool inverse) {
-    if (simd) {
-      hadamardRotateAvx2(v, len, inverse, signs().d.data(), rotationFactor(len));
-    } else {
-      hadamardRotate(v, len, inverse);
-    }
-  };
   for (size_t q = 0; q < groups; ++q) {
     const size_t r = std::min(g, n - q * g);
     const float* xg = x + q * g;
@@ -188,7 +182,7 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
     const bool finite = allFinite(xg, r);
     if (cfg.rotate && r == g && finite) {
       for (int e = 0; e < m; ++e) buf[pos[e]] = 0.0f;
-      rotate(buf, g, false);
+      rotateGroup(simd, buf, g, false);
       if (allFinite(buf, g)) {
         rotated = true;
       } else {  // |x| near FLT_MAX: encode the group as it is, flagged so that the decoder does not rotate it
@@ -196,26 +190,13 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
         force_flag = true;
       }
     }
-    if (!rotated && m > 0) {  // the plain spike rule: spike positions hold the first finite non-spike value
-      float repl = 0.0f;
-      for (size_t i = 0, e = 0; i < r; ++i) {
-        if (e < static_cast<size_t>(m) && pos[e] == i) {
-          ++e;
-          continue;
-        }
-        if ((floatBits(xg[i]) & kAbsMask) < kInfBits) {
-          repl = xg[i];
-          break;
-        }
-      }
-      for (int e = 0; e < m; ++e) buf[pos[e]] = repl;
-    }
+    if (!rotated) replaceSpikes(xg, r, pos, m, buf);  // the plain spike rule
     // Full groups of finite values (rotated or not) on an AVX2 ISA: the vector steps; the rest: the scalar ones.
     // (Unrotated, buf holds x with finite spike replacements: finite exactly when x is.)
-    const Steps steps{simd && r == g && !force_flag && (rotated || finite)};
+    const bool simd_group = simd && r == g && !force_flag && (rotated || finite);
     GroupParams p;
     float mn = 0, mx = 0;
-    if (steps.simd) {
+    if (simd_group) {
       bool constant = false;
       minMaxAvx2(buf, r, &mn, &mx, &constant);
       p = constant ? constantParams(floatBits(buf[0])) : paramsFromStats(mn, mx, false, cfg.bits, cfg.symmetric);
@@ -223,12 +204,12 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
       const GroupStats st = scalarStats(buf, r);
       mn = st.mn;
       mx = st.mx;
-      p = planWithFlag(buf, r, cfg, force_flag);
+      p = planWithFlag(buf, st, cfg, force_flag);
     }
-    if (cfg.clip) p = clipSearch(buf, r, p, mn, mx, cfg, steps);
+    if (cfg.clip) p = clipSearch(buf, r, p, mn, mx, cfg, simd_group);
     storeMeta(out + q * sizeof(GroupMeta), p.meta);
     const size_t cb = r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
-    if (steps.simd && p.kind == GroupKind::Fast) {
+    if (simd_group && p.kind == GroupKind::Fast) {
       encodeFastGroupAvx2(buf, r, cfg.bits, p.symmetric, p.z, p.inv, codes + code_off);
     } else {
       encodeGroupScalar(buf, r, p, cfg.bits, codes + code_off, cb);
@@ -247,17 +228,7 @@ void dequantizeTransformed(Isa isa, const uint8_t* in, size_t n, const Config& c
   const uint8_t* codes = in + groups * sizeof(GroupMeta);
   const uint8_t* idx = in + encodedSize(n, base);
   const uint8_t* val = idx + groups * kk * sizeof(uint16_t);
-  // Check the whole spike section first, so that a corrupt run leaves `out` untouched.
-  for (size_t q = 0; q < groups; ++q) {
-    const size_t r = std::min(g, n - q * g);
-    for (size_t e = 0; e < kk; ++e) {
-      uint16_t p;
-      std::memcpy(&p, idx + (q * kk + e) * sizeof p, sizeof p);
-      if (p != kNoSpike && p >= r)
-        throw InvalidArgument(
-            fmt::format("quant: corrupt spike section: index {} in group {} of {} values (entry {})", p, q, r, e));
-    }
-  }
+  checkSpikeIndices(idx, n, cfg);  // the whole section first, so that a corrupt run leaves `out` untouched
   alignas(64) float buf[kMaxGroup];
   size_t code_off = 0;
   for (size_t q = 0; q < groups; ++q) {
@@ -270,13 +241,7 @@ void dequantizeTransformed(Isa isa, const uint8_t* in, size_t n, const Config& c
       decodeGroupScalar<false>(meta, codes + code_off, r, cfg.bits, buf);
     }
     code_off += r == g ? fullGroupCodeBytes(g, cfg.bits) : tailCodeBytes(r, cfg.bits);
-    if (r == g && (meta.scale & kScaleFlag) == 0) {
-      if (simd) {
-        hadamardRotateAvx2(buf, g, true, signs().d.data(), rotationFactor(g));
-      } else {
-        hadamardRotate(buf, g, true);
-      }
-    }
+    if (r == g && (meta.scale & kScaleFlag) == 0) rotateGroup(simd, buf, g, true);
     for (size_t e = 0; e < kk; ++e) {
       uint16_t p;
       std::memcpy(&p, idx + (q * kk + e) * sizeof p, sizeof p);
