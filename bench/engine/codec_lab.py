@@ -34,9 +34,24 @@ def hadamard(n):
         H = np.block([[H, H], [H, -H]])
     return (H / np.sqrt(n)).astype(np.float32)
 
+def lloyd_max_gaussian(levels, iters=300):
+    """Reconstruction points of the MSE-optimal scalar quantizer with `levels` levels for N(0, 1)."""
+    from math import erf, sqrt, pi, exp
+    x = np.linspace(-2.5, 2.5, levels)
+    pdf = lambda t: exp(-t * t / 2) / sqrt(2 * pi)
+    cdf = lambda t: 0.5 * (1 + erf(t / sqrt(2)))
+    for _ in range(iters):
+        b = np.concatenate([[-np.inf], (x[1:] + x[:-1]) / 2, [np.inf]])
+        x = np.array([(pdf(b[i]) - pdf(b[i + 1])) / max(cdf(b[i + 1]) - cdf(b[i]), 1e-300)
+                      for i in range(levels)])
+    return x
+
 class Codec:
-    def __init__(self, bits=4, g=128, spikes=0, rot=False, clip=None, seed=0):
+    def __init__(self, bits=4, g=128, spikes=0, rot=False, clip=None, seed=0, levels="uniform"):
         self.bits, self.g, self.k, self.rot, self.clip = bits, g, spikes, rot, clip
+        self.levels = levels
+        if levels == "gauss":
+            self.lm = lloyd_max_gaussian(1 << bits).astype(np.float32)
         if rot:
             rng = np.random.default_rng(seed)
             self.H = hadamard(g) * rng.choice([-1.0, 1.0], size=g).astype(np.float32)[None, :]  # H diag(s)^T.. orthogonal
@@ -65,7 +80,24 @@ class Codec:
             v = v @ self.H.T
         L = (1 << self.bits) - 1
         lo = v.min(1, keepdims=True); hi = v.max(1, keepdims=True)
-        if self.clip is not None:
+        if self.levels == "gauss":
+            # Gaussian Lloyd-Max levels scaled by the group's standard deviation (times a searched factor)
+            mu = v.mean(1, keepdims=True)
+            sd = np.maximum(v.std(1, keepdims=True), 1e-30)
+            mids = (self.lm[1:] + self.lm[:-1]) / 2
+            best = None
+            for f in (self.clip or [1.0]):
+                sc = sd * f
+                q = np.searchsorted(mids, ((v - mu) / sc).ravel()).reshape(v.shape)
+                d = mu + sc * self.lm[q]
+                err = ((d - v) ** 2).sum(1, keepdims=True)
+                if best is None:
+                    best, bd = err, d
+                else:
+                    mk = err < best
+                    best = np.where(mk, err, best); bd = np.where(mk, d, bd)
+            d = bd
+        elif self.clip is not None:
             best = None
             for c in self.clip:
                 mid = (lo + hi) / 2; half = (hi - lo) / 2 * c
@@ -125,7 +157,29 @@ def split(n, t):
     base, rem = divmod(n, t)
     return [base + (1 if i < rem else 0) for i in range(t)]
 
-def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=False, flush=None):
+def sensitivity(m, site):
+    """Per-channel sensitivity of the sub-block that reads the residual after all-reduce `site` (an
+    (layer, 'attn'|'mlp') pair, or 'out'): |gamma_c| of its RMSNorm times the L2 norm of column c of the
+    weights that read the normalized vector. With error feedback an all-reduce's error sits in the residual
+    only until the next all-reduce compensates it, so only that one reader sees it."""
+    W = lambda name: m.w32[name]
+    if site == "out":
+        g, Ws = W("output_norm.weight"), [W("token_embd.weight")]
+    else:
+        il, kind = site
+        if kind == "attn":
+            p = f"blk.{il}."
+            g, Ws = W(p + "ffn_norm.weight"), [W(p + "ffn_gate.weight"), W(p + "ffn_up.weight")]
+        elif il + 1 < m.hp.n_layer:
+            p = f"blk.{il + 1}."
+            g, Ws = W(p + "attn_norm.weight"), [W(p + n) for n in ("attn_q.weight", "attn_k.weight", "attn_v.weight")]
+        else:
+            g, Ws = W("output_norm.weight"), [W("token_embd.weight")]
+    col = np.sqrt(sum((w.astype(np.float64) ** 2).sum(0) for w in Ws))
+    return np.abs(g.astype(np.float64)) * col
+
+def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=False, flush=None, weights=None,
+            refine=()):
     """Logits of `tokens`; layers_q(layer, 'attn'|'mlp') picks which all-reduces are quantized (None: all);
     error_feedback carries each rank's known error into its next partial."""
     hp = m.hp
@@ -140,13 +194,30 @@ def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=Fals
     carry = [np.zeros((n, hp.n_embd), np.float32) for _ in range(T)]
 
     def reduce(il, kind, parts):
+        w = None if weights is None else weights[(il, kind)]
         if layers_q is not None and not layers_q(il, kind):
-            y = sum(parts)
+            # an exact all-reduce delivers the carried errors too (dropping them would leave them in the
+            # residual until the next quantized all-reduce or the flush)
+            y = sum(parts) + sum(carry)
+            for cr in carry:
+                cr[:] = 0
         elif error_feedback:
             parts = [pt + cr for pt, cr in zip(parts, carry)]
-            y, carry[:] = flash_allreduce(parts, c1, c2, with_error=True)
+            if w is None:
+                y, carry[:] = flash_allreduce(parts, c1, c2, with_error=True)
+            else:
+                y, e = flash_allreduce([pt * w for pt in parts], c1, c2, with_error=True)
+                y = y / w
+                carry[:] = [ei / w for ei in e]
+        elif w is not None:
+            y = flash_allreduce([pt * w for pt in parts], c1, c2) / w
         else:
             y = flash_allreduce(parts, c1, c2)
+        if error_feedback and (il, kind) in refine:
+            # refinement: all-reduce the errors just made right away, so that the block that reads this
+            # residual sees one quantization of the error instead of the error
+            r, carry[:] = flash_allreduce(carry, c1, c2, with_error=True)
+            y = y + r
         if stats is not None:
             stats.append((il, kind, parts, sum(parts), y))
         return y
@@ -172,9 +243,37 @@ def forward(m, tokens, T, c1, c2, layers_q=None, stats=None, error_feedback=Fals
         x = x + reduce(il, "mlp", parts)
     if error_feedback and flush is not None:
         # one more all-reduce, of the carried errors only, so that the last all-reduce's error is also fixed
-        x = x + flash_allreduce(carry, flush, flush)
+        if weights is None:
+            x = x + flash_allreduce(carry, flush, flush)
+        else:
+            w = weights["out"]
+            x = x + flash_allreduce([cr * w for cr in carry], flush, flush) / w
     x = R.rms_norm(x, W("output_norm.weight"), hp.eps)
     return x @ W("token_embd.weight").T
+
+def make_weights(m, mode, power=0.5, calib=None, clamp=None):
+    """Per-channel pre-scaling w of each all-reduce site: the codec sees w * x and the result is divided by
+    w, so channel c's quantization noise becomes (white noise) / w_c. mode 's': w^2 ~ s (sensitivity);
+    'sv': w^2 ~ s / sqrt(v), v the channel's mean square in the exact all-reduce sums of `calib`."""
+    sites = [(il, k) for il in range(m.hp.n_layer) for k in ("attn", "mlp")] + ["out"]
+    v = {}
+    if mode == "sv":
+        st = []
+        ex = Codec(bits=None)
+        forward(m, calib, 1, ex, ex, stats=st)
+        for il, kind, _parts, exact, _y in st:
+            v[(il, kind)] = (exact.astype(np.float64) ** 2).mean(0) + 1e-12
+        v["out"] = v[(m.hp.n_layer - 1, "mlp")]
+    out = {}
+    for site in sites:
+        s = sensitivity(m, site) + 1e-6
+        w2 = s ** (2 * power) if mode == "s" else s / np.sqrt(v[site])
+        w = np.sqrt(w2)
+        w = w / np.exp(np.log(w).mean())
+        if clamp:
+            w = np.clip(w, 1 / clamp, clamp)
+        out[site] = w.astype(np.float32)
+    return out
 
 def load():
     m = R.LlamaModel(R.default_model_path())
@@ -188,20 +287,31 @@ def tokens_of(m):
     text = open("/usr/share/common-licenses/GPL-3").read()
     return R.tokenize(m, text)
 
-def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False, flush=None):
+def ppl(m, toks, T, c1, c2, chunks, ctx=512, layers_q=None, error_feedback=False, flush=None, weights=None,
+        ref=None, refine=()):
+    """Perplexity over `chunks`; with ref (a dict filled by the exact run) also the mean KL(exact || this)
+    over the scored positions, a much less noisy measure of the damage than the perplexity ratio."""
     bos = int(m.metadata("tokenizer.ggml.bos_token_id"))
     add_bos = bool(m.metadata("tokenizer.ggml.add_bos_token", False))
     first = ctx // 2
-    nll, cnt = 0.0, 0
+    nll, cnt, kl = 0.0, 0, 0.0
     for c in chunks:
         ch = list(toks[c*ctx:(c+1)*ctx])
         if add_bos: ch[0] = bos
         lg = forward(m, np.array(ch), T, c1, c2, layers_q, error_feedback=error_feedback,
-                     flush=flush).astype(np.float64)
+                     flush=flush, weights=weights, refine=refine).astype(np.float64)
         rows = lg[first:ctx-1]
         mx = rows.max(1)
         lse = mx + np.log(np.exp(rows - mx[:, None]).sum(1))
+        logp = rows - lse[:, None]
+        if ref is not None:
+            if c not in ref:
+                ref[c] = logp
+            else:
+                kl += float((np.exp(ref[c]) * (ref[c] - logp)).sum())
         nll += float((lse - rows[np.arange(len(rows)), ch[first+1:ctx]]).sum()); cnt += len(rows)
+    if ref is not None:
+        ppl.kl = kl / cnt
     return float(np.exp(nll / cnt))
 
 def main():
@@ -217,6 +327,11 @@ def main():
                          "BITS-bit codec (0 = exact) and add them to the residual")
     ap.add_argument("--exact-layers", default="", metavar="L,L,...",
                     help="layers whose two all-reduces stay exact (fp32), to see where the loss sits")
+    ap.add_argument("--weight", choices=["s", "sv"], default=None,
+                    help="pre-scale each all-reduce per channel by the sensitivity of the block that reads it "
+                         "(s: w^2 ~ s; sv: w^2 ~ s/sqrt(v), v from a calibration window, see make_weights)")
+    ap.add_argument("--weight-power", type=float, default=0.5, help="with --weight s: w ~ s^POWER")
+    ap.add_argument("--weight-clamp", type=float, default=None, help="keep w within [1/C, C]")
     ap.add_argument("--tp", type=int, default=4)
     ap.add_argument("--chunks", default="0,4,8,12", help="windows of 512 of GPL-3 to score")
     ap.add_argument("--sqnr", action="store_true",
@@ -242,7 +357,8 @@ def main():
     chunks = [int(c) for c in a.chunks.split(",")]
     ex = Codec(bits=None)
     t = time.time()
-    base = ppl(m, toks, a.tp, ex, ex, chunks)
+    ref = {}
+    base = ppl(m, toks, a.tp, ex, ex, chunks, ref=ref)
     print(f"exact {base:.4f} ({time.time() - t:.1f} s)", flush=True)
     if a.bits == 0:
         return
@@ -254,9 +370,15 @@ def main():
         fl = Codec(bits=None) if a.flush == 0 else Codec(a.flush, a.group, a.spikes)
     exact_layers = {int(v) for v in a.exact_layers.split(",") if v}
     layers_q = (lambda il, _kind: il not in exact_layers) if exact_layers else None
-    p = ppl(m, toks, a.tp, c, c, chunks, layers_q=layers_q, error_feedback=a.error_feedback, flush=fl)
+    weights = None
+    if a.weight:
+        calib = list(toks[13*512:14*512])
+        calib[0] = int(m.metadata("tokenizer.ggml.bos_token_id"))
+        weights = make_weights(m, a.weight, a.weight_power, np.array(calib), a.weight_clamp)
+    p = ppl(m, toks, a.tp, c, c, chunks, layers_q=layers_q, error_feedback=a.error_feedback, flush=fl,
+            weights=weights, ref=ref)
     print(f"int{a.bits} g{a.group} s{a.spikes}{' rot' if a.rotate else ''}{' clip' if a.clip else ''}"
-          f"{' EF' if a.error_feedback else ''}{'' if fl is None else f' flush{a.flush}'}{f' exact L{a.exact_layers}' if exact_layers else ''}: {p:.4f} ({100 * (p / base - 1):+.2f}%, {time.time() - t:.1f} s)")
+          f"{' EF' if a.error_feedback else ''}{'' if fl is None else f' flush{a.flush}'}{f' exact L{a.exact_layers}' if exact_layers else ''}{f' weight {a.weight}' if a.weight else ''}: {p:.4f} ({100 * (p / base - 1):+.2f}%, KL {ppl.kl:.5f}, {time.time() - t:.1f} s)")
 
 
 if __name__ == "__main__":
