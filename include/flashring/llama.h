@@ -115,8 +115,17 @@ struct EngineOptions {
   // layer the carried errors are summed by one more all-reduce and added to the residual stream (the flush),
   // unless the algorithm carries nothing (Ring, Native, the fp32 two-step).
   bool error_feedback = false;
+  // Refinement: each TP all-reduce of the first `refine_layers` layers is followed at once by one more
+  // all-reduce (same options) of the quantization errors it just made (allreduceWithError), added to its
+  // result, so the block that reads the residual next sees the error of quantizing that error instead of
+  // the error itself. Costs one all-reduce per refined site (2 per layer). For the early layers, whose
+  // all-reduce outputs are most of the residual stream: on the default model layer 0 alone makes ~40% of
+  // the INT4 damage with error feedback. With error feedback the refinement's own errors are carried on;
+  // skipped, like the flush, where the algorithm makes no error (Ring, Native, the fp32 two-step).
+  int refine_layers = 0;
   // Test hook, called on every rank after each TP all-reduce: layer, 0 = attention / 1 = MLP, the data; the
-  // error-feedback flush calls it with layer = n_layer, 2 and the summed error.
+  // error-feedback flush calls it with layer = n_layer, 2 and the summed error. A refined all-reduce calls it
+  // once, with its refined result.
   std::function<void(int layer, int which, std::span<const float> data)> on_allreduce;
 };
 
@@ -164,6 +173,8 @@ class LlamaEngine {
   // Changes the TP all-reduce for the following calls (benchmarks compare codecs on one engine). Collective
   // in the sense that every rank must pass the same options before its next call.
   void setAllreduceOptions(const AllreduceOptions& options);
+  // Likewise EngineOptions::error_feedback and ::refine_layers (benchmarks keep their exact baselines plain).
+  void setErrorCorrection(bool error_feedback, int refine_layers);
 
   const EngineStats& stats() const;
   void resetStats();

@@ -346,13 +346,16 @@ struct LlamaEngine::Impl {
 
   // Scratch.
   std::vector<float> x, h, q, att, o, g, u;
-  std::vector<float> carry;  // error feedback (EngineOptions::error_feedback)
+  std::vector<float> carry;    // error feedback (EngineOptions::error_feedback) and refinement
+  std::vector<float> refined;  // refinement: the summed errors (EngineOptions::refine_layers)
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
       : world(wc), w(std::move(weights)), opts(o_), cfg(w->cfg), shard(w->shard) {
     if (opts.tp < 1 || opts.sp < 1 || opts.tp * opts.sp != world.size())
       throw InvalidArgument(fmt::format("LlamaEngine: tp {} x sp {} != {} ranks", opts.tp, opts.sp, world.size()),
                             world.rank());
+    if (opts.refine_layers < 0)
+      throw InvalidArgument(fmt::format("LlamaEngine: refine_layers {} < 0", opts.refine_layers), world.rank());
     tp_rank = world.rank() % opts.tp;
     sp_rank = world.rank() / opts.tp;
     if (w->tp != opts.tp || w->tp_rank != tp_rank)
@@ -397,38 +400,60 @@ struct LlamaEngine::Impl {
     st.wire_bytes += world.bytesSent() - b0;
   }
 
+  // Whether the TP all-reduce makes errors worth carrying or refining (Ring and Native leave the error zero;
+  // the fp32 two-step is exact).
+  bool allreduceErrs() const {
+    const AllreduceAlgorithm a = opts.allreduce.algorithm;
+    return opts.tp > 1 && a != AllreduceAlgorithm::Ring && a != AllreduceAlgorithm::Native &&
+           !(a == AllreduceAlgorithm::TwoStep && opts.allreduce.payload == Payload::F32);
+  }
+
+  void countAllreduce(const AllreduceStats& as) {
+    st.quant_s += as.codec_s;
+    st.comm_s += as.wait_s;
+    ++st.allreduces;
+  }
+
   void tpAllreduce(int layer, int which, float* data, size_t n) {
     if (opts.tp > 1) {
+      const bool refine = layer < opts.refine_layers && allreduceErrs();
       AllreduceStats as;
-      if (opts.error_feedback) {
-        // carry: this rank's share of the previous all-reduce's error in this forward pass (zeroed by blocks()).
+      if (opts.error_feedback || refine) {
+        // carry: this rank's share of the previous all-reduce's error in this forward pass (zeroed by blocks();
+        // without error feedback it is only the refinement's scratch and always zero here).
         for (size_t i = 0; i < n; ++i) data[i] += carry[i];
-        allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry), opts.allreduce, &as);
+        allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry.data(), n), opts.allreduce, &as);
       } else {
         allreduce(*tp_comm, std::span<float>(data, n), opts.allreduce, &as);
       }
-      st.quant_s += as.codec_s;
-      st.comm_s += as.wait_s;
-      ++st.allreduces;
+      countAllreduce(as);
+      if (refine) {
+        // The errors just made, summed at once and added: what is left is the error of quantizing them.
+        refined.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
+        AllreduceStats rs;
+        if (opts.error_feedback) {
+          allreduceWithError(*tp_comm, std::span<float>(refined.data(), n), std::span<float>(carry.data(), n),
+                             opts.allreduce, &rs);
+        } else {
+          allreduce(*tp_comm, std::span<float>(refined.data(), n), opts.allreduce, &rs);
+          std::fill(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n), 0.f);
+        }
+        countAllreduce(rs);
+        for (size_t i = 0; i < n; ++i) data[i] += refined[i];
+      }
     }
     if (opts.on_allreduce) opts.on_allreduce(layer, which, std::span<const float>(data, n));
   }
 
   // Error feedback's last step: nothing follows the last all-reduce to take its error, so the ranks' carries
   // are summed by one more all-reduce (same options) and added to the residual stream. Its own error is that
-  // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry
-  // (Ring and Native leave the carry zero; the fp32 two-step is exact).
+  // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry.
   void flushErrorFeedback(size_t n) {
-    const AllreduceAlgorithm a = opts.allreduce.algorithm;
-    const bool exact = a == AllreduceAlgorithm::Ring || a == AllreduceAlgorithm::Native ||
-                       (a == AllreduceAlgorithm::TwoStep && opts.allreduce.payload == Payload::F32);
-    if (!opts.error_feedback || opts.tp == 1 || exact) return;
+    if (!opts.error_feedback || !allreduceErrs()) return;
     o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
     AllreduceStats as;
     allreduce(*tp_comm, std::span<float>(o.data(), n), opts.allreduce, &as);
-    st.quant_s += as.codec_s;
-    st.comm_s += as.wait_s;
-    ++st.allreduces;
+    countAllreduce(as);
     for (size_t i = 0; i < n; ++i) x[i] += o[i];
     if (opts.on_allreduce) opts.on_allreduce(cfg.n_layer, 2, std::span<const float>(o.data(), n));
   }
@@ -443,7 +468,7 @@ struct LlamaEngine::Impl {
     const size_t qdim = static_cast<size_t>(H) * hd, kvdim = static_cast<size_t>(kvh) * hd;
     const bool am_owner = !decode || sp_rank == owner;
     x.assign(static_cast<size_t>(len) * D, 0.f);
-    carry.assign(opts.error_feedback ? x.size() : 0, 0.f);
+    carry.assign(opts.error_feedback || opts.refine_layers > 0 ? x.size() : 0, 0.f);
     for (int64_t t = 0; t < len; ++t) w->embed(tokens[t], x.data() + t * D);
     h.resize(std::max<size_t>(x.size(), 1));
     q.resize(std::max<size_t>(len * qdim, 1));
@@ -796,7 +821,7 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
     m.checkPrompt(tokens, "allLogits");
     const int64_t n = static_cast<int64_t>(tokens.size());
     std::vector<int64_t> pos;
-    m.prompt(tokens, pos);
+    m.timed([&] { m.prompt(tokens, pos); });  // the stats count the forward pass, not the gather below
     const int D = m.cfg.n_embd, V = m.cfg.n_vocab;
     const int64_t len = static_cast<int64_t>(pos.size());
     std::vector<float> hn(static_cast<size_t>(len) * D);
@@ -826,6 +851,12 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
 }
 
 void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) { impl_->opts.allreduce = options; }
+void LlamaEngine::setErrorCorrection(bool error_feedback, int refine_layers) {
+  if (refine_layers < 0)
+    throw InvalidArgument(fmt::format("LlamaEngine: refine_layers {} < 0", refine_layers), impl_->world.rank());
+  impl_->opts.error_feedback = error_feedback;
+  impl_->opts.refine_layers = refine_layers;
+}
 const EngineStats& LlamaEngine::stats() const { return impl_->st; }
 void LlamaEngine::resetStats() { impl_->st = EngineStats{}; }
 int LlamaEngine::tpRank() const { return impl_->tp_rank; }

@@ -18,6 +18,7 @@ namespace {
 struct Result {
   std::vector<float> logits;
   std::vector<TokenId> greedy;
+  int64_t prefill_allreduces = 0;  // TP all-reduces of the prefill call
 };
 
 Result runEngine(Communicator& comm, const std::string& path, const EngineOptions& o,
@@ -25,7 +26,9 @@ Result runEngine(Communicator& comm, const std::string& path, const EngineOption
   LlamaEngine eng(comm, testref::weightsFor(path, o.tp, comm.rank() % o.tp), o);
   Result r;
   r.logits = eng.allLogits(tokens);
+  eng.resetStats();
   TokenId t = eng.prefill(std::vector<TokenId>(tokens.begin(), tokens.begin() + 11));
+  r.prefill_allreduces = eng.stats().allreduces;
   r.greedy.push_back(t);
   for (int i = 0; i < 6; ++i) r.greedy.push_back(t = eng.decode(t));
   return r;
@@ -95,6 +98,14 @@ TEST_F(MpiEngineComm, QuantizedAllreduceKeepsTpRanksIdentical) {
   const Result r_ef = runEngine(comm(), f.gguf_path, o, f.tokens);
   checkSameOnAllRanks(comm(), h, "hash of every TP all-reduce result, error feedback");
   EXPECT_EQ(r_ef.greedy.size(), 7u);
+  // Refinement of the first layer (one more all-reduce of the errors after each of its two): still the same
+  // bits everywhere, and exactly two more all-reduces per forward pass.
+  h = 1469598103934665603ull;
+  o.refine_layers = 1;
+  const Result r_ref = runEngine(comm(), f.gguf_path, o, f.tokens);
+  checkSameOnAllRanks(comm(), h, "hash of every TP all-reduce result, error feedback and refinement");
+  EXPECT_EQ(r_ref.greedy.size(), 7u);
+  EXPECT_EQ(r_ref.prefill_allreduces, r_ef.prefill_allreduces + 2);
 }
 
 TEST_F(MpiEngineComm, MismatchedPromptFailsEveryRank) {

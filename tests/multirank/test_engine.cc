@@ -292,6 +292,92 @@ TEST(EngineTp, ErrorFeedbackFlushWithRotationAndClipping) {
   EXPECT_LT(e_best, e_q);
 }
 
+// Refinement (EngineOptions::refine_layers): each all-reduce of the first layers is followed at once by an
+// all-reduce of the errors it made. Layer 0's attention all-reduce sees the same partials whatever the
+// communication (nothing is quantized before it), so its result can be compared with the exact one directly:
+// refined, what is left is the error of quantizing the error, several times smaller. It costs exactly two
+// all-reduces per refined layer, changes nothing with exact communication, keeps the TP replicas bitwise
+// identical, and works with or without error feedback.
+TEST(EngineTp, RefinementSumsTheFirstLayersErrorsAtOnce) {
+  const ModelFixture f = testref::tinyFixture("tiny-uneven");
+  if (!f.present) GTEST_SKIP() << f.missing;
+  struct Run {
+    std::vector<float> first;                                   // rank 0's layer-0 attention all-reduce result
+    std::vector<float> logits;                                  // rank 0's last-position logits
+    int64_t allreduces = 0;                                     // rank 0's, one prefill
+    std::map<int, std::vector<std::pair<int, uint64_t>>> bits;  // rank -> (layer * 2 + which, hash)
+  };
+  auto run = [&](const EngineOptions& o) {
+    Run out;
+    std::mutex mu;
+    runThreadRanks(o.tp * o.sp, [&](Communicator& comm) {
+      EngineOptions mine = o;
+      const int rank = comm.rank();
+      mine.on_allreduce = [&, rank](int layer, int which, std::span<const float> d) {
+        std::lock_guard<std::mutex> lock(mu);
+        out.bits[rank].emplace_back(layer * 2 + which, bitsHash(d));
+        if (rank == 0 && layer == 0 && which == 0 && out.first.empty()) out.first.assign(d.begin(), d.end());
+      };
+      LlamaEngine eng(comm, testref::weightsFor(f.gguf_path, o.tp, rank % o.tp), mine);
+      eng.prefill(f.tokens);
+      std::lock_guard<std::mutex> lock(mu);
+      if (rank == 0) {
+        out.logits = eng.lastLogits();
+        out.allreduces = eng.stats().allreduces;
+      }
+    });
+    return out;
+  };
+  for (const Grid grid : {Grid{2, 2, SpScheme::TokenRing}, Grid{4, 1, SpScheme::Auto}}) {
+    SCOPED_TRACE(fmt::format("tp {} sp {}", grid.tp, grid.sp));
+    EngineOptions o = exactOptions(grid);
+    const Run exact = run(o);
+    o.refine_layers = 2;
+    const Run exact_refined = run(o);
+    EXPECT_EQ(testref::maxAbsDiff(exact_refined.logits, exact.logits), 0.0) << "exact all-reduces make no error";
+    EXPECT_EQ(exact_refined.allreduces, exact.allreduces) << "nothing to refine";
+    o.allreduce = allreduceOptionsFromName("flash-int4");
+    o.allreduce.reduce_scatter.spikes = o.allreduce.all_gather.spikes = 1;
+    for (const bool ef : {false, true}) {
+      SCOPED_TRACE(ef ? "error feedback" : "no error feedback");
+      o.error_feedback = ef;
+      o.refine_layers = 0;
+      const Run plain = run(o);
+      o.refine_layers = 1;
+      const Run refined = run(o);
+      o.refine_layers = 2;
+      const Run refined2 = run(o);
+      EXPECT_EQ(refined.allreduces, plain.allreduces + 2);
+      EXPECT_EQ(refined2.allreduces, plain.allreduces + 4);
+      const double e_plain = testref::maxAbsDiff(plain.first, exact.first),
+                   e_ref = testref::maxAbsDiff(refined.first, exact.first);
+      std::printf("tp %d sp %d %s: layer-0 attention all-reduce max error %.3g, refined %.3g; logits %.3g / %.3g\n",
+                  grid.tp, grid.sp, ef ? "EF" : "  ", e_plain, e_ref, testref::maxAbsDiff(plain.logits, exact.logits),
+                  testref::maxAbsDiff(refined.logits, exact.logits));
+      EXPECT_GT(e_ref, 0.0);
+      EXPECT_LT(e_ref, 0.25 * e_plain) << "the refined all-reduce keeps only the error of its error";
+      EXPECT_LT(testref::maxAbsDiff(refined.logits, exact.logits), testref::maxAbsDiff(plain.logits, exact.logits));
+      for (const auto& [rank, calls] : refined2.bits) {
+        // TP partner: rank ^ 1 on 2 x 2, rank ^ 1 too on 4 x 1 (same group). Same calls, same bits.
+        EXPECT_EQ(calls, refined2.bits.at(rank ^ 1)) << "rank " << rank;
+        EXPECT_EQ(calls.size(), plain.bits.at(rank).size()) << "the hook sees a refined all-reduce once";
+      }
+    }
+  }
+  // A negative count is refused on every rank.
+  EngineOptions bad = exactOptions({2, 1, SpScheme::Auto});
+  bad.refine_layers = -1;
+  std::atomic<int> refused{0};
+  runThreadRanks(2, [&](Communicator& comm) {
+    try {
+      LlamaEngine eng(comm, testref::weightsFor(f.gguf_path, 2, comm.rank()), bad);
+    } catch (const InvalidArgument& e) {
+      if (std::string(e.what()).find("refine_layers -1") != std::string::npos) ++refused;
+    }
+  });
+  EXPECT_EQ(refused.load(), 2);
+}
+
 // Prompts shorter than the number of SP ranks leave some ranks without tokens; decode still works.
 TEST(EngineSp, PromptShorterThanTheRanks) {
   const ModelFixture f = testref::tinyFixture("tiny-uneven");

@@ -30,3 +30,12 @@ set_tests_properties(fixtures.smollm2 PROPERTIES FIXTURES_SETUP models LABELS fi
 
 add_test(NAME tools.llama_reference COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_llama_reference.py)
 set_tests_properties(tools.llama_reference PROPERTIES LABELS tools TIMEOUT 120 SKIP_RETURN_CODE 77)
+
+# `flashring perplexity --kl-divergence` and `--refine-layers` end to end on a tiny model.
+if(TARGET flashring_cli)
+  add_test(NAME cli.perplexity
+           COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_cli_perplexity.py $<TARGET_FILE:flashring_cli>
+                   ${FLASHRING_FIXTURE_DIR} ${CMAKE_BINARY_DIR}/cli-perplexity-test)
+  set_tests_properties(cli.perplexity PROPERTIES FIXTURES_REQUIRED models LABELS cli TIMEOUT 300
+                       SKIP_RETURN_CODE 77)
+endif()

@@ -128,11 +128,15 @@ void run(const Config& cfg) {
     const bool owner = eng.spRank() == eng.ownerSpRank();
     // Reference: exact fp32 communication, untimed.
     eng.setAllreduceOptions(commOptions("exact", mo.group_size, 0));
+    eng.setErrorCorrection(false, 0);
     eng.prefill(all);
     const std::vector<float> ref = eng.lastLogits();
     for (int it = -cfg.warmup; it < cfg.iters; ++it) {
       for (size_t ci = 0; ci < cfg.comms.size(); ++ci) {
         eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size, mo.spikes, mo.rotate, mo.clip));
+        // Error feedback and refinement are for the low-bit rows; the exact and bf16 baselines run plain.
+        const bool low_bit = cfg.comms[ci] != "exact" && cfg.comms[ci] != "bf16";
+        eng.setErrorCorrection(low_bit && mo.error_feedback, low_bit ? mo.refine_layers : 0);
         barrier(comm);
         eng.resetStats();
         const auto t0 = Clock::now();
@@ -256,6 +260,7 @@ void run(const Config& cfg) {
                      {"error_feedback", cfg.mo.error_feedback},
                      {"rotate", cfg.mo.rotate},
                      {"clip", cfg.mo.clip},
+                     {"refine_layers", cfg.mo.refine_layers},
                      {"attn", cfg.mo.attn},
                      {"attn_ran", r.scheme},
                      {"prompt_tokens", cfg.prompt_tokens},

@@ -52,31 +52,35 @@ void addDemo(CLI::App& app) {
     const struct {
       const char* comm;
       bool error_feedback, rotate_clip;
-    } rows[] = {{"exact", false, false}, {"int8", false, false}, {"int6", false, false}, {"int5", true, false},
-                {"int4", false, false},  {"int4", true, false},  {"int4", true, true}};
+      int refine_layers;
+    } rows[] = {{"exact", false, false, 0}, {"int8", false, false, 0}, {"int6", false, false, 0},
+                {"int5", true, false, 0},   {"int4", false, false, 0}, {"int4", true, false, 0},
+                {"int4", true, true, 0},    {"int4", true, true, 1}};
     for (const auto& row : rows) {
       ModelOptions mo;
       mo.tp = 4;
       mo.comm = row.comm;
       mo.error_feedback = row.error_feedback;
       mo.rotate = mo.clip = row.rotate_clip;
-      const std::string name =
-          std::string(row.comm) + (row.rotate_clip ? "+rot+clip" : "") + (row.error_feedback ? "+EF" : "");
+      mo.refine_layers = row.refine_layers;
+      const std::string name = std::string(row.comm) + (row.rotate_clip ? "+rot+clip" : "") +
+                               (row.error_feedback ? "+EF" : "") + (row.refine_layers ? "+R1" : "");
       const RunResult g = runGenerate(mo, prompt512, 1, false);
       const PplResult p = runPerplexity(mo, text, 512, 2, false);
       lines.push_back({name, g.ttft_s * 1e3, p.ppl, g.prefill_wire_bytes / 4e6});
       fmt::print("   {} done\n", name);
       std::fflush(stdout);
     }
-    fmt::print("\n   {:<17} {:>9} {:>14} {:>11} {:>12}\n", "comm", "TTFT ms", "MB/rank/pass", "perplexity", "vs exact");
+    fmt::print("\n   {:<20} {:>9} {:>14} {:>11} {:>12}\n", "comm", "TTFT ms", "MB/rank/pass", "perplexity", "vs exact");
     for (const Line& l : lines)
-      fmt::print("   {:<17} {:>9.0f} {:>14.2f} {:>11.4f} {:>+11.3f}%\n", l.comm, l.ttft_ms, l.wire_mb, l.ppl,
+      fmt::print("   {:<20} {:>9.0f} {:>14.2f} {:>11.4f} {:>+11.3f}%\n", l.comm, l.ttft_ms, l.wire_mb, l.ppl,
                  100.0 * (l.ppl / lines[0].ppl - 1.0));
     fmt::print(
         "\n   +EF: error feedback (--error-feedback): each rank carries the quantization error it knows of into its\n"
         "   next all-reduce, so the residual stream holds one all-reduce's error instead of the sum of all, and one\n"
         "   more all-reduce of those errors follows the last layer. +rot+clip (--rotate --clip): each group is\n"
-        "   rotated by a randomized Hadamard transform and its range clipped for the least squared error.\n");
+        "   rotated by a randomized Hadamard transform and its range clipped for the least squared error.\n"
+        "   +R1 (--refine-layers 1): layer 0's two all-reduces are each followed by one of the errors they made.\n");
     fmt::print(
         "\n   Here the ranks share memory, so a 'link' is a memcpy and fewer bytes barely change TTFT. On real links\n"
         "   the bytes are the time: see `flashring bench ttft --transport mpi` under bench/netem/run.sh (README).\n");

@@ -23,6 +23,7 @@ struct ModelOptions {
   bool error_feedback = false;  // EngineOptions::error_feedback
   bool rotate = false;          // quant::Config::rotate of the low-bit all-reduces
   bool clip = false;            // quant::Config::clip
+  int refine_layers = 0;        // EngineOptions::refine_layers
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
@@ -32,7 +33,7 @@ struct ModelOptions {
   EngineOptions engineOptions() const;
   std::string modelPath() const;
   int ranks() const;
-  // "group 128, spikes 2, rotate, clip, error feedback": the low-bit options, for the reports.
+  // "group 128, spikes 2, rotate, clip, error feedback, refine 1": the low-bit options, for the reports.
   std::string codecDescription() const;
 };
 
@@ -53,8 +54,18 @@ struct PplResult {
   bool root = false;
   double ppl = 0, ppl_err = 0, seconds = 0, comm_s = 0, quant_s = 0, wire_bytes = 0;
   int64_t tokens = 0, text_tokens = 0, chunks = 0;
+  // With kl: the same windows with exact (fp32) communication beside them, token by token.
+  bool kl = false;
+  double base_ppl = 0;
+  double kld = 0;           // mean KL(exact || this) of the next-token distributions, nats
+  double ln_ratio = 0;      // mean of nll(this) - nll(exact) = ln(ppl / base_ppl)
+  double ln_ratio_err = 0;  // its standard error (paired, over the scored tokens)
+  double same_top1 = 0;     // fraction of positions whose most likely token is the same
 };
-PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_ctx, int chunks, bool print);
+// kl: also run every window with exact communication and compare the two token by token (the figures of
+// llama-perplexity --kl-divergence); the perplexity is then computed from the gathered logits.
+PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_ctx, int chunks, bool print,
+                        bool kl = false);
 
 void addRun(CLI::App& app);
 void addPerplexity(CLI::App& app);
