@@ -6,7 +6,7 @@
 #      CURVE (0 skips the group-size curve),
 #      SPIKES (spike-reserving values per group for the curve, default "0"), EF (1: every low-bit row with
 #      --error-feedback, names suffixed _ef), ROTCLIP (1: every low-bit row with --rotate --clip, names suffixed
-#      _rc), FLASHRING (the binary).
+#      _rc), REFINE (N: every low-bit row with --refine-layers N, names suffixed _rN), FLASHRING (the binary).
 # Writes OUTDIR/ppl_*.json (one `flashring perplexity --json` object each) and OUTDIR/ppl_sweep.txt;
 # `python3 bench/plot.py OUTDIR/ppl_*.json` draws perplexity vs group size.
 set -euo pipefail
@@ -22,6 +22,8 @@ ef=()
 [ "${EF:-0}" = 1 ] && ef=(--error-feedback)
 rc=()
 [ "${ROTCLIP:-0}" = 1 ] && rc=(--rotate --clip)
+rf=()
+[ "${REFINE:-0}" != 0 ] && rf=(--refine-layers "$REFINE")
 run() {  # name, args...
   local name=$1
   shift
@@ -33,6 +35,10 @@ run() {  # name, args...
   if [ ${#rc[@]} -gt 0 ] && [[ "$name" != *exact* ]]; then
     extra+=("${rc[@]}")
     name="${name}_rc"
+  fi
+  if [ ${#rf[@]} -gt 0 ] && [[ "$name" != *exact* ]]; then
+    extra+=("${rf[@]}")
+    name="${name}_r${REFINE}"
   fi
   local line
   line=$("$bin" perplexity -c 512 --json "$out/ppl_$name.json" "$@" "${extra[@]}" | grep "Final estimate")
