@@ -323,7 +323,12 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
         eng.setErrorCorrection(user.error_feedback, user.refine_layers);
         const std::vector<float> z = eng.allLogits(chunk);
         const size_t V = static_cast<size_t>(eng.config().n_vocab);
-        // Every rank holds both (allLogits gathers); the sums are the same everywhere, computed once each.
+        // Every rank holds both (allLogits gathers); only rank 0 reports, so only it computes the sums (the
+        // others count the tokens).
+        if (comm.rank() != 0) {
+          count += n_ctx - 1 - n_ctx / 2;
+          continue;
+        }
         for (int64_t i = n_ctx / 2; i < n_ctx - 1; ++i) {
           const size_t row = static_cast<size_t>(i) * V;
           logSoftmax(ref.data() + row, V, lp_ref);
