@@ -185,13 +185,14 @@ def plot_ppl(rows, out):
         for comm in sorted({r["comm"] for r in rows} - {"exact", "twostep-fp32"}):
             def key(r):
                 return (r.get("spikes", 0), bool(r.get("error_feedback", False)),
-                        bool(r.get("rotate", False)) and bool(r.get("clip", False)))
-            for spikes, ef, rc in sorted({key(r) for r in rows}):
+                        bool(r.get("rotate", False)) and bool(r.get("clip", False)), int(r.get("refine_layers", 0)))
+            for spikes, ef, rc, rf in sorted({key(r) for r in rows}):
                 pts = sorted((r["group_size"], r["ppl"]) for r in rows
-                             if r["tp"] == tp and r["comm"] == comm and key(r) == (spikes, ef, rc))
+                             if r["tp"] == tp and r["comm"] == comm and key(r) == (spikes, ef, rc, rf))
                 if pts:
                     lab = (f"{comm}, tp {tp}" + (f", {spikes} spikes/group" if spikes else "")
-                           + (", error feedback" if ef else "") + (", rotate+clip" if rc else ""))
+                           + (", error feedback" if ef else "") + (", rotate+clip" if rc else "")
+                           + (f", refine {rf}" if rf else ""))
                     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
