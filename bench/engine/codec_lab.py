@@ -60,6 +60,18 @@ def lloyd_max_gaussian(levels, iters=300):
                       for i in range(levels)])
     return x
 
+def best_per_group(v, candidates):
+    """Per group (row) of v, the decoded candidate with the least squared error (the first one on ties)."""
+    best = bd = None
+    for d in candidates:
+        err = ((d - v) ** 2).sum(1, keepdims=True)
+        if best is None:
+            best, bd = err, d
+        else:
+            m = err < best
+            best = np.where(m, err, best); bd = np.where(m, d, bd)
+    return bd
+
 class Codec:
     def __init__(self, bits=4, g=128, spikes=0, rot=False, clip=None, seed=0, levels="uniform"):
         self.bits, self.g, self.k, self.rot, self.clip = bits, g, spikes, rot, clip
@@ -99,33 +111,18 @@ class Codec:
             mu = v.mean(1, keepdims=True)
             sd = np.maximum(v.std(1, keepdims=True), 1e-30)
             mids = (self.lm[1:] + self.lm[:-1]) / 2
-            best = None
-            for f in (self.clip or [1.0]):
+            def gauss(f):
                 sc = sd * f
                 q = np.searchsorted(mids, ((v - mu) / sc).ravel()).reshape(v.shape)
-                d = mu + sc * self.lm[q]
-                err = ((d - v) ** 2).sum(1, keepdims=True)
-                if best is None:
-                    best, bd = err, d
-                else:
-                    mk = err < best
-                    best = np.where(mk, err, best); bd = np.where(mk, d, bd)
-            d = bd
+                return mu + sc * self.lm[q]
+            d = best_per_group(v, map(gauss, self.clip or [1.0]))
         elif self.clip is not None:
-            best = None
-            for c in self.clip:
+            def clipped(c):
                 mid = (lo + hi) / 2; half = (hi - lo) / 2 * c
                 l2, h2 = mid - half, mid + half
                 s = np.maximum((h2 - l2) / L, 1e-30)
-                q = np.clip(np.round((v - l2) / s), 0, L)
-                d = q * s + l2
-                err = ((d - v) ** 2).sum(1, keepdims=True)
-                if best is None:
-                    best, bd = err, d
-                else:
-                    m = err < best
-                    best = np.where(m, err, best); bd = np.where(m, d, bd)
-            d = bd
+                return np.clip(np.round((v - l2) / s), 0, L) * s + l2
+            d = best_per_group(v, map(clipped, self.clip))
         else:
             s = np.maximum((hi - lo) / L, 1e-30)
             q = np.clip(np.round((v - lo) / s), 0, L)
