@@ -354,8 +354,7 @@ struct LlamaEngine::Impl {
     if (opts.tp < 1 || opts.sp < 1 || opts.tp * opts.sp != world.size())
       throw InvalidArgument(fmt::format("LlamaEngine: tp {} x sp {} != {} ranks", opts.tp, opts.sp, world.size()),
                             world.rank());
-    if (opts.refine_layers < 0)
-      throw InvalidArgument(fmt::format("LlamaEngine: refine_layers {} < 0", opts.refine_layers), world.rank());
+    checkRefineLayers(opts.refine_layers);
     tp_rank = world.rank() % opts.tp;
     sp_rank = world.rank() / opts.tp;
     if (w->tp != opts.tp || w->tp_rank != tp_rank)
@@ -398,6 +397,10 @@ struct LlamaEngine::Impl {
     detail::Stopwatch sw(st.wall_s);
     body();
     st.wire_bytes += world.bytesSent() - b0;
+  }
+
+  void checkRefineLayers(int n) const {
+    if (n < 0) throw InvalidArgument(fmt::format("LlamaEngine: refine_layers {} < 0", n), world.rank());
   }
 
   // Whether the TP all-reduce makes errors worth carrying or refining (Ring and Native leave the error zero;
@@ -852,8 +855,7 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
 
 void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) { impl_->opts.allreduce = options; }
 void LlamaEngine::setErrorCorrection(bool error_feedback, int refine_layers) {
-  if (refine_layers < 0)
-    throw InvalidArgument(fmt::format("LlamaEngine: refine_layers {} < 0", refine_layers), impl_->world.rank());
+  impl_->checkRefineLayers(refine_layers);
   impl_->opts.error_feedback = error_feedback;
   impl_->opts.refine_layers = refine_layers;
 }

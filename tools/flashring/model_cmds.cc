@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -315,7 +316,6 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
         eng.setErrorCorrection(false, 0);
         const std::vector<float> ref = eng.allLogits(chunk);
         const EngineStats after = eng.stats();
-        exact_cost.wall_s += after.wall_s - before.wall_s;
         exact_cost.comm_s += after.comm_s - before.comm_s;
         exact_cost.quant_s += after.quant_s - before.quant_s;
         exact_cost.wire_bytes += after.wire_bytes - before.wire_bytes;
@@ -366,20 +366,24 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
     const double quant_s = allreduceSumDouble(comm, st.quant_s - exact_cost.quant_s) / n;
     const double wire = allreduceSumDouble(comm, static_cast<double>(st.wire_bytes - exact_cost.wire_bytes));
     if (printer) fmt::print("\nFinal estimate: PPL = {:.4f} +/- {:.5f}\n", ppl, err);
-    double d_mean = 0, d_err = 0;
+    std::optional<PplResult::Kl> kl_figures;  // rank 0's are the reported ones
     if (kl) {
       const double cnt = static_cast<double>(count);
-      d_mean = d_sum / cnt;
-      d_err = count > 1 ? std::sqrt(std::max(0.0, d_sq / cnt - d_mean * d_mean) / (cnt - 1)) : 0.0;
+      PplResult::Kl& k = kl_figures.emplace();
+      k.base_ppl = std::exp(base_nll / cnt);
+      k.kld = kld / cnt;
+      k.ln_ratio = d_sum / cnt;
+      k.ln_ratio_err = count > 1 ? std::sqrt(std::max(0.0, d_sq / cnt - k.ln_ratio * k.ln_ratio) / (cnt - 1)) : 0.0;
+      k.same_top1 = static_cast<double>(same) / cnt;
+      const double d = k.ln_ratio, e = k.ln_ratio_err;
       if (printer)
         fmt::print(
             "KL divergence against exact communication (the same windows, token by token):\n"
             "  exact PPL {:.4f}; ln(PPL / exact PPL) = {:+.5f} +/- {:.5f}, i.e. PPL {:+.3f}% (95%: {:+.3f}% .. "
             "{:+.3f}%)\n"
             "  mean KL divergence {:.6f} nats; same top-1 token {:.3f}%\n",
-            std::exp(base_nll / cnt), d_mean, d_err, 100 * (std::exp(d_mean) - 1),
-            100 * (std::exp(d_mean - 1.96 * d_err) - 1), 100 * (std::exp(d_mean + 1.96 * d_err) - 1), kld / cnt,
-            100.0 * static_cast<double>(same) / cnt);
+            k.base_ppl, d, e, 100 * (std::exp(d) - 1), 100 * (std::exp(d - 1.96 * e) - 1),
+            100 * (std::exp(d + 1.96 * e) - 1), k.kld, 100.0 * k.same_top1);
     }
     std::lock_guard<std::mutex> lock(mu);
     if (comm.rank() == 0) {
@@ -393,15 +397,7 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
       res.comm_s = comm_s;
       res.quant_s = quant_s;
       res.wire_bytes = wire;
-      if (kl) {
-        const double cnt = static_cast<double>(count);
-        res.kl = true;
-        res.base_ppl = std::exp(base_nll / cnt);
-        res.kld = kld / cnt;
-        res.ln_ratio = d_mean;
-        res.ln_ratio_err = d_err;
-        res.same_top1 = static_cast<double>(same) / cnt;
-      }
+      res.kl = kl_figures;
     }
   });
   return res;
@@ -517,11 +513,11 @@ void addPerplexity(CLI::App& app) {
                 {"quant_ms", r.quant_s * 1e3},
                 {"wire_bytes", r.wire_bytes}});
       if (r.kl)
-        j.update({{"exact_ppl", r.base_ppl},
-                  {"kl_divergence", r.kld},
-                  {"ln_ppl_ratio", r.ln_ratio},
-                  {"ln_ppl_ratio_err", r.ln_ratio_err},
-                  {"same_top1", r.same_top1}});
+        j.update({{"exact_ppl", r.kl->base_ppl},
+                  {"kl_divergence", r.kl->kld},
+                  {"ln_ppl_ratio", r.kl->ln_ratio},
+                  {"ln_ppl_ratio_err", r.kl->ln_ratio_err},
+                  {"same_top1", r.kl->same_top1}});
       writeJson(mo->json, j);
     }
   });

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "cli.h"
@@ -55,12 +56,14 @@ struct PplResult {
   double ppl = 0, ppl_err = 0, seconds = 0, comm_s = 0, quant_s = 0, wire_bytes = 0;
   int64_t tokens = 0, text_tokens = 0, chunks = 0;
   // With kl: the same windows with exact (fp32) communication beside them, token by token.
-  bool kl = false;
-  double base_ppl = 0;
-  double kld = 0;           // mean KL(exact || this) of the next-token distributions, nats
-  double ln_ratio = 0;      // mean of nll(this) - nll(exact) = ln(ppl / base_ppl)
-  double ln_ratio_err = 0;  // its standard error (paired, over the scored tokens)
-  double same_top1 = 0;     // fraction of positions whose most likely token is the same
+  struct Kl {
+    double base_ppl = 0;
+    double kld = 0;           // mean KL(exact || this) of the next-token distributions, nats
+    double ln_ratio = 0;      // mean of nll(this) - nll(exact) = ln(ppl / base_ppl)
+    double ln_ratio_err = 0;  // its standard error (paired, over the scored tokens)
+    double same_top1 = 0;     // fraction of positions whose most likely token is the same
+  };
+  std::optional<Kl> kl;
 };
 // kl: also run every window with exact communication and compare the two token by token (the figures of
 // llama-perplexity --kl-divergence); the perplexity is then computed from the gathered logits.
