@@ -9,8 +9,9 @@
 //
 // Dimensions follow ggml: dims[0] is the innermost (contiguous) one. A weight matrix of a linear layer
 // with `in` inputs and `out` outputs has dims {in, out}: row r (an output) is `in` contiguous values.
-// Dequantization of F32, F16, BF16, Q8_0, Q4_0 and Q4_1 has a scalar reference and a SIMD path chosen at
-// run time; both give the same floats bit for bit.
+// Dequantization of F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K has a scalar
+// reference and SIMD paths chosen at run time; all give the same floats bit for bit (the last five through
+// the quantized-matmul kernels of qmatmul.h).
 #pragma once
 
 #include <cstddef>
@@ -39,7 +40,12 @@ enum class TensorType : uint32_t {
   F16 = 1,
   Q4_0 = 2,
   Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
   Q8_0 = 8,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
   BF16 = 30,
 };
 bool supported(TensorType t);

@@ -113,6 +113,8 @@
 #include <cstdint>
 #include <string>
 
+#include "flashring/cpu.h"
+
 namespace flashring::quant {
 
 struct GroupMeta {
@@ -142,16 +144,13 @@ size_t encodedBytes(size_t n, const Config& cfg);
 // "int8-g128", "int4-g64-sym", "int4-g128-s1" (spikes = 1), "int4-g128-s2-rot-clip", ...
 std::string describe(const Config& cfg);
 
-// Instruction sets with their own kernels. Selected at run time from CPUID; never assumed at build time.
-enum class Isa { Scalar = 0, Avx2 = 1, Avx512 = 2 };
-const char* isaName(Isa isa);
-// The best ISA this CPU supports and this build has kernels for.
-Isa bestIsa();
-// The ISA the dispatching functions below use (bestIsa() unless overridden, or FLASHRING_ISA=scalar|avx2|avx512).
-Isa activeIsa();
-// Override the dispatch (tests, benchmarks). Throws InvalidArgument if the CPU lacks the ISA.
-void setActiveIsa(Isa isa);
-bool isaSupported(Isa isa);
+// Instruction sets: chosen once for every kernel family by the CPU runtime (flashring/cpu.h).
+using Isa = cpu::Isa;
+using cpu::activeIsa;
+using cpu::bestIsa;
+using cpu::isaName;
+using cpu::isaSupported;
+using cpu::setActiveIsa;
 
 // Encode n values into `out` (encodedBytes(n, cfg) bytes).
 void quantize(const float* x, size_t n, const Config& cfg, void* out);

@@ -3,6 +3,7 @@
 
 #include "engine/dequant_internal.h"
 #include "flashring/error.h"
+#include "flashring/qmatmul.h"
 #include "flashring/quant.h"
 
 namespace flashring::gguf {
@@ -45,7 +46,7 @@ const TypeInfo& knownInfo(TensorType t) {
 void checkKernelArgs(TensorType t, const uint8_t* src, float* dst, size_t n, const char* fn) {
   if (!supported(t)) {
     throw FormatError(std::string("gguf: ") + fn + ": cannot dequantize tensor type " +
-                      typeName(static_cast<uint32_t>(t)) + " (supported: f32, f16, bf16, q8_0, q4_0, q4_1)");
+                      typeName(static_cast<uint32_t>(t)) + " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)");
   }
   const size_t bs = blockSize(t);
   if (n % bs != 0) {
@@ -67,6 +68,11 @@ bool supported(TensorType t) {
     case TensorType::Q4_1:
     case TensorType::Q8_0:
     case TensorType::BF16:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
       return true;
   }
   return false;
@@ -91,6 +97,11 @@ bool ggmlTypeGeometry(uint32_t raw, size_t* block_size, size_t* block_bytes, con
   return true;
 }
 
+bool hasOwnKernel(TensorType t) {
+  return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16 || t == TensorType::Q8_0 ||
+         t == TensorType::Q4_0 || t == TensorType::Q4_1;
+}
+
 bool dequantUsesAvx2() { return quant::activeIsa() != quant::Isa::Scalar; }
 }  // namespace detail
 
@@ -98,6 +109,13 @@ void dequantizeReference(TensorType t, const uint8_t* src, float* dst, size_t n)
   checkKernelArgs(t, src, dst, n, "dequantizeReference");
   using detail::kQK;
   switch (t) {
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
+      qmm::dequantizeRow(cpu::Isa::Scalar, t, src, dst, n);
+      return;
     case TensorType::F32:
       if (n > 0) std::memcpy(dst, src, n * 4);
       return;
@@ -145,7 +163,9 @@ void dequantizeReference(TensorType t, const uint8_t* src, float* dst, size_t n)
 void dequantize(TensorType t, const uint8_t* src, float* dst, size_t n) {
   checkKernelArgs(t, src, dst, n, "dequantize");
   if (n == 0) return;
-  if (detail::dequantUsesAvx2()) {
+  if (!detail::hasOwnKernel(t)) {
+    qmm::dequantizeRow(t, src, dst, n);
+  } else if (detail::dequantUsesAvx2()) {
     detail::dequantizeAvx2(t, src, dst, n);
   } else {
     dequantizeReference(t, src, dst, n);

@@ -110,6 +110,8 @@ void dequantizeAvx2(TensorType t, const uint8_t* src, float* dst, size_t n) {
     case TensorType::Q4_1:
       q4_1Rows(src, dst, n);
       return;
+    default:
+      break;  // the other types go through qmm (dequant.cc never sends them here)
   }
   dequantizeReference(t, src, dst, n);
 }

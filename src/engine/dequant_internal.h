@@ -91,6 +91,9 @@ bool ggmlTypeGeometry(uint32_t raw, size_t* block_size, size_t* block_bytes, con
 // `n` values (a multiple of the type's block size, checked by the caller) of a supported type.
 void dequantizeAvx2(TensorType t, const uint8_t* src, float* dst, size_t n);
 
+// F32, F16, BF16, Q8_0, Q4_0, Q4_1: the kernels of this folder; the other types go through qmm.
+bool hasOwnKernel(TensorType t);
+
 // Whether dequantize() takes the AVX2 path on this CPU with the current FLASHRING_ISA / setActiveIsa().
 bool dequantUsesAvx2();
 

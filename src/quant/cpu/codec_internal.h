@@ -84,8 +84,8 @@ void minMaxAvx2(const float* x, size_t g, float* mn, float* mx, bool* constant);
 void hadamardRotateAvx2(float* v, size_t g, bool inverse, const float* d, float c);
 
 // Forgets setActiveIsa() and the FLASHRING_ISA reading, so that the next activeIsa() reads the environment
-// again. Tests only (dispatch.cc).
-void resetIsaSelectionForTesting();
+// again. Tests only.
+using cpu::detail::resetIsaSelectionForTesting;
 
 namespace {
 

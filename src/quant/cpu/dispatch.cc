@@ -1,10 +1,6 @@
 // Run-time selection of the codec kernels and argument checking of the public entry points.
 //
-// The ISA is chosen from CPUID (never from the compiler flags of this file: the library is built for
-// baseline x86-64 and the SIMD files are only entered when the CPU has their instructions). It can be forced
-// with setActiveIsa() or, at first use, with FLASHRING_ISA=scalar|avx2|avx512.
-#include <atomic>
-#include <cstdlib>
+// The ISA comes from the CPU runtime (flashring/cpu.h), which every kernel family shares.
 #include <string>
 
 #include "flashring/error.h"
@@ -12,47 +8,6 @@
 
 namespace flashring::quant {
 namespace {
-
-// CPUID (and the OS's saving of the wide registers, which libgcc checks through XGETBV) once per process.
-bool cpuHasAvx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return has;
-}
-
-bool cpuHasAvx512() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return cpuHasAvx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }();
-  return has;
-}
-
-constexpr int kUnset = -1;
-std::atomic<int> g_active{kUnset};
-
-Isa initialIsa() {
-  const char* env = std::getenv("FLASHRING_ISA");
-  if (env == nullptr || *env == '\0') return bestIsa();
-  const std::string v(env);
-  Isa isa;
-  if (v == "scalar") {
-    isa = Isa::Scalar;
-  } else if (v == "avx2") {
-    isa = Isa::Avx2;
-  } else if (v == "avx512") {
-    isa = Isa::Avx512;
-  } else {
-    throw InvalidArgument("FLASHRING_ISA must be scalar, avx2 or avx512, got '" + v + "'");
-  }
-  if (!isaSupported(isa)) {
-    throw InvalidArgument(std::string("FLASHRING_ISA=") + v + ": this CPU does not support " + isaName(isa));
-  }
-  return isa;
-}
 
 const detail::Kernels& kernelsFor(Isa isa) {
   switch (isa) {
@@ -94,56 +49,6 @@ void checkBf16Args(const void* src, const char* src_name, const void* dst, const
 }
 
 }  // namespace
-
-namespace detail {
-void resetIsaSelectionForTesting() { g_active.store(kUnset, std::memory_order_release); }
-}  // namespace detail
-
-const char* isaName(Isa isa) {
-  switch (isa) {
-    case Isa::Scalar:
-      return "scalar";
-    case Isa::Avx2:
-      return "avx2";
-    case Isa::Avx512:
-      return "avx512";
-  }
-  return "unknown";
-}
-
-bool isaSupported(Isa isa) {
-  switch (isa) {
-    case Isa::Scalar:
-      return true;
-    case Isa::Avx2:
-      return cpuHasAvx2();
-    case Isa::Avx512:
-      return cpuHasAvx512();
-  }
-  return false;
-}
-
-Isa bestIsa() {
-  static const Isa best = cpuHasAvx512() ? Isa::Avx512 : (cpuHasAvx2() ? Isa::Avx2 : Isa::Scalar);
-  return best;
-}
-
-Isa activeIsa() {
-  int v = g_active.load(std::memory_order_acquire);
-  if (v == kUnset) {
-    const int init = static_cast<int>(initialIsa());
-    // A concurrent setActiveIsa() wins over the environment.
-    if (g_active.compare_exchange_strong(v, init, std::memory_order_acq_rel)) v = init;
-  }
-  return static_cast<Isa>(v);
-}
-
-void setActiveIsa(Isa isa) {
-  if (!isaSupported(isa)) {
-    throw InvalidArgument(std::string("setActiveIsa: isa ") + isaName(isa) + " is not supported by this CPU");
-  }
-  g_active.store(static_cast<int>(isa), std::memory_order_release);
-}
 
 void quantize(Isa isa, const float* x, size_t n, const Config& cfg, void* out) {
   checkCodecArgs(x, "x", out, "out", n, cfg);

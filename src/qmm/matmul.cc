@@ -1,0 +1,136 @@
+// The matmul driver (include/flashring/qmatmul.h): integer dot products for small batches, dequantized
+// panels + OpenBLAS sgemm for large ones, F32 weights straight to OpenBLAS.
+#include <cblas.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <string>
+
+#include "flashring/error.h"
+#include "qmm/qmm_internal.h"
+
+namespace flashring::qmm {
+namespace {
+
+std::atomic<int64_t> g_gemm_threshold{8};
+
+// Panel rows for the dequantize + sgemm path: ~2 MB of fp32 (a few hundred rows of a 4096-wide matrix),
+// at least 64 rows so that sgemm gets a useful n.
+int64_t panelRows(const Matrix& w) {
+  const int64_t by_bytes = (int64_t{2} << 20) / std::max<int64_t>(1, w.cols * 4);
+  return std::clamp<int64_t>(by_bytes, 64, std::max<int64_t>(w.rows, 1));
+}
+
+void checkMatrix(const Matrix& w, const float* x, int64_t m, const float* y) {
+  if (m < 0) throw InvalidArgument("qmm::matmul: m = " + std::to_string(m) + " < 0");
+  if (w.rows < 0 || w.cols < 0) throw InvalidArgument("qmm::matmul: negative matrix dimensions");
+  if (!hasKernels(w.type))
+    throw InvalidArgument("qmm::matmul: no kernels for tensor type " + gguf::typeName(static_cast<uint32_t>(w.type)));
+  if (w.cols % static_cast<int64_t>(gguf::blockSize(w.type)) != 0)
+    throw InvalidArgument("qmm::matmul: row length " + std::to_string(w.cols) + " is not a multiple of " +
+                          gguf::typeName(static_cast<uint32_t>(w.type)) + "'s block size");
+  const size_t need = static_cast<size_t>(w.cols) / gguf::blockSize(w.type) * gguf::blockBytes(w.type);
+  if (w.row_bytes < need)
+    throw InvalidArgument("qmm::matmul: row_bytes " + std::to_string(w.row_bytes) + " < " + std::to_string(need) +
+                          " bytes of a row");
+  if (m > 0 && w.rows > 0 && (w.data == nullptr || x == nullptr || y == nullptr))
+    throw InvalidArgument("qmm::matmul: null pointer");
+}
+
+void matmulF32(const Matrix& w, const float* x, int64_t m, float* y) {
+  const auto* a = reinterpret_cast<const float*>(w.data);
+  const auto ld = static_cast<blasint>(w.row_bytes / sizeof(float));
+  if (m == 1) {
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(w.rows), static_cast<blasint>(w.cols), 1.f, a, ld,
+                x, 1, 0.f, y, 1);
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(w.rows),
+              static_cast<blasint>(w.cols), 1.f, x, static_cast<blasint>(w.cols), a, ld, 0.f, y,
+              static_cast<blasint>(w.rows));
+}
+
+void matmulDot(const Matrix& w, const float* x, int64_t m, float* y, Workspace& ws) {
+  const detail::TypeKernels& k = detail::resolvedKernels(w.type);
+  const size_t n = static_cast<size_t>(w.cols);
+  const size_t ab = actBytes(w.type, n);
+  ws.act.resize(ab * static_cast<size_t>(m));
+  const ActFormat f = actFormat(w.type);
+  if (f == ActFormat::F32) {
+    std::memcpy(ws.act.data(), x, n * sizeof(float) * static_cast<size_t>(m));
+  } else {
+    const detail::QuantizeFn q = detail::resolvedQuantizer(f);
+    for (int64_t i = 0; i < m; ++i) q(x + i * w.cols, n, ws.act.data() + ab * static_cast<size_t>(i));
+  }
+  const uint8_t* act = ws.act.data();
+  cpu::parallelFor(w.rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
+      for (int64_t i = 0; i < m; ++i) y[i * w.rows + r] = k.dot(n, row, act + ab * static_cast<size_t>(i));
+    }
+  });
+}
+
+void matmulDequantGemm(const Matrix& w, const float* x, int64_t m, float* y, Workspace& ws) {
+  const detail::TypeKernels& k = detail::resolvedKernels(w.type);
+  const int64_t pr = panelRows(w);
+  ws.panel.resize(static_cast<size_t>(std::min(pr, w.rows) * w.cols));
+  for (int64_t p0 = 0; p0 < w.rows; p0 += pr) {
+    const int64_t rows = std::min(pr, w.rows - p0);
+    float* panel = ws.panel.data();
+    cpu::parallelFor(rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        k.dequantize(w.data + static_cast<size_t>(p0 + r) * w.row_bytes, panel + r * w.cols,
+                     static_cast<size_t>(w.cols));
+    });
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(rows),
+                static_cast<blasint>(w.cols), 1.f, x, static_cast<blasint>(w.cols), panel,
+                static_cast<blasint>(w.cols), 0.f, y + p0, static_cast<blasint>(w.rows));
+  }
+}
+
+}  // namespace
+
+Matrix Matrix::rowRange(int64_t begin, int64_t count) const {
+  if (begin < 0 || count < 0 || begin + count > rows)
+    throw InvalidArgument("qmm::Matrix::rowRange: rows [" + std::to_string(begin) + ", " +
+                          std::to_string(begin + count) + ") outside [0, " + std::to_string(rows) + ")");
+  Matrix m = *this;
+  m.data = data + static_cast<size_t>(begin) * row_bytes;
+  m.rows = count;
+  return m;
+}
+
+int64_t gemmThreshold() { return g_gemm_threshold.load(std::memory_order_relaxed); }
+void setGemmThreshold(int64_t m) {
+  if (m < 1) throw InvalidArgument("qmm::setGemmThreshold: " + std::to_string(m) + " < 1");
+  g_gemm_threshold.store(m, std::memory_order_relaxed);
+}
+
+void matmul(const Matrix& w, const float* x, int64_t m, float* y, Workspace& ws, MatmulPath path) {
+  checkMatrix(w, x, m, y);
+  if (m == 0 || w.rows == 0) return;
+  if (w.cols == 0) {
+    std::fill(y, y + m * w.rows, 0.f);
+    return;
+  }
+  if (path == MatmulPath::Auto) {
+    if (w.type == TensorType::F32) {
+      matmulF32(w, x, m, y);
+      return;
+    }
+    path = m < gemmThreshold() ? MatmulPath::Dot : MatmulPath::DequantGemm;
+  }
+  if (path == MatmulPath::Dot) {
+    matmulDot(w, x, m, y, ws);
+  } else {
+    matmulDequantGemm(w, x, m, y, ws);
+  }
+}
+
+void matmul(const Matrix& w, const float* x, int64_t m, float* y, Workspace& ws) {
+  matmul(w, x, m, y, ws, MatmulPath::Auto);
+}
+
+}  // namespace flashring::qmm
