@@ -1,8 +1,12 @@
 // LLaMA-family inference with tensor and sequence parallelism.
 //
 // A model (LLaMA architecture: RMSNorm, RoPE, grouped-query attention, SwiGLU; tied or separate output
-// head) is read from a GGUF file and dequantized to fp32; the forward pass runs in fp32 with GEMMs in
-// OpenBLAS and attention in flashring's block kernel.
+// head) is read from a GGUF file whose weight matrices stay in their GGUF types (qmatmul.h): each TP rank
+// maps the rows it needs straight from the memory-mapped file, and copies (in the same type, once, at load)
+// only what is not contiguous there: the column slices of the row-parallel matrices (attention output, FFN
+// down), whose splits fall on quantization-block boundaries, and a non-contiguous set of KV heads. Linear
+// layers run on those bytes: integer dot products on 8-bit activations for decode, dequantized panels +
+// OpenBLAS sgemm for prefill; norms, RoPE and SwiGLU in fp32; attention in flashring's block kernel.
 //
 // Parallel plan: a grid of tp x sp ranks; world rank = sp_rank * tp + tp_rank.
 //  - Tensor parallelism (Megatron): each TP rank holds a slice of the query heads (uneven splits allowed:
@@ -30,6 +34,7 @@
 
 #include "flashring/allreduce.h"
 #include "flashring/comm.h"
+#include "flashring/qmatmul.h"
 #include "flashring/sp_attention.h"
 #include "flashring/tokenizer.h"
 
@@ -55,6 +60,13 @@ struct LlamaConfig {
   float rope_base = 10000.f;
   float rms_eps = 1e-5f;
   bool tied_output = true;
+  // Split granularity of the row-parallel inputs so that every TP slice starts on a quantization block:
+  // heads go to ranks in units of head_align heads, FFN units in units of ff_align (1 for F32/F16/BF16,
+  // 32 or 256 for the block types; the largest over the layers). tpShard() falls back to a unit of 1 when
+  // there are fewer units than ranks, and the loader then repacks the unaligned slices as F32 (noted in
+  // LlamaWeights::notes).
+  int head_align = 1;
+  int ff_align = 1;
 
   // Reads `{arch}.*` metadata and checks it against the tensors. Throws gguf::FormatError naming the key
   // or tensor when something is missing or inconsistent, InvalidArgument for an architecture we do not run.
@@ -75,14 +87,21 @@ struct TpShard {
 // Throws InvalidArgument when tp exceeds the number of query heads.
 TpShard tpShard(const LlamaConfig& cfg, int tp, int tp_rank);
 
-// One TP rank's share of the weights, fp32. Shared (read-only) by the SP ranks of one process that have
-// the same tp_rank.
+// One TP rank's share of the weights, in the file's types. Views into the memory-mapped file where the
+// rank's rows are contiguous there; copies (same type) held in `owned` otherwise. Shared (read-only) by the
+// SP ranks of one process that have the same tp_rank.
 struct LlamaLayerWeights {
   std::vector<float> attn_norm, ffn_norm;  // [n_embd]
-  std::vector<float> wq, wk, wv;           // [heads*hd, n_embd], [kv*hd, n_embd] (rows = outputs)
-  std::vector<float> wo;                   // [n_embd, heads*hd]
-  std::vector<float> w_gate, w_up;         // [ff, n_embd]
-  std::vector<float> w_down;               // [n_embd, ff]
+  qmm::Matrix wq, wk, wv;                  // [heads*hd, n_embd], [kv*hd, n_embd] (rows = outputs)
+  qmm::Matrix wo;                          // [n_embd, heads*hd]
+  qmm::Matrix w_gate, w_up;                // [ff, n_embd]
+  qmm::Matrix w_down;                      // [n_embd, ff]
+};
+
+struct LoadOptions {
+  // Dequantize every matrix to fp32 at load (the engine of earlier releases; a reference for tests and for
+  // comparing the quantized kernels; costs 4 bytes per weight).
+  bool dequantize = false;
 };
 
 struct LlamaWeights {
@@ -91,13 +110,19 @@ struct LlamaWeights {
   TpShard shard;
   std::vector<LlamaLayerWeights> layers;
   std::vector<float> output_norm;  // [n_embd]
-  std::vector<float> output;       // [shard.vocab, n_embd]
-  // Token embeddings are dequantized per token from the file (kept open) rather than held in fp32.
+  qmm::Matrix output;              // [shard.vocab, n_embd]
+  qmm::Matrix token_embd;          // [n_vocab, n_embd], the whole table: rows are read per token
   std::shared_ptr<const gguf::File> file;
+  std::vector<std::vector<uint8_t>> owned;  // the copies the views above may point into
+  std::vector<std::string> notes;           // what the loader had to repack, and why
 
-  static std::shared_ptr<const LlamaWeights> load(std::shared_ptr<const gguf::File> file, int tp, int tp_rank);
-  void embed(TokenId token, float* out) const;  // one row of token_embd
-  size_t bytes() const;
+  // Checks every tensor's name, shape and type first (an unsupported type fails naming the tensor and the
+  // type), then maps this rank's slices.
+  static std::shared_ptr<const LlamaWeights> load(std::shared_ptr<const gguf::File> file, int tp, int tp_rank,
+                                                  const LoadOptions& options = {});
+  void embed(TokenId token, float* out) const;  // one row of token_embd, as fp32
+  size_t bytes() const;       // weight bytes this shard reads per token (views and copies; not token_embd)
+  size_t ownedBytes() const;  // of which copied at load
 };
 
 struct EngineOptions {
@@ -107,7 +132,9 @@ struct EngineOptions {
   SpScheme attention = SpScheme::Auto;  // prefill attention under SP
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)
-  int blas_threads = 0;  // > 0: set OpenBLAS's (process-wide) thread count at construction; 0: leave it alone
+  // > 0: cpu::setThreads(threads) at construction (process-wide: the kernels' and OpenBLAS's threads); 0: leave
+  // the setting alone.
+  int threads = 0;
   // Error feedback across the TP all-reduces of one forward pass: each rank adds the quantization error it
   // knows of (allreduceWithError) to its partial of the next all-reduce, so the residual stream carries the
   // error of the latest all-reduce only, not the sum of all of them. Off: plain allreduce(). It changes

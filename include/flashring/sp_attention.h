@@ -73,6 +73,25 @@ std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayo
 void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
                  const SpAttentionOptions& options, float* out, SpAttentionStats* stats = nullptr);
 
+// Attention of q_len new queries held by `owner` over a KV cache sharded across the SP ranks, by passing
+// Q (TokenRing's idea applied to decode, and to a short turn over a long cached prefix, where moving the
+// few queries is far cheaper than moving the cache): the owner sends Q along the ring, every rank forwards
+// it before attending it to its own cache and sends (out, lse) straight back to the owner, which merges
+// the partials in SP-rank order (so the result does not depend on arrival order).
+// Collective over `sp`. Every rank: k, v = its cache [kv_len, kv_heads, head_dim]. On the owner: q =
+// [q_len, heads, head_dim]; its cache ends with the q_len new tokens' K/V (causal among them, every earlier
+// entry visible), out receives [q_len, heads, head_dim]. Elsewhere q and out are not read (may be null) and
+// the whole local cache precedes the new tokens. `step` keeps consecutive calls' messages apart (the
+// engine passes the layer). Shapes must agree on every rank.
+struct SpQueryShape {
+  int q_len = 1;
+  int heads = 1;
+  int kv_heads = 1;
+  int head_dim = 64;
+};
+void spPassQAttention(Communicator& sp, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
+                      const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr);
+
 std::string spSchemeName(SpScheme s);
 SpScheme spSchemeFromName(const std::string& name);  // tokenring, ring-kv, ulysses, allgather-kv, auto
 

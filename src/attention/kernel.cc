@@ -13,12 +13,11 @@
 // small tiles, more so under causal masking; the micro-kernels also avoid sgemm's own packing per call.
 // OpenBLAS remains the fallback for CPUs without AVX2/FMA.
 //
-// OpenBLAS threads. The Debian pthread OpenBLAS splits any sgemm with m*n*k above ~256K over all cores.
-// The caller runs one rank per thread (or process), so a kernel call must stay on its thread: the BLAS
-// paths call openblas_set_num_threads(1) once, at their first sgemm. Measured with two ranks on two cores
-// at once (1024 x 1024 MHA): 347 ms with 1 BLAS thread, 1028 ms with 2 (oversubscribed), although a lone
-// call is 1.7x faster with 2. The setting is process-wide (it also applies to other sgemm callers in the
-// process); the default Avx2Micro path calls no BLAS at all and leaves it alone.
+// OpenBLAS threads. The Debian pthread OpenBLAS splits any sgemm with m*n*k above ~256K over its threads.
+// Its thread count belongs to the CPU runtime (cpu::setThreads, flashring/cpu.h), which the tools set to 1
+// per rank when ranks share the cores: measured with two ranks on two cores at once (1024 x 1024 MHA):
+// 347 ms with 1 BLAS thread, 1028 ms with 2 (oversubscribed), although a lone call is 1.7x faster with 2.
+// The default Avx2Micro path calls no BLAS at all.
 #include <cblas.h>
 
 #include <algorithm>
@@ -32,6 +31,7 @@
 #include <vector>
 
 #include "attention/kernel_internal.h"
+#include "flashring/cpu.h"
 #include "flashring/error.h"
 
 namespace flashring {
@@ -42,18 +42,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr double kLog2e = 1.4426950408889634073599246810018921;
 constexpr double kLn2 = 0.6931471805599453094172321214581766;
 
-bool cpuHasAvx2Fma() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
-
-std::once_flag g_blas_threads_once;
-void blasSingleThreadOnce() {
-  std::call_once(g_blas_threads_once, [] { openblas_set_num_threads(1); });
-}
+// The CPU runtime decides (FLASHRING_ISA=scalar forces the portable paths).
+bool cpuHasAvx2Fma() { return cpu::activeIsa() != cpu::Isa::Scalar; }
 
 std::string field(const char* name, int64_t value) { return std::string(name) + " (" + std::to_string(value) + ")"; }
 
@@ -172,7 +162,6 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   const double scale = options.scale == 0.f ? 1.0 / std::sqrt(static_cast<double>(d)) : options.scale;
   const float scale2 = static_cast<float>(scale * kLog2e);
   const bool micro = impl == KernelImpl::Avx2Micro;
-  if (!micro) blasSingleThreadOnce();
 
   const KernelTuning def = defaultTuning(impl, d);
   const int block_rows = tuning.block_rows > 0 ? tuning.block_rows : def.block_rows;
@@ -392,8 +381,7 @@ void blockAttentionWith(KernelImpl impl, const float* q, const float* k, const f
 }
 
 void setBlasThreads(int n) {
-  blasSingleThreadOnce();  // so that a later first sgemm does not undo this setting
-  openblas_set_num_threads(n);
+  cpu::setThreads(n);
 }
 
 int blasThreads() { return openblas_get_num_threads(); }

@@ -48,8 +48,7 @@ struct KernelTuning {
 void blockAttentionWith(KernelImpl impl, const float* q, const float* k, const float* v, const AttentionShape& shape,
                         const BlockAttentionOptions& options, float* out, float* lse, const KernelTuning& tuning = {});
 
-// OpenBLAS thread count. The kernel sets it to 1 once, at its first sgemm (see kernel.cc); benchmarks use
-// these to measure the other setting.
+// OpenBLAS thread count: cpu::setThreads / OpenBLAS's own reading (benchmarks measure both settings).
 void setBlasThreads(int n);
 int blasThreads();
 

@@ -16,6 +16,7 @@
 
 #include "attention/merge_internal.h"
 #include "flashring/attention.h"
+#include "flashring/cpu.h"
 #include "flashring/error.h"
 
 namespace flashring {
@@ -24,13 +25,7 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-bool cpuHasAvx2Fma() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
-}
+bool cpuHasAvx2Fma() { return cpu::activeIsa() != cpu::Isa::Scalar; }  // the CPU runtime decides
 
 // Returns false when there is nothing to do (rows == 0).
 bool checkMerge(const float* out, const float* lse, const float* out_b, const float* lse_b, int64_t rows, int heads,

@@ -12,7 +12,7 @@
 #include <random>
 #include <sstream>
 
-#include "attention/kernel_internal.h"
+#include "flashring/cpu.h"
 #include "cli.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
@@ -123,7 +123,7 @@ void run(const Config& cfg) {
     if (comm.size() != tp * sp)
       throw InvalidArgument(fmt::format("grid {} needs {} ranks; the job has {}", gs, tp * sp, comm.size()));
     EngineOptions eo = mo.engineOptions();
-    eo.blas_threads = 0;  // set once per process below
+    eo.threads = 0;  // set once per process below
     LlamaEngine eng(comm, shard(tp, comm.rank() % tp), eo);
     const bool owner = eng.spRank() == eng.ownerSpRank();
     // Reference: exact fp32 communication, untimed.
@@ -185,11 +185,11 @@ void run(const Config& cfg) {
     }
     if (tp * sp == 1) gemm_gflops = measureGemm(eng.config(), cfg.prompt_tokens);
   };
-  // OpenBLAS threads are process-wide: set once per grid, never from a rank's thread.
+  // Kernel threads are process-wide: set once per grid, never from a rank's thread.
   auto blasFor = [&](const std::string& gs) {
     ModelOptions mo = cfg.mo;
     std::tie(mo.tp, mo.sp) = parseGrid(gs);
-    attn::setBlasThreads(mo.engineOptions().blas_threads);
+    cpu::setThreads(mo.engineOptions().threads);
   };
   if (cfg.mo.transport.transport == "mpi") {
     // One MPI job (MPI can be initialised once per process): every grid on the same ranks.

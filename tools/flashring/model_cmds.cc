@@ -17,7 +17,7 @@
 #include <sstream>
 #include <thread>
 
-#include "attention/kernel_internal.h"
+#include "flashring/cpu.h"
 #include "cli.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
@@ -112,7 +112,7 @@ EngineOptions ModelOptions::engineOptions() const {
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  e.blas_threads =
+  e.threads =
       threads > 0 ? threads : (tp * sp == 1 && transport.transport == "thread" ? static_cast<int>(cores) : 1);
   return e;
 }
@@ -153,9 +153,9 @@ int ModelOptions::ranks() const { return tp * sp; }
 void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body) {
   auto cache = std::make_shared<ModelCache>(mo.modelPath());
   EngineOptions eo = mo.engineOptions();
-  // OpenBLAS's thread count is process-wide: set it once here, not from every rank's thread.
-  attn::setBlasThreads(eo.blas_threads);
-  eo.blas_threads = 0;
+  // The kernel thread count is process-wide: set it once here, not from every rank's thread.
+  cpu::setThreads(eo.threads);
+  eo.threads = 0;
   TransportOptions t = mo.transport;
   t.ranks = mo.ranks();
   runOnTransport(t, [&](Communicator& comm) {

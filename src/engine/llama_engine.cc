@@ -1,7 +1,6 @@
-// LLaMA forward pass with tensor and sequence parallelism (see include/flashring/llama.h).
-#include "flashring/llama.h"
-
-#include <cblas.h>
+// The LLaMA forward pass with tensor and sequence parallelism (see include/flashring/llama.h): the
+// engine's state (KV cache, groups), the transformer blocks, decode and the vocabulary-parallel head.
+// Compute goes through the backend (engine/ops.h), communication through collectives/ and attention/.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -12,310 +11,18 @@
 
 #include "collectives/common.h"
 #include "comm/tags.h"
+#include "engine/ops.h"
+#include "flashring/allgather.h"
 #include "flashring/attention.h"
 #include "flashring/costmodel.h"
+#include "flashring/cpu.h"
 #include "flashring/gguf.h"
 #include "flashring/group_comm.h"
+#include "flashring/llama.h"
 
 namespace flashring {
-
-// ---------------------------------------------------------------------------------------------------------
-// Configuration
-
-LlamaConfig LlamaConfig::fromGguf(const gguf::File& f) {
-  LlamaConfig c;
-  c.arch = f.getString("general.architecture");
-  // Architectures with LLaMA's block structure and tensor names.
-  if (c.arch != "llama" && c.arch != "mistral") {
-    throw InvalidArgument(
-        fmt::format("{}: general.architecture is '{}'; flashring runs LLaMA-architecture models "
-                    "('llama', 'mistral')",
-                    f.path(), c.arch));
-  }
-  const std::string a = c.arch + ".";
-  c.name = f.getString("general.name", "");
-  auto positive = [&](const std::string& key, int64_t v) {
-    if (v <= 0 || v > (int64_t{1} << 30))
-      throw gguf::FormatError(fmt::format("{}: metadata {} = {} is not a sensible positive size", f.path(), key, v));
-    return static_cast<int>(v);
-  };
-  c.n_layer = positive(a + "block_count", f.getInt(a + "block_count"));
-  c.n_embd = positive(a + "embedding_length", f.getInt(a + "embedding_length"));
-  c.n_head = positive(a + "attention.head_count", f.getInt(a + "attention.head_count"));
-  c.n_head_kv = positive(a + "attention.head_count_kv", f.getInt(a + "attention.head_count_kv", c.n_head));
-  c.n_ff = positive(a + "feed_forward_length", f.getInt(a + "feed_forward_length"));
-  if (c.n_embd % c.n_head != 0)
-    throw gguf::FormatError(fmt::format("{}: {}embedding_length {} is not a multiple of the head count {}", f.path(), a,
-                                        c.n_embd, c.n_head));
-  c.head_dim = positive(a + "attention.key_length", f.getInt(a + "attention.key_length", c.n_embd / c.n_head));
-  if (c.head_dim * c.n_head != c.n_embd)
-    throw InvalidArgument(fmt::format("{}: head_dim {} x heads {} != embedding_length {} is not supported", f.path(),
-                                      c.head_dim, c.n_head, c.n_embd));
-  if (c.n_head % c.n_head_kv != 0)
-    throw gguf::FormatError(
-        fmt::format("{}: head_count {} is not a multiple of head_count_kv {}", f.path(), c.n_head, c.n_head_kv));
-  c.rope_dim = positive(a + "rope.dimension_count", f.getInt(a + "rope.dimension_count", c.head_dim));
-  if (c.rope_dim > c.head_dim || c.rope_dim % 2 != 0)
-    throw gguf::FormatError(fmt::format("{}: rope.dimension_count {} must be even and at most head_dim {}", f.path(),
-                                        c.rope_dim, c.head_dim));
-  c.n_ctx_train = f.getInt(a + "context_length", 0);
-  c.rope_base = static_cast<float>(f.getFloat(a + "rope.freq_base", 10000.0));
-  c.rms_eps = static_cast<float>(f.getFloat(a + "attention.layer_norm_rms_epsilon", 1e-5));
-  if (!(c.rope_base > 0.f) || !(c.rms_eps > 0.f) || !std::isfinite(c.rope_base) || !std::isfinite(c.rms_eps))
-    throw gguf::FormatError(fmt::format("{}: rope.freq_base {} and layer_norm_rms_epsilon {} must be positive",
-                                        f.path(), c.rope_base, c.rms_eps));
-  if (f.has(a + "rope.scaling.type") && f.getString(a + "rope.scaling.type") != "none")
-    throw InvalidArgument(
-        fmt::format("{}: rope scaling '{}' is not supported", f.path(), f.getString(a + "rope.scaling.type")));
-
-  const gguf::TensorInfo& emb = f.tensor("token_embd.weight");
-  if (emb.dims.size() != 2 || emb.dims[0] != c.n_embd)
-    throw gguf::FormatError(fmt::format("{}: token_embd.weight must be [{}, n_vocab]", f.path(), c.n_embd));
-  c.n_vocab = positive("token_embd.weight dims[1]", emb.dims[1]);
-  c.tied_output = f.find("output.weight") == nullptr;
-  return c;
-}
-
-std::string LlamaConfig::describe() const {
-  return fmt::format("{} ({}): {} layers, n_embd {}, {} heads / {} KV heads x {}, ff {}, vocab {}, rope base {:g}{}",
-                     name.empty() ? arch : name, arch, n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab,
-                     rope_base, tied_output ? ", tied output" : "");
-}
-
-double LlamaConfig::linearMacsPerToken() const {
-  const double d = n_embd, q = double(n_head) * head_dim, kv = double(n_head_kv) * head_dim;
-  return n_layer * (d * q + 2 * d * kv + q * d + 3 * d * n_ff);
-}
-
-TpShard tpShard(const LlamaConfig& cfg, int tp, int r) {
-  if (tp < 1 || r < 0 || r >= tp) throw InvalidArgument(fmt::format("tpShard: rank {} of {}", r, tp));
-  if (tp > cfg.n_head)
-    throw InvalidArgument(
-        fmt::format("tensor-parallel degree {} exceeds the model's {} attention heads", tp, cfg.n_head));
-  TpShard s;
-  // Heads: the first n_head % tp ranks take one more.
-  const int base = cfg.n_head / tp, extra = cfg.n_head % tp;
-  s.head_begin = r * base + std::min(r, extra);
-  s.heads = base + (r < extra ? 1 : 0);
-  const int group = cfg.n_head / cfg.n_head_kv;
-  std::vector<int> kv_of;
-  for (int h = s.head_begin; h < s.head_begin + s.heads; ++h) kv_of.push_back(h / group);
-  std::vector<int> distinct = kv_of;
-  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  // The GQA kernel needs each local KV head to serve an equal run of consecutive local query heads.
-  s.grouped = s.heads % static_cast<int>(distinct.size()) == 0;
-  if (s.grouped) {
-    const int per = s.heads / static_cast<int>(distinct.size());
-    for (int i = 0; i < s.heads; ++i) s.grouped = s.grouped && kv_of[i] == distinct[i / per];
-  }
-  s.kv_heads = s.grouped ? distinct : kv_of;  // otherwise one KV head per query head (duplicates allowed)
-  const auto ff = detail::part(static_cast<size_t>(cfg.n_ff), tp, r);
-  s.ff_begin = static_cast<int>(ff.begin);
-  s.ff = static_cast<int>(ff.size());
-  const auto vb = detail::part(static_cast<size_t>(cfg.n_vocab), tp, r);
-  s.vocab_begin = static_cast<int>(vb.begin);
-  s.vocab = static_cast<int>(vb.size());
-  return s;
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Weights
-
 namespace {
-
-const gguf::TensorInfo& matrix(const gguf::File& f, const std::string& name, int64_t in, int64_t out) {
-  const gguf::TensorInfo& t = f.tensor(name);
-  if (t.dims.size() != 2 || t.dims[0] != in || t.dims[1] != out)
-    throw gguf::FormatError(fmt::format("{}: tensor '{}' has dims [{}], expected [{}, {}]", f.path(), name,
-                                        fmt::join(t.dims, ", "), in, out));
-  return t;
-}
-
-std::vector<float> vectorTensor(const gguf::File& f, const std::string& name, int64_t n) {
-  const gguf::TensorInfo& t = f.tensor(name);
-  if (t.elements() != n)
-    throw gguf::FormatError(fmt::format("{}: tensor '{}' has {} values, expected {}", f.path(), name, t.elements(), n));
-  return f.dequantize(t);
-}
-
-// Rows [begin, begin + count) of a matrix tensor.
-std::vector<float> rows(const gguf::File& f, const gguf::TensorInfo& t, int64_t begin, int64_t count) {
-  std::vector<float> out(static_cast<size_t>(count * t.dims[0]));
-  if (count > 0) f.dequantizeRows(t, begin, count, out.data());
-  return out;
-}
-
-// Rows listed in `which` (each `block` consecutive rows starting at which[i] * block).
-std::vector<float> rowBlocks(const gguf::File& f, const gguf::TensorInfo& t, const std::vector<int>& which,
-                             int64_t block) {
-  std::vector<float> out(static_cast<size_t>(which.size() * block * t.dims[0]));
-  for (size_t i = 0; i < which.size(); ++i)
-    f.dequantizeRows(t, which[i] * block, block, out.data() + i * block * t.dims[0]);
-  return out;
-}
-
-// Columns [begin, begin + count) of a matrix tensor with `out_rows` rows.
-std::vector<float> columns(const gguf::File& f, const gguf::TensorInfo& t, int64_t begin, int64_t count) {
-  const int64_t in = t.dims[0], out_rows = t.dims[1];
-  std::vector<float> row(static_cast<size_t>(in));
-  std::vector<float> out(static_cast<size_t>(out_rows * count));
-  for (int64_t r = 0; r < out_rows; ++r) {
-    f.dequantizeRows(t, r, 1, row.data());
-    std::memcpy(out.data() + r * count, row.data() + begin, static_cast<size_t>(count) * sizeof(float));
-  }
-  return out;
-}
-
-}  // namespace
-
-std::shared_ptr<const LlamaWeights> LlamaWeights::load(std::shared_ptr<const gguf::File> file, int tp, int tp_rank) {
-  const gguf::File& f = *file;
-  auto w = std::make_shared<LlamaWeights>();
-  w->cfg = LlamaConfig::fromGguf(f);
-  const LlamaConfig& c = w->cfg;
-  w->tp = tp;
-  w->tp_rank = tp_rank;
-  w->shard = tpShard(c, tp, tp_rank);
-  const TpShard& s = w->shard;
-  const int hd = c.head_dim, D = c.n_embd;
-  w->layers.resize(static_cast<size_t>(c.n_layer));
-  for (int l = 0; l < c.n_layer; ++l) {
-    const std::string p = fmt::format("blk.{}.", l);
-    LlamaLayerWeights& L = w->layers[static_cast<size_t>(l)];
-    L.attn_norm = vectorTensor(f, p + "attn_norm.weight", D);
-    L.ffn_norm = vectorTensor(f, p + "ffn_norm.weight", D);
-    const auto& tq = matrix(f, p + "attn_q.weight", D, int64_t{c.n_head} * hd);
-    const auto& tk = matrix(f, p + "attn_k.weight", D, int64_t{c.n_head_kv} * hd);
-    const auto& tv = matrix(f, p + "attn_v.weight", D, int64_t{c.n_head_kv} * hd);
-    const auto& to = matrix(f, p + "attn_output.weight", int64_t{c.n_head} * hd, D);
-    const auto& tg = matrix(f, p + "ffn_gate.weight", D, c.n_ff);
-    const auto& tu = matrix(f, p + "ffn_up.weight", D, c.n_ff);
-    const auto& td = matrix(f, p + "ffn_down.weight", c.n_ff, D);
-    L.wq = rows(f, tq, int64_t{s.head_begin} * hd, int64_t{s.heads} * hd);
-    L.wk = rowBlocks(f, tk, s.kv_heads, hd);
-    L.wv = rowBlocks(f, tv, s.kv_heads, hd);
-    L.wo = columns(f, to, int64_t{s.head_begin} * hd, int64_t{s.heads} * hd);
-    L.w_gate = rows(f, tg, s.ff_begin, s.ff);
-    L.w_up = rows(f, tu, s.ff_begin, s.ff);
-    L.w_down = columns(f, td, s.ff_begin, s.ff);
-  }
-  w->output_norm = vectorTensor(f, "output_norm.weight", D);
-  const auto& tout =
-      c.tied_output ? matrix(f, "token_embd.weight", D, c.n_vocab) : matrix(f, "output.weight", D, c.n_vocab);
-  w->output = rows(f, tout, s.vocab_begin, s.vocab);
-  w->file = std::move(file);
-  return w;
-}
-
-void LlamaWeights::embed(TokenId token, float* out) const {
-  if (token < 0 || token >= cfg.n_vocab)
-    throw InvalidArgument(fmt::format("token id {} is outside the vocabulary [0, {})", token, cfg.n_vocab));
-  file->dequantizeRows(file->tensor("token_embd.weight"), token, 1, out);
-}
-
-size_t LlamaWeights::bytes() const {
-  size_t n = output_norm.size() + output.size();
-  for (const auto& L : layers)
-    n += L.attn_norm.size() + L.ffn_norm.size() + L.wq.size() + L.wk.size() + L.wv.size() + L.wo.size() +
-         L.w_gate.size() + L.w_up.size() + L.w_down.size();
-  return n * sizeof(float);
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Kernels of the forward pass (fp32; the GEMMs in OpenBLAS)
-
-namespace {
-
-// C[m, n] = A[m, k] * W[n, k]^T  (W holds one output per row, as GGUF stores linear layers).
-void linear(const float* a, int64_t m, int64_t k, const std::vector<float>& w, int64_t n, float* c) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    std::fill(c, c + m * n, 0.f);
-    return;
-  }
-  if (m == 1) {
-    // One token (decode): a matrix-vector product. OpenBLAS 0.3.21's sgemm does not forward m = 1 to gemv
-    // and packs the whole weight matrix per call (measured: 4x slower decode).
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(k), 1.f, w.data(),
-                static_cast<blasint>(k), a, 1, 0.f, c, 1);
-    return;
-  }
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n),
-              static_cast<blasint>(k), 1.f, a, static_cast<blasint>(k), w.data(), static_cast<blasint>(k), 0.f, c,
-              static_cast<blasint>(n));
-}
-
-void rmsNorm(const float* x, const float* w, int64_t rows, int d, float eps, float* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * d;
-    double ss = 0;
-    for (int i = 0; i < d; ++i) ss += double(xr[i]) * xr[i];
-    const float scale = static_cast<float>(1.0 / std::sqrt(ss / d + eps));
-    float* o = out + r * d;
-    for (int i = 0; i < d; ++i) o[i] = (xr[i] * scale) * w[i];
-  }
-}
-
-// RoPE as llama.cpp applies it to LLaMA (rope type "norm"): adjacent pairs (x[2i], x[2i+1]) of each head
-// rotate by pos * base^(-2i / rope_dim). GGUF conversion permutes the Q/K weights so that this equals the
-// Hugging Face (rotate-half) formulation of the original checkpoint.
-struct RopeTable {
-  int half = 0;
-  std::vector<float> cs, sn;  // [rows, half]
-  RopeTable(const int64_t* pos, int64_t rows, int rope_dim, float base) : half(rope_dim / 2) {
-    cs.resize(static_cast<size_t>(rows * half));
-    sn.resize(cs.size());
-    for (int64_t r = 0; r < rows; ++r)
-      for (int i = 0; i < half; ++i) {
-        const double theta = double(pos[r]) * std::pow(double(base), -2.0 * i / rope_dim);
-        cs[static_cast<size_t>(r * half + i)] = static_cast<float>(std::cos(theta));
-        sn[static_cast<size_t>(r * half + i)] = static_cast<float>(std::sin(theta));
-      }
-  }
-};
-
-void rope(float* x, int64_t rows, int heads, int hd, const RopeTable& t) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* cs = t.cs.data() + r * t.half;
-    const float* sn = t.sn.data() + r * t.half;
-    for (int h = 0; h < heads; ++h) {
-      float* v = x + (r * heads + h) * hd;
-      for (int i = 0; i < t.half; ++i) {
-        const float a = v[2 * i], b = v[2 * i + 1];
-        v[2 * i] = a * cs[i] - b * sn[i];
-        v[2 * i + 1] = a * sn[i] + b * cs[i];
-      }
-    }
-  }
-}
-
-void swiglu(float* g, const float* u, size_t n) {
-  for (size_t i = 0; i < n; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
-}
-
-// Every rank sends its bytes to every other rank; returns all of them in rank order. `sizes` are the byte
-// counts of every rank (known to all; a mismatch fails in the transport with both sizes named).
-std::vector<std::vector<uint8_t>> allgatherv(Communicator& comm, const void* mine, const std::vector<size_t>& sizes,
-                                             int step) {
-  const int n = comm.size(), me = comm.rank();
-  std::vector<std::vector<uint8_t>> all(static_cast<size_t>(n));
-  for (int p = 0; p < n; ++p) all[static_cast<size_t>(p)].resize(std::max<size_t>(sizes[static_cast<size_t>(p)], 1));
-  if (sizes[static_cast<size_t>(me)] > 0)
-    std::memcpy(all[static_cast<size_t>(me)].data(), mine, sizes[static_cast<size_t>(me)]);
-  if (n == 1) return all;
-  const Tag tag = tags::make(tags::kEngineGather, step);
-  std::vector<Request> reqs;
-  for (int p = 0; p < n; ++p)
-    if (p != me) reqs.push_back(comm.irecv(all[static_cast<size_t>(p)].data(), sizes[static_cast<size_t>(p)], p, tag));
-  for (int p = 0; p < n; ++p)
-    if (p != me)
-      reqs.push_back(comm.isend(all[static_cast<size_t>(me)].data(), sizes[static_cast<size_t>(me)], p, tag));
-  comm.waitAll(reqs, comm.deadline());
-  return all;
-}
-
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -333,6 +40,7 @@ struct LlamaEngine::Impl {
   Communicator* sp_comm;
   std::unique_ptr<CostModel> own_model;
   const CostModel* model = nullptr;
+  std::unique_ptr<engine::Backend> ops = engine::makeCpuBackend();
 
   int kvh;  // local KV heads (after replication)
   // KV cache, per layer [len, kvh, hd], holding this rank's tokens (prompt shard, plus decoded tokens on the
@@ -381,7 +89,7 @@ struct LlamaEngine::Impl {
     kvh = static_cast<int>(shard.kv_heads.size());
     k_cache.resize(static_cast<size_t>(cfg.n_layer));
     v_cache.resize(static_cast<size_t>(cfg.n_layer));
-    if (opts.blas_threads > 0) openblas_set_num_threads(opts.blas_threads);
+    if (opts.threads > 0) cpu::setThreads(opts.threads);
     model = opts.cost_model;
     if (opts.sp > 1 && opts.attention == SpScheme::Auto && model == nullptr) {
       own_model = std::make_unique<CostModel>(CostModel::calibrate(*sp_comm));
@@ -479,21 +187,21 @@ struct LlamaEngine::Impl {
     o.resize(std::max<size_t>(x.size(), 1));
     g.resize(std::max<size_t>(static_cast<size_t>(len) * shard.ff, 1));
     u.resize(g.size());
-    const RopeTable rt(pos, len, cfg.rope_dim, cfg.rope_base);
+    const engine::RopeTable rt(pos, len, cfg.rope_dim, cfg.rope_base);
     for (int l = 0; l < cfg.n_layer; ++l) {
       const LlamaLayerWeights& L = w->layers[static_cast<size_t>(l)];
       auto& kc = k_cache[static_cast<size_t>(l)];
       auto& vc = v_cache[static_cast<size_t>(l)];
       if (am_owner) {
-        rmsNorm(x.data(), L.attn_norm.data(), len, D, cfg.rms_eps, h.data());
-        linear(h.data(), len, D, L.wq, static_cast<int64_t>(qdim), q.data());
+        ops->rmsNorm(x.data(), L.attn_norm.data(), len, D, cfg.rms_eps, h.data());
+        ops->linear(L.wq, h.data(), len, q.data());
         const size_t at = static_cast<size_t>(local_len) * kvdim;
         kc.resize(at + len * kvdim);
         vc.resize(at + len * kvdim);
-        linear(h.data(), len, D, L.wk, static_cast<int64_t>(kvdim), kc.data() + at);
-        linear(h.data(), len, D, L.wv, static_cast<int64_t>(kvdim), vc.data() + at);
-        rope(q.data(), len, H, hd, rt);
-        rope(kc.data() + at, len, kvh, hd, rt);
+        ops->linear(L.wk, h.data(), len, kc.data() + at);
+        ops->linear(L.wv, h.data(), len, vc.data() + at);
+        ops->rope(q.data(), len, H, hd, rt);
+        ops->rope(kc.data() + at, len, kvh, hd, rt);
       }
       if (!decode) {
         SpShape shape{1, global, H, kvh, hd};
@@ -511,14 +219,14 @@ struct LlamaEngine::Impl {
         decodeAttention(l, am_owner);
       }
       if (!am_owner) continue;
-      linear(att.data(), len, static_cast<int64_t>(qdim), L.wo, D, o.data());
+      ops->linear(L.wo, att.data(), len, o.data());
       tpAllreduce(l, 0, o.data(), static_cast<size_t>(len) * D);
       for (size_t i = 0; i < static_cast<size_t>(len) * D; ++i) x[i] += o[i];
-      rmsNorm(x.data(), L.ffn_norm.data(), len, D, cfg.rms_eps, h.data());
-      linear(h.data(), len, D, L.w_gate, shard.ff, g.data());
-      linear(h.data(), len, D, L.w_up, shard.ff, u.data());
-      swiglu(g.data(), u.data(), static_cast<size_t>(len) * shard.ff);
-      linear(g.data(), len, shard.ff, L.w_down, D, o.data());
+      ops->rmsNorm(x.data(), L.ffn_norm.data(), len, D, cfg.rms_eps, h.data());
+      ops->linear(L.w_gate, h.data(), len, g.data());
+      ops->linear(L.w_up, h.data(), len, u.data());
+      ops->swiglu(g.data(), u.data(), static_cast<size_t>(len) * shard.ff);
+      ops->linear(L.w_down, g.data(), len, o.data());
       tpAllreduce(l, 1, o.data(), static_cast<size_t>(len) * D);
       for (size_t i = 0; i < static_cast<size_t>(len) * D; ++i) x[i] += o[i];
     }
@@ -528,76 +236,22 @@ struct LlamaEngine::Impl {
     }
   }
 
-  // Attention of the newest token's query (on the owner; its K/V already appended at local_len) against
-  // this rank's KV shard, non-causal (every cached position precedes it).
-  void partialAttention(const float* qv, int layer, int64_t kv_len, float* out, float* lse) {
-    const int H = shard.heads, hd = cfg.head_dim;
-    if (kv_len == 0) {
-      std::fill(out, out + static_cast<size_t>(H) * hd, 0.f);
-      std::fill(lse, lse + H, kNegInf);
-      return;
-    }
-    detail::Stopwatch sw(st.attn_s);
-    AttentionShape s{1, 1, static_cast<int>(kv_len), H, kvh, hd};
-    BlockAttentionOptions bo;
-    bo.causal = false;
-    blockAttention(qv, k_cache[static_cast<size_t>(layer)].data(), v_cache[static_cast<size_t>(layer)].data(), s, bo,
-                   out, lse);
-  }
-
-  // Pass-Q decode attention over the SP ranks: Q goes owner -> owner+1 -> ... around the ring, every rank
-  // forwards it before computing, and sends its partial (out, lse) straight back to the owner, which merges
-  // them in SP-rank order.
+  // Decode: the new token's query against the SP ranks' caches, pass-Q (attention/pass_q.cc).
   void decodeAttention(int layer, bool am_owner) {
-    const int H = shard.heads, hd = cfg.head_dim, S = opts.sp;
-    const size_t qdim = static_cast<size_t>(H) * hd;
-    const size_t part_floats = qdim + static_cast<size_t>(H);
-    const int next = (sp_rank + 1) % S, prev = (sp_rank + S - 1) % S;
-    const Tag tq = tags::make(tags::kEngineDecodeQ, layer), to = tags::make(tags::kEngineDecodeOut, layer);
-    Communicator& c = *sp_comm;
-    if (am_owner) {
-      Request fwd;
-      if (S > 1) fwd = c.isend(q.data(), qdim * sizeof(float), next, tq);
-      std::vector<float> parts(part_floats * static_cast<size_t>(S));
-      std::vector<Request> recvs;
-      for (int s = 0; s < S; ++s)
-        if (s != sp_rank) recvs.push_back(c.irecv(parts.data() + part_floats * s, part_floats * sizeof(float), s, to));
-      float* mine = parts.data() + part_floats * static_cast<size_t>(sp_rank);
-      partialAttention(q.data(), layer, local_len + 1, mine, mine + qdim);
-      {
-        detail::Stopwatch sw(st.comm_s);
-        if (fwd.valid()) c.wait(fwd, c.deadline());
-        c.waitAll(recvs, c.deadline());
-      }
-      detail::Stopwatch sw(st.attn_s);
-      std::memcpy(att.data(), parts.data(), qdim * sizeof(float));
-      std::vector<float> lse(parts.begin() + static_cast<std::ptrdiff_t>(qdim),
-                             parts.begin() + static_cast<std::ptrdiff_t>(part_floats));
-      for (int s = 1; s < S; ++s) {
-        const float* p = parts.data() + part_floats * static_cast<size_t>(s);
-        mergeAttention(att.data(), lse.data(), p, p + qdim, 1, H, hd);
-      }
-    } else {
-      std::vector<float> qin(qdim), part(part_floats);
-      Request r = c.irecv(qin.data(), qdim * sizeof(float), prev, tq);
-      {
-        detail::Stopwatch sw(st.comm_s);
-        c.wait(r, c.deadline());
-      }
-      Request fwd;
-      if (next != owner) fwd = c.isend(qin.data(), qdim * sizeof(float), next, tq);
-      partialAttention(qin.data(), layer, local_len, part.data(), part.data() + qdim);
-      Request back = c.isend(part.data(), part_floats * sizeof(float), owner, to);
-      detail::Stopwatch sw(st.comm_s);
-      if (fwd.valid()) c.wait(fwd, c.deadline());
-      c.wait(back, c.deadline());
-    }
+    const int64_t kv_len = am_owner ? local_len + 1 : local_len;
+    SpQueryShape s{1, shard.heads, kvh, cfg.head_dim};
+    SpAttentionStats ss;
+    spPassQAttention(*sp_comm, owner, am_owner ? q.data() : nullptr, k_cache[static_cast<size_t>(layer)].data(),
+                     v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr,
+                     &ss);
+    st.comm_s += ss.comm_s;
+    st.attn_s += ss.compute_s;
   }
 
   // Vocab-parallel logits of `rows` hidden states (after the output norm): this rank's slice.
   std::vector<float> logitSlice(const float* hidden, int64_t rows) {
     std::vector<float> z(static_cast<size_t>(rows) * shard.vocab);
-    linear(hidden, rows, cfg.n_embd, w->output, shard.vocab, z.data());
+    ops->linear(w->output, hidden, rows, z.data());
     return z;
   }
 
@@ -640,7 +294,7 @@ struct LlamaEngine::Impl {
     TokenId tok = -1;
     if (sp_rank == owner) {
       std::vector<float> hn(static_cast<size_t>(cfg.n_embd));
-      rmsNorm(x.data() + row * cfg.n_embd, w->output_norm.data(), 1, cfg.n_embd, cfg.rms_eps, hn.data());
+      ops->rmsNorm(x.data() + row * cfg.n_embd, w->output_norm.data(), 1, cfg.n_embd, cfg.rms_eps, hn.data());
       last_logits = fullLogits(hn.data());
       tok = argmax(last_logits);
     } else {
@@ -769,7 +423,7 @@ LlamaEngine::Score LlamaEngine::score(std::span<const TokenId> tokens, int64_t f
       const int D = m.cfg.n_embd;
       std::vector<float> hn(rows.size() * static_cast<size_t>(D));
       for (size_t i = 0; i < rows.size(); ++i)
-        rmsNorm(m.x.data() + rows[i] * D, m.w->output_norm.data(), 1, D, m.cfg.rms_eps, hn.data() + i * D);
+        m.ops->rmsNorm(m.x.data() + rows[i] * D, m.w->output_norm.data(), 1, D, m.cfg.rms_eps, hn.data() + i * D);
       std::vector<float> z = m.logitSlice(hn.data(), static_cast<int64_t>(rows.size()));
       // Per row: the slice's log-sum-exp and the target's logit when this slice holds it (else -inf).
       const int V = m.shard.vocab, v0 = m.shard.vocab_begin;
@@ -828,7 +482,7 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
     const int D = m.cfg.n_embd, V = m.cfg.n_vocab;
     const int64_t len = static_cast<int64_t>(pos.size());
     std::vector<float> hn(static_cast<size_t>(len) * D);
-    rmsNorm(m.x.data(), m.w->output_norm.data(), len, D, m.cfg.rms_eps, hn.data());
+    m.ops->rmsNorm(m.x.data(), m.w->output_norm.data(), len, D, m.cfg.rms_eps, hn.data());
     std::vector<float> z = m.logitSlice(hn.data(), len);
     // Gather every rank's (positions x vocab slice) block over the world.
     std::vector<size_t> sizes;
