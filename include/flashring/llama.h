@@ -181,6 +181,11 @@ class LlamaEngine {
   TokenId prefill(std::span<const TokenId> tokens);
   // Appends `token` at the next position and returns the greedy next token, on every rank.
   TokenId decode(TokenId token);
+  // Appends several tokens after the cached ones (a new chat turn over the conversation so far) and returns
+  // the next token, as prefill() of the whole sequence would (same logits up to rounding). The new tokens
+  // go to the owner SP group; their queries pass over the SP ranks' caches (pass-Q: a turn is short against
+  // its prefix, so moving its queries costs less than moving the cache).
+  TokenId append(std::span<const TokenId> tokens);
   // Full-vocabulary logits of the last step; valid on the owner SP group's ranks (empty elsewhere).
   const std::vector<float>& lastLogits() const;
   int64_t position() const;  // tokens in the KV cache (global)

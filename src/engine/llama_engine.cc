@@ -171,10 +171,12 @@ struct LlamaEngine::Impl {
 
   // The transformer blocks over `len` tokens of this rank at global positions `pos`, appending their K/V to
   // the cache. On return x holds the final hidden states (before the output norm).
-  // Prompt mode (decode_owner < 0): the tokens are this rank's SP shard of a `global` long sequence and the
-  // attention is spAttention. Decode mode: one token on the owner group, pass-Q over the SP ranks; the
-  // other SP groups call with len 0 and serve the owner's queries.
-  void blocks(const TokenId* tokens, int64_t len, const int64_t* pos, int64_t global, bool decode) {
+  // Prompt mode: the tokens are this rank's SP shard of a `global` long sequence and the attention is
+  // spAttention. Append mode (`decode`): `appended` new tokens after the cache (decode: one), all on the
+  // owner group, attending by pass-Q over the SP ranks' caches; the other SP groups call with len 0 and
+  // serve the owner's queries.
+  void blocks(const TokenId* tokens, int64_t len, const int64_t* pos, int64_t global, bool decode,
+              int64_t appended = 0) {
     const int D = cfg.n_embd, hd = cfg.head_dim, H = shard.heads;
     const size_t qdim = static_cast<size_t>(H) * hd, kvdim = static_cast<size_t>(kvh) * hd;
     const bool am_owner = !decode || sp_rank == owner;
@@ -216,7 +218,7 @@ struct LlamaEngine::Impl {
         st.attn_s += ss.compute_s;
         st.last_scheme = opts.sp > 1 ? ss.scheme : SpScheme::Auto;
       } else {
-        decodeAttention(l, am_owner);
+        decodeAttention(l, am_owner, appended);
       }
       if (!am_owner) continue;
       ops->linear(L.wo, att.data(), len, o.data());
@@ -236,10 +238,10 @@ struct LlamaEngine::Impl {
     }
   }
 
-  // Decode: the new token's query against the SP ranks' caches, pass-Q (attention/pass_q.cc).
-  void decodeAttention(int layer, bool am_owner) {
-    const int64_t kv_len = am_owner ? local_len + 1 : local_len;
-    SpQueryShape s{1, shard.heads, kvh, cfg.head_dim};
+  // Append mode: the new tokens' queries against the SP ranks' caches, pass-Q (attention/pass_q.cc).
+  void decodeAttention(int layer, bool am_owner, int64_t appended) {
+    const int64_t kv_len = am_owner ? local_len + appended : local_len;
+    SpQueryShape s{static_cast<int>(appended), shard.heads, kvh, cfg.head_dim};
     SpAttentionStats ss;
     spPassQAttention(*sp_comm, owner, am_owner ? q.data() : nullptr, k_cache[static_cast<size_t>(layer)].data(),
                      v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr,
@@ -382,20 +384,24 @@ TokenId LlamaEngine::prefill(std::span<const TokenId> tokens) {
   return next;
 }
 
-TokenId LlamaEngine::decode(TokenId token) {
+TokenId LlamaEngine::decode(TokenId token) { return append(std::span<const TokenId>(&token, 1)); }
+
+TokenId LlamaEngine::append(std::span<const TokenId> tokens) {
   Impl& m = *impl_;
   TokenId next = -1;
-  detail::abortOnError(m.world, "decode", [&] {
-    if (m.global_len == 0) throw InvalidArgument("decode before prefill", m.world.rank());
-    if (token < 0 || token >= m.cfg.n_vocab)
-      throw InvalidArgument(fmt::format("decode: token id {} is outside the vocabulary [0, {})", token, m.cfg.n_vocab),
-                            m.world.rank());
+  detail::abortOnError(m.world, "append", [&] {
+    if (m.global_len == 0) throw InvalidArgument("decode/append before prefill", m.world.rank());
+    m.checkPrompt(tokens, "append");
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    if (T > std::numeric_limits<int>::max() / 2)
+      throw InvalidArgument(fmt::format("append: {} tokens in one call", T), m.world.rank());
     m.timed([&] {
-      const int64_t pos = m.global_len;
+      std::vector<int64_t> pos(static_cast<size_t>(T));
+      std::iota(pos.begin(), pos.end(), m.global_len);
       const bool owner = m.sp_rank == m.owner;
-      m.blocks(&token, owner ? 1 : 0, &pos, pos + 1, true);
-      ++m.global_len;
-      next = m.nextToken(0);
+      m.blocks(tokens.data(), owner ? T : 0, pos.data(), m.global_len + T, true, T);
+      m.global_len += T;
+      next = m.nextToken(T - 1);
     });
   });
   return next;

@@ -99,6 +99,59 @@ TEST_P(EngineGrid, ParallelPlanChangesOnlyRounding) {
   EXPECT_NEAR(par.score.nll, one.score.nll, 1e-5 * std::abs(one.score.nll));
 }
 
+// A turn appended over the cached prefix (LlamaEngine::append: pass-Q over the sharded cache) gives the
+// logits and next token of prefilling the whole sequence at once, on every grid, and a second turn and a
+// decode after it too. The matmuls run on dequantized panels throughout (gemm threshold 1), so both ways
+// compute the same products and differ only in summation order; the integer path for short turns is
+// checked apart below.
+struct Turns {
+  std::vector<float> whole, appended;
+  TokenId whole_next = -1, appended_next = -1;
+  std::vector<TokenId> whole_decode, appended_decode;
+};
+
+Turns runTurns(const std::string& path, const EngineOptions& o, const std::vector<TokenId>& tokens, size_t p1,
+               size_t p2, size_t p3) {
+  Turns r;
+  std::mutex mu;
+  testref::runGrid(path, o, [&](Communicator&, LlamaEngine& eng) {
+    const auto upto = [&](size_t n) { return std::vector<TokenId>(tokens.begin(), tokens.begin() + long(n)); };
+    const TokenId a = eng.prefill(upto(p3));
+    const std::vector<float> za = eng.lastLogits();
+    const TokenId a2 = eng.decode(a);
+    eng.prefill(upto(p1));
+    eng.append(std::vector<TokenId>(tokens.begin() + long(p1), tokens.begin() + long(p2)));
+    const TokenId b = eng.append(std::vector<TokenId>(tokens.begin() + long(p2), tokens.begin() + long(p3)));
+    const std::vector<float> zb = eng.lastLogits();
+    const TokenId b2 = eng.decode(b);
+    EXPECT_EQ(eng.position(), static_cast<int64_t>(p3) + 1);
+    std::lock_guard<std::mutex> lock(mu);
+    if (!za.empty()) r.whole = za;
+    if (!zb.empty()) r.appended = zb;
+    r.whole_next = a;
+    r.appended_next = b;
+    r.whole_decode.push_back(a2);
+    r.appended_decode.push_back(b2);
+  });
+  return r;
+}
+
+TEST_P(EngineGrid, AppendedTurnsEqualWholePrefill) {
+  const auto& [name, grid] = GetParam();
+  const ModelFixture f = testref::tinyFixture(name);
+  if (!f.present) GTEST_SKIP() << f.missing;
+  ASSERT_GE(f.tokens.size(), 16u);
+  const int64_t saved = qmm::gemmThreshold();
+  qmm::setGemmThreshold(1);
+  const Turns t = runTurns(f.gguf_path, exactOptions(grid), f.tokens, 7, 10, 15);
+  qmm::setGemmThreshold(saved);
+  ASSERT_FALSE(t.whole.empty());
+  ASSERT_FALSE(t.appended.empty());
+  EXPECT_LE(testref::maxAbsDiff(t.appended, t.whole), 1e-4) << gridName(grid);
+  EXPECT_EQ(t.appended_next, t.whole_next);
+  EXPECT_EQ(t.appended_decode, t.whole_decode);
+}
+
 std::vector<Grid> tinyGrids() {
   std::vector<Grid> g = {{2, 1, SpScheme::Auto}, {3, 1, SpScheme::Auto}, {4, 1, SpScheme::Auto}};
   for (SpScheme s : {SpScheme::TokenRing, SpScheme::RingKV, SpScheme::Ulysses, SpScheme::AllGatherKV}) {
