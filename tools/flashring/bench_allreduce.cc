@@ -1,7 +1,7 @@
 // flashring bench allreduce: nccl-tests-style sweep of the all-reduce algorithms, baseline and ours in
 // the same run, alternating, with the error of every row against the exact (fp64) sum.
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,11 +9,10 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "cli.h"
 #include "flashring/allreduce.h"
@@ -42,8 +41,8 @@ struct Config {
 // Roughly normal activations (Irwin-Hall of 4 uniforms), with rare 20-60x outliers.
 inline float inputValue(uint64_t seed, int rank, size_t i) {
   const uint64_t h = mix(seed * 0x100000001b3ull ^ (static_cast<uint64_t>(rank) << 40) ^ i);
-  const float u = static_cast<float>((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) /
-                  65536.f;
+  const float u =
+      static_cast<float>((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) / 65536.f;
   float v = (u - 2.f) * 1.7320508f;
   if ((mix(h) & 1023) == 0) v *= 20.f + static_cast<float>(mix(h ^ 7) % 40);
   return v;
@@ -62,7 +61,8 @@ std::vector<size_t> sizes(const Config& c) {
   if (lo > hi) throw InvalidArgument(fmt::format("-b {} is larger than -e {}", c.min_bytes, c.max_bytes));
   if (c.factor <= 1) throw InvalidArgument(fmt::format("-f must be > 1, got {}", c.factor));
   std::vector<size_t> out;
-  for (double s = static_cast<double>(std::max<size_t>(lo, 4)); s <= static_cast<double>(hi) * 1.000001; s *= c.factor) {
+  for (double s = static_cast<double>(std::max<size_t>(lo, 4)); s <= static_cast<double>(hi) * 1.000001;
+       s *= c.factor) {
     out.push_back(static_cast<size_t>(s) / 4 * 4);
   }
   return out;
@@ -176,9 +176,9 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
       r.wire_bytes = wire[a];
       r.speedup = t > 0 ? base_t / t : 0;
       r.replicas_identical = same[a];
-      fmt::print("{:>10} {:>11} {:<16} {:>11.1f} {:>10.3f} {:>10.3f} {:>11.3e} {:>10.3e} {:>12} {:>7.2f}x{}\n", formatSize(bytes), n,
-                 r.algo, r.time_us, r.algbw, r.busbw, r.max_abs_err, r.rel_err, r.wire_bytes, r.speedup,
-                 r.replicas_identical ? "" : "  REPLICAS DIFFER");
+      fmt::print("{:>10} {:>11} {:<16} {:>11.1f} {:>10.3f} {:>10.3f} {:>11.3e} {:>10.3e} {:>12} {:>7.2f}x{}\n",
+                 formatSize(bytes), n, r.algo, r.time_us, r.algbw, r.busbw, r.max_abs_err, r.rel_err, r.wire_bytes,
+                 r.speedup, r.replicas_identical ? "" : "  REPLICAS DIFFER");
       rows_out.push_back(r);
     }
     std::fflush(stdout);
@@ -192,20 +192,26 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
 void addBenchAllreduce(CLI::App& bench) {
   auto cfg = std::make_shared<Config>();
   auto* app = bench.add_subcommand("allreduce", "sweep all-reduce algorithms over message sizes (nccl-tests style)");
-  app->add_option("-b,--minbytes", cfg->min_bytes, "smallest message, bytes of fp32 (1K, 64M, ...)")->capture_default_str();
+  app->add_option("-b,--minbytes", cfg->min_bytes, "smallest message, bytes of fp32 (1K, 64M, ...)")
+      ->capture_default_str();
   app->add_option("-e,--maxbytes", cfg->max_bytes, "largest message")->capture_default_str();
   app->add_option("-f,--stepfactor", cfg->factor, "multiply the size by this between rows")->capture_default_str();
-  app->add_option("--algos", cfg->algos,
-                  "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
-                  "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport "
-                  "supports)")
+  app->add_option(
+         "--algos", cfg->algos,
+         "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
+         "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport "
+         "supports)")
       ->delimiter(',');
-  app->add_option("--baseline", cfg->baseline, "algorithm the speedup column divides by (default: twostep-bf16 if run, else the first)");
+  app->add_option("--baseline", cfg->baseline,
+                  "algorithm the speedup column divides by (default: twostep-bf16 if run, else the first)");
   app->add_option("-n,--iters", cfg->iters, "timed iterations per size and algorithm (median reported)")
       ->check(CLI::Range(5, 100000))
       ->capture_default_str();
-  app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")->check(CLI::Range(0, 1000))->capture_default_str();
-  app->add_option("-g,--group-size", cfg->group_size, "quantization group size (multiple of 32 in 32..4096)")->capture_default_str();
+  app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  app->add_option("-g,--group-size", cfg->group_size, "quantization group size (multiple of 32 in 32..4096)")
+      ->capture_default_str();
   app->add_flag("--symmetric", cfg->symmetric, "symmetric quantization instead of asymmetric (scale + zero)");
   app->add_option("--spikes", cfg->spikes,
                   "values per group the flash codecs keep exactly as fp32 (spike reserving, 0..8; 0 = off)")
@@ -213,7 +219,8 @@ void addBenchAllreduce(CLI::App& bench) {
   app->add_flag("--rotate", cfg->rotate,
                 "flash codecs: randomized Hadamard rotation of each group (power-of-two group size)");
   app->add_flag("--clip", cfg->clip, "flash codecs: per-group clipping range of least squared error");
-  app->add_option("--chunk-elems", cfg->chunk_elems, "pipeline chunk of the flash algorithms, in elements (0 = one chunk)")
+  app->add_option("--chunk-elems", cfg->chunk_elems,
+                  "pipeline chunk of the flash algorithms, in elements (0 = one chunk)")
       ->capture_default_str();
   app->add_option("--seed", cfg->seed, "input seed")->capture_default_str();
   app->add_option("--json", cfg->json, "write one JSON object per (algorithm, size) row to this file");
@@ -228,10 +235,12 @@ void addBenchAllreduce(CLI::App& bench) {
     for (const auto& a : c.algos) {
       (void)allreduceOptionsFromName(a);  // throws, listing the valid names
       if ((a == "mpi" || a == "native") && !mpi)
-        throw InvalidArgument(fmt::format("algorithm '{}' is MPI_Allreduce and needs --transport mpi (run under mpirun)", a));
+        throw InvalidArgument(
+            fmt::format("algorithm '{}' is MPI_Allreduce and needs --transport mpi (run under mpirun)", a));
     }
     if (c.baseline.empty())
-      c.baseline = std::find(c.algos.begin(), c.algos.end(), "twostep-bf16") != c.algos.end() ? "twostep-bf16" : c.algos[0];
+      c.baseline =
+          std::find(c.algos.begin(), c.algos.end(), "twostep-bf16") != c.algos.end() ? "twostep-bf16" : c.algos[0];
     if (std::find(c.algos.begin(), c.algos.end(), c.baseline) == c.algos.end())
       throw InvalidArgument(fmt::format("--baseline {} is not among --algos", c.baseline));
     quant::validate({8, c.group_size, c.symmetric, c.spikes, c.rotate, c.clip});
