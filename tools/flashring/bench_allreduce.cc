@@ -1,5 +1,6 @@
 // flashring bench allreduce: nccl-tests-style sweep of the all-reduce algorithms, baseline and ours in
-// the same run, alternating, with the error of every row against the exact (fp64) sum.
+// the same run, alternating, with the error of every row against the exact (fp64) sum. One-shot rows say how
+// much faster they are than the two-step with the same codec (their "twin") in the same run.
 #include <fmt/format.h>
 #include <unistd.h>
 
@@ -11,12 +12,14 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "cli.h"
 #include "flashring/allreduce.h"
 #include "flashring/comm.h"
+#include "flashring/costmodel.h"
 
 namespace flashring::cli {
 
@@ -25,7 +28,11 @@ namespace {
 struct Config {
   std::string min_bytes = "1K", max_bytes = "64M";
   double factor = 2;
+  std::vector<size_t> counts;  // instead of the -b/-e/-f sweep
   std::vector<std::string> algos;
+  bool oneshot = false;  // add each two-step algorithm's one-shot twin
+  bool calibrate = false;
+  std::string calibration, topology;
   std::string baseline;
   int iters = 10, warmup = 2;
   int group_size = 128;
@@ -49,7 +56,8 @@ inline float inputValue(uint64_t seed, int rank, size_t i) {
 }
 
 struct Row {
-  std::string algo;
+  std::string algo, ran, twin;
+  double vs_twin = 0;  // twin's time / this row's time (one-shot rows whose twin ran)
   size_t bytes = 0;
   double time_us = 0, algbw = 0, busbw = 0, max_abs_err = 0, rel_err = 0, speedup = 0;
   uint64_t wire_bytes = 0;
@@ -57,6 +65,11 @@ struct Row {
 };
 
 std::vector<size_t> sizes(const Config& c) {
+  if (!c.counts.empty()) {
+    std::vector<size_t> out;
+    for (size_t n : c.counts) out.push_back(n * 4);
+    return out;
+  }
   const size_t lo = parseSize(c.min_bytes), hi = parseSize(c.max_bytes);
   if (lo > hi) throw InvalidArgument(fmt::format("-b {} is larger than -e {}", c.min_bytes, c.max_bytes));
   if (c.factor <= 1) throw InvalidArgument(fmt::format("-f must be > 1, got {}", c.factor));
@@ -75,6 +88,23 @@ uint64_t fnv(const float* p, size_t n) {
   return h;
 }
 
+// The one-shot with the codec of a two-step algorithm (twostep-fp32/bf16, flash-intX[-intY]: the reduce-scatter's),
+// or "" when it has none.
+std::string oneShotTwin(const std::string& a) {
+  if (a == "twostep-fp32") return "oneshot-fp32";
+  if (a == "twostep-bf16") return "oneshot-bf16";
+  if (a.rfind("flash-int", 0) == 0) return "oneshot-int" + a.substr(9, 1);
+  return "";
+}
+
+// The two-step a one-shot row is compared with: its codec's exact or flash-intX two-step.
+std::string twoStepTwin(const std::string& a) {
+  if (a == "oneshot-fp32") return "twostep-fp32";
+  if (a == "oneshot-bf16") return "twostep-bf16";
+  if (a.rfind("oneshot-int", 0) == 0) return "flash-int" + a.substr(11);
+  return "";
+}
+
 double seconds(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
 
 bool allOnOneHost(Communicator& comm) {
@@ -84,9 +114,38 @@ bool allOnOneHost(Communicator& comm) {
   return allreduceMax(comm, h) == allreduceMin(comm, h);
 }
 
+// Auto's link model: from the calibration file if it exists, else measured (and written there); the topology
+// forced by --topology. Collective.
+CostModel linkModel(Communicator& comm, const Config& c, bool& loaded) {
+  CostModel model;
+  loaded = false;
+  if (!c.calibration.empty()) {
+    std::ifstream f(c.calibration);
+    if (f) {
+      std::stringstream ss;
+      ss << f.rdbuf();
+      model = CostModel::fromJson(ss.str());
+      loaded = true;
+    }
+  }
+  if (!loaded) model = CostModel::calibrate(comm, c.topology);
+  if (!c.topology.empty()) model.params().topology = c.topology == "star" ? Topology::Star : Topology::Mesh;
+  if (!loaded && !c.calibration.empty() && comm.rank() == 0) {
+    std::ofstream f(c.calibration);
+    f << model.toJson() << "\n";
+  }
+  return model;
+}
+
 void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out) {
   const int N = comm.size(), me = comm.rank();
   const bool same_host = allOnOneHost(comm);
+  AllreduceLinkModel link;
+  bool link_loaded = false;
+  if (cfg.calibrate || !cfg.calibration.empty()) {
+    const CostModel model = linkModel(comm, cfg, link_loaded);
+    link = {model.params().latency_s, model.params().bandwidth_Bps, model.params().topology == Topology::Mesh};
+  }
   std::vector<AllreduceOptions> opts;
   AllreduceOptions base;
   base.reduce_scatter.group_size = base.all_gather.group_size = cfg.group_size;
@@ -95,8 +154,14 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
   base.reduce_scatter.rotate = base.all_gather.rotate = cfg.rotate;
   base.reduce_scatter.clip = base.all_gather.clip = cfg.clip;
   base.chunk_elems = cfg.chunk_elems;
+  base.link = link;
   for (const auto& a : cfg.algos) opts.push_back(allreduceOptionsFromName(a, base));
   const auto bl = std::find(cfg.algos.begin(), cfg.algos.end(), cfg.baseline) - cfg.algos.begin();
+  std::vector<long> twin(cfg.algos.size(), -1);  // index of a one-shot row's two-step twin
+  for (size_t a = 0; a < cfg.algos.size(); ++a) {
+    const auto t = std::find(cfg.algos.begin(), cfg.algos.end(), twoStepTwin(cfg.algos[a]));
+    if (t != cfg.algos.end()) twin[a] = t - cfg.algos.begin();
+  }
 
   if (me == 0) {
     fmt::print("# flashring bench allreduce  transport={} ranks={} group={}{}{}{}{} iters={} warmup={} baseline={}\n",
@@ -105,8 +170,13 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
                cfg.clip ? " clip" : "", cfg.iters, cfg.warmup, cfg.baseline);
     fmt::print("# time = median over iterations of {}; error vs the exact fp64 sum; speedup = baseline time / time\n",
                same_host ? "first start to last end over all ranks" : "the slowest rank");
-    fmt::print("{:>10} {:>11} {:<16} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8}\n", "size", "count", "algo",
-               "time_us", "algbw_GB/s", "busbw_GB/s", "max_abs_err", "rel_err", "wire_bytes", "speedup");
+    fmt::print("# vs_2step (one-shot rows) = time of the two-step with the same codec / time; auto>X: Auto ran X\n");
+    if (link.known())
+      fmt::print("# auto's link model{}: latency {:.1f} us, {:.1f} MB/s, topology {}\n",
+                 link_loaded ? " (loaded)" : " (calibrated)", link.latency_s * 1e6, link.bandwidth_Bps / 1e6,
+                 link.mesh ? "mesh" : "star");
+    fmt::print("{:>10} {:>11} {:<16} {:>11} {:>10} {:>10} {:>11} {:>10} {:>12} {:>8} {:>8}\n", "size", "count", "algo",
+               "time_us", "algbw_GB/s", "busbw_GB/s", "max_abs_err", "rel_err", "wire_bytes", "speedup", "vs_2step");
     std::fflush(stdout);
   }
   for (size_t bytes : sizes(cfg)) {
@@ -116,6 +186,7 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
     for (size_t i = 0; i < n; ++i) input[i] = inputValue(cfg.seed, me, i);
     std::vector<std::vector<double>> times(opts.size());
     std::vector<uint64_t> wire(opts.size());
+    std::vector<AllreduceAlgorithm> ran(opts.size());
     std::vector<double> max_err(opts.size()), rel(opts.size());
     std::vector<bool> same(opts.size(), true);
     // Exact sum of the part of the buffer this rank checks (its 1/N share), regenerated from every rank's seed.
@@ -143,6 +214,7 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
         if (it >= cfg.warmup) times[a].push_back(t);
         if (it == cfg.warmup + cfg.iters - 1) {
           wire[a] = st.wire_bytes;
+          ran[a] = st.algorithm;
           double m = 0, num = 0, den = 0;
           for (size_t i = chk_b; i < chk_e; ++i) {
             const double d = static_cast<double>(buf[i]) - exact[i - chk_b];
@@ -166,6 +238,7 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
     for (size_t a = 0; a < opts.size(); ++a) {
       Row r;
       r.algo = cfg.algos[a];
+      r.ran = allreduceAlgorithmName(ran[a]);
       r.bytes = bytes;
       const double t = median(times[a]);
       r.time_us = t * 1e6;
@@ -176,9 +249,15 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
       r.wire_bytes = wire[a];
       r.speedup = t > 0 ? base_t / t : 0;
       r.replicas_identical = same[a];
-      fmt::print("{:>10} {:>11} {:<16} {:>11.1f} {:>10.3f} {:>10.3f} {:>11.3e} {:>10.3e} {:>12} {:>7.2f}x{}\n",
-                 formatSize(bytes), n, r.algo, r.time_us, r.algbw, r.busbw, r.max_abs_err, r.rel_err, r.wire_bytes,
-                 r.speedup, r.replicas_identical ? "" : "  REPLICAS DIFFER");
+      if (twin[a] >= 0) {
+        r.twin = cfg.algos[static_cast<size_t>(twin[a])];
+        r.vs_twin = t > 0 ? median(times[static_cast<size_t>(twin[a])]) / t : 0;
+      }
+      const std::string label = r.algo == "auto" ? "auto>" + r.ran : r.algo;
+      fmt::print("{:>10} {:>11} {:<16} {:>11.1f} {:>10.3f} {:>10.3f} {:>11.3e} {:>10.3e} {:>12} {:>7.2f}x {:>8}{}\n",
+                 formatSize(bytes), n, label, r.time_us, r.algbw, r.busbw, r.max_abs_err, r.rel_err, r.wire_bytes,
+                 r.speedup, r.twin.empty() ? "" : fmt::format("{:.2f}x", r.vs_twin),
+                 r.replicas_identical ? "" : "  REPLICAS DIFFER");
       rows_out.push_back(r);
     }
     std::fflush(stdout);
@@ -196,12 +275,26 @@ void addBenchAllreduce(CLI::App& bench) {
       ->capture_default_str();
   app->add_option("-e,--maxbytes", cfg->max_bytes, "largest message")->capture_default_str();
   app->add_option("-f,--stepfactor", cfg->factor, "multiply the size by this between rows")->capture_default_str();
+  app->add_option("--counts", cfg->counts,
+                  "comma-separated fp32 element counts to run instead of the -b/-e/-f sweep (e.g. 576,4096: decode)")
+      ->delimiter(',');
   app->add_option(
          "--algos", cfg->algos,
          "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
-         "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4 (default: all that the transport "
-         "supports)")
+         "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4, oneshot-fp32, oneshot-bf16, "
+         "oneshot-int8, oneshot-int6, oneshot-int5, oneshot-int4 (default: all that the transport supports, "
+         "without the one-shots)")
       ->delimiter(',');
+  app->add_flag("--oneshot", cfg->oneshot,
+                "run each two-step algorithm's one-shot twin right after it (twostep-fp32 -> oneshot-fp32, "
+                "flash-int8 -> oneshot-int8, flash-int4-int8 -> oneshot-int4, ...)");
+  app->add_flag("--calibrate", cfg->calibrate,
+                "measure the link (CostModel::calibrate) and give auto that model to choose one-shot vs two-step");
+  app->add_option("--calibration", cfg->calibration,
+                  "cost-model cache for auto (as bench attention's): read it if the file exists, else calibrate and "
+                  "write it");
+  app->add_option("--topology", cfg->topology, "topology auto's link model assumes: star or mesh (default: measured)")
+      ->check(CLI::IsMember({"star", "mesh"}));
   app->add_option("--baseline", cfg->baseline,
                   "algorithm the speedup column divides by (default: twostep-bf16 if run, else the first)");
   app->add_option("-n,--iters", cfg->iters, "timed iterations per size and algorithm (median reported)")
@@ -231,6 +324,17 @@ void addBenchAllreduce(CLI::App& bench) {
     if (c.algos.empty()) {
       c.algos = {"ring-fp32", "ring-bf16", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
       if (mpi) c.algos.insert(c.algos.begin() + 3, "mpi");
+    }
+    if (c.oneshot) {
+      std::vector<std::string> with;
+      for (const auto& a : c.algos) {
+        with.push_back(a);
+        const std::string t = oneShotTwin(a);
+        if (!t.empty() && std::find(c.algos.begin(), c.algos.end(), t) == c.algos.end() &&
+            std::find(with.begin(), with.end(), t) == with.end())
+          with.push_back(t);
+      }
+      c.algos = with;
     }
     for (const auto& a : c.algos) {
       (void)allreduceOptionsFromName(a);  // throws, listing the valid names
@@ -280,6 +384,9 @@ void addBenchAllreduce(CLI::App& bench) {
                        {"wire_bytes", r.wire_bytes},
                        {"baseline", c.baseline},
                        {"speedup", r.speedup},
+                       {"ran", r.ran},
+                       {"twin", r.twin},
+                       {"speedup_vs_twin", r.vs_twin},
                        {"replicas_identical", r.replicas_identical},
                        {"link", std::getenv("FLASHRING_LINK") ? std::getenv("FLASHRING_LINK") : ""}});
       std::ofstream f(c.json);
