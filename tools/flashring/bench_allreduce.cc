@@ -157,9 +157,14 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
   base.link = link;
   for (const auto& a : cfg.algos) opts.push_back(allreduceOptionsFromName(a, base));
   const auto bl = std::find(cfg.algos.begin(), cfg.algos.end(), cfg.baseline) - cfg.algos.begin();
-  std::vector<long> twin(cfg.algos.size(), -1);  // index of a one-shot row's two-step twin
+  // Index of a one-shot row's two-step twin: its codec's two-step, else the first two-step whose twin it is
+  // (flash-int4-int8 for oneshot-int4 when flash-int4 does not run).
+  std::vector<long> twin(cfg.algos.size(), -1);
   for (size_t a = 0; a < cfg.algos.size(); ++a) {
-    const auto t = std::find(cfg.algos.begin(), cfg.algos.end(), twoStepTwin(cfg.algos[a]));
+    auto t = std::find(cfg.algos.begin(), cfg.algos.end(), twoStepTwin(cfg.algos[a]));
+    if (t == cfg.algos.end() && cfg.algos[a].rfind("oneshot-", 0) == 0)
+      t = std::find_if(cfg.algos.begin(), cfg.algos.end(),
+                       [&](const std::string& b) { return oneShotTwin(b) == cfg.algos[a]; });
     if (t != cfg.algos.end()) twin[a] = t - cfg.algos.begin();
   }
 
