@@ -13,6 +13,9 @@ void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload
                       AllreduceStats& stats, float* error = nullptr);
 void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
                         AllreduceStats& stats, float* error = nullptr);
+// OneShot with options.payload, or the reduce_scatter codec when options.oneshot_quantized.
+void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats& stats,
+                      float* error = nullptr);
 
 // Element alignment of slice boundaries for the exact algorithms (a cache line of fp32).
 inline constexpr size_t kSliceAlign = 16;

@@ -24,73 +24,11 @@
 #include <vector>
 
 #include "collectives/algorithms.h"
+#include "collectives/codec.h"
 #include "collectives/common.h"
 #include "comm/tags.h"
 
 namespace flashring::detail {
-
-namespace {
-
-// What one stage sends: quantized groups, bf16, or raw fp32.
-struct Codec {
-  enum Kind { Quant, Bf16, F32 } kind;
-  quant::Config cfg;
-  // What a receiver must agree on to decode: kind, and for Quant bits, group size, spikes and rotate (symmetric
-  // and clip only change the encoder). Sent in every message header, so that ranks configured differently get
-  // an error instead of decoding each other's bytes wrongly.
-  uint32_t tag() const {
-    if (kind != Quant) return kind == Bf16 ? 2u : 3u;
-    return 1u | static_cast<uint32_t>(cfg.bits) << 2 | static_cast<uint32_t>(cfg.spikes) << 6 |
-           static_cast<uint32_t>(cfg.rotate) << 10 | static_cast<uint32_t>(cfg.group_size / 32) << 11;
-  }
-  std::string name() const { return kind == Quant ? quant::describe(cfg) : (kind == Bf16 ? "bf16" : "fp32"); }
-  size_t bytes(size_t n) const { return kind == Quant ? quant::encodedBytes(n, cfg) : n * (kind == Bf16 ? 2 : 4); }
-  void encode(const float* x, size_t n, std::byte* out) const {
-    if (kind == Quant)
-      quant::quantize(x, n, cfg, out);
-    else if (kind == Bf16)
-      quant::toBf16(x, n, reinterpret_cast<uint16_t*>(out));
-    else
-      std::memcpy(out, x, n * 4);
-  }
-  void decode(const std::byte* in, size_t n, float* out) const {
-    if (kind == Quant)
-      quant::dequantize(in, n, cfg, out);
-    else if (kind == Bf16)
-      quant::fromBf16(reinterpret_cast<const uint16_t*>(in), n, out);
-    else
-      std::memcpy(out, in, n * 4);
-  }
-  void decodeAccumulate(const std::byte* in, size_t n, float* acc) const {
-    if (kind == Quant) {
-      quant::dequantizeAccumulate(in, n, cfg, acc);
-    } else if (kind == Bf16) {
-      quant::fromBf16Accumulate(reinterpret_cast<const uint16_t*>(in), n, acc);
-    } else {
-      for (size_t i = 0; i < n; ++i) {
-        float v;
-        std::memcpy(&v, in + i * 4, 4);
-        acc[i] += v;
-      }
-    }
-  }
-};
-
-// err[i] = want[i] - got[i], or 0 where that is not finite (NaN/Inf travel exactly: nothing to carry). err may
-// alias got.
-void storeError(const float* want, const float* got, size_t n, float* err) {
-  for (size_t i = 0; i < n; ++i) {
-    const float d = want[i] - got[i];
-    err[i] = std::isfinite(d) ? d : 0.f;
-  }
-}
-
-struct Header {
-  uint64_t count;
-  uint64_t chunk;  // chunk index in the low 32 bits, the stage codec's tag() in the high 32
-};
-static_assert(sizeof(Header) == 16);
-}  // namespace
 
 namespace {
 // error (nullable, data.size() floats): this rank's share of the error of the result. For a slice j sent to
@@ -155,6 +93,12 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
   auto checkHeader = [&](const std::byte* p, size_t c, int from, const Codec& codec, const char* stage) {
     Header h;
     std::memcpy(&h, p, sizeof h);
+    if ((h.chunk & 0xFFFFFFFFu) == kOneShotChunk)
+      throw InvalidArgument(fmt::format("all-reduce: rank {} ran the one-shot all-reduce on {} elements while rank {} "
+                                        "runs the two-step on {} elements (every rank must pass the same count and "
+                                        "algorithm; Auto chooses from the count)",
+                                        from, h.count, me, n),
+                            me);
     if (h.count != n || (h.chunk & 0xFFFFFFFFu) != c)
       throw InvalidArgument(fmt::format("all-reduce: rank {} has {} elements but rank {} has {} (chunk {} vs {})", me,
                                         n, from, h.count, c, h.chunk & 0xFFFFFFFFu),

@@ -1,7 +1,7 @@
-// Test references for the all-reduce: deterministic per-rank inputs, the exact fp64 sum, and an
-// independent sequential model of the quantized two-step algorithm (same codec calls, same slice and
-// chunk rules as documented in allreduce.h / quantized.cc), whose output the real algorithm must match
-// bit for bit.
+// Test references for the all-reduce: deterministic per-rank inputs, the exact fp64 sum, and independent
+// sequential models of the quantized two-step algorithm (same codec calls, same slice and chunk rules as
+// documented in allreduce.h / twostep.cc) and of the one-shot algorithm, whose outputs the real algorithms
+// must match bit for bit.
 #pragma once
 
 #include <algorithm>
@@ -125,6 +125,49 @@ inline std::vector<float> quantizedModel(const std::vector<std::vector<float>>& 
     }
   }
   return out;
+}
+
+// What every rank decodes of rank p's buffer `x` in the one-shot all-reduce: x encoded once with the one-shot's
+// codec (the reduce-scatter codec when oneshot_quantized, else the payload: bf16 or raw fp32) and decoded, with
+// the scalar kernels.
+inline std::vector<float> oneShotDecoded(const std::vector<float>& x, const AllreduceOptions& o) {
+  const size_t n = x.size();
+  std::vector<float> dec(x);
+  if (o.oneshot_quantized) {
+    std::vector<std::byte> enc(std::max<size_t>(1, quant::encodedBytes(n, o.reduce_scatter)));
+    quant::quantize(quant::Isa::Scalar, x.data(), n, o.reduce_scatter, enc.data());
+    quant::dequantize(quant::Isa::Scalar, enc.data(), n, o.reduce_scatter, dec.data());
+  } else if (o.payload == Payload::BF16) {
+    std::vector<uint16_t> b(std::max<size_t>(1, n));
+    quant::toBf16(quant::Isa::Scalar, x.data(), n, b.data());
+    quant::fromBf16(quant::Isa::Scalar, b.data(), n, dec.data());
+  }
+  return dec;
+}
+
+// Sequential model of the one-shot all-reduce over `inputs` (one vector per rank): the N decodings summed in fp32
+// in rank order 0..N-1, starting from +0.0 (so a lone -0.0 comes out +0.0). One rank: its buffer, untouched.
+inline std::vector<float> oneShotModel(const std::vector<std::vector<float>>& inputs, const AllreduceOptions& o) {
+  if (inputs.size() == 1) return inputs[0];
+  std::vector<float> out(inputs[0].size(), 0.f);
+  for (const auto& x : inputs) {
+    const auto dec = oneShotDecoded(x, o);
+    for (size_t i = 0; i < out.size(); ++i) out[i] = out[i] + dec[i];
+  }
+  return out;
+}
+
+// The error allreduceWithError hands back on a rank whose buffer is `x` (of `ranks`): x minus its decoding, 0
+// where that is not finite; all zero on one rank.
+inline std::vector<float> oneShotErrorModel(const std::vector<float>& x, int ranks, const AllreduceOptions& o) {
+  std::vector<float> e(x.size(), 0.f);
+  if (ranks == 1) return e;
+  const auto dec = oneShotDecoded(x, o);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float d = x[i] - dec[i];
+    e[i] = std::isfinite(d) ? d : 0.f;
+  }
+  return e;
 }
 
 }  // namespace flashring::testref

@@ -1,5 +1,5 @@
-// Every all-reduce algorithm on real MPI ranks: fp64 reference, bit-exact model of the quantized one,
-// replica consistency across processes, NaN/Inf, and mismatched sizes failing on every rank.
+// Every all-reduce algorithm on real MPI ranks: fp64 reference, bit-exact models of the quantized and one-shot
+// ones, replica consistency across processes, NaN/Inf, mismatched sizes failing on every rank, and Auto's choice.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -28,7 +28,7 @@ uint64_t hashOf(const std::vector<float>& v) {
 }
 
 // An all-reduce name, or "<name>-rot-clip" for the codec's rotation and clipping on both stages
-// (quant::Config::rotate/clip); pipelined in chunks of 8192.
+// (quant::Config::rotate/clip; the one-shot sends the first stage's codec); pipelined in chunks of 8192.
 AllreduceOptions optionsOf(const std::string& name) {
   const bool rot_clip = name.size() > 9 && name.compare(name.size() - 9, 9, "-rot-clip") == 0;
   AllreduceOptions o = allreduceOptionsFromName(rot_clip ? name.substr(0, name.size() - 9) : name);
@@ -52,7 +52,8 @@ class MpiAllreduceWithError : public MpiTest {};
 
 // Across processes: the errors the ranks report add up to the exact sum minus the result.
 TEST_F(MpiAllreduceWithError, ErrorsSumToExactMinusResult) {
-  for (const std::string name : {"flash-int4", "flash-int6", "twostep-bf16", "flash-int4-rot-clip"}) {
+  for (const std::string name : {"flash-int4", "flash-int6", "twostep-bf16", "flash-int4-rot-clip", "oneshot-int4",
+                                 "oneshot-bf16", "oneshot-int8-rot-clip"}) {
     const size_t n = 20011;
     AllreduceOptions o = optionsOf(name);
     auto x = testref::rankInput(rank(), n);
@@ -81,17 +82,19 @@ class MpiAllreduceErrors : public MpiTest {};
 
 TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
   const std::string name = GetParam();
-  for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{5000}, size_t{100003}}) {
+  for (size_t n : {size_t{0}, size_t{1}, size_t{127}, size_t{576}, size_t{4096}, size_t{5000}, size_t{100003}}) {
     AllreduceOptions o = optionsOf(name);
     auto x = testref::rankInput(rank(), n);
-    allreduce(comm(), x, o);
+    AllreduceStats st;
+    allreduce(comm(), x, o, &st);
+    EXPECT_EQ(st.algorithm, allreduceAutoChoice(n, size(), o)) << name << " n=" << n;
     EXPECT_TRUE(sameOnAllRanks(hashOf(x))) << name << " n=" << n << ": ranks hold different results";
     const auto exact = testref::exactSum(size(), n);
     const auto mag = testref::absSum(size(), n);
-    if (name.rfind("flash", 0) == 0) {
+    if (name.rfind("flash", 0) == 0 || name.rfind("oneshot", 0) == 0) {
       std::vector<std::vector<float>> inputs;
       for (int r = 0; r < size(); ++r) inputs.push_back(testref::rankInput(r, n));
-      const auto model = testref::quantizedModel(inputs, o);
+      const auto model = name[0] == 'o' ? testref::oneShotModel(inputs, o) : testref::quantizedModel(inputs, o);
       EXPECT_TRUE(testref::sameBits(model, x)) << name << " n=" << n << " differs from the model";
     } else {
       const bool bf16 = name.find("bf16") != std::string::npos;
@@ -106,7 +109,8 @@ TEST_P(MpiAllreduce, MatchesReferenceAndIsIdenticalOnEveryRank) {
 INSTANTIATE_TEST_SUITE_P(All, MpiAllreduce,
                          ::testing::Values("ring-fp32", "ring-bf16", "twostep-fp32", "twostep-bf16", "mpi", "auto",
                                            "flash-int8", "flash-int6", "flash-int4", "flash-int4-int8",
-                                           "flash-int4-rot-clip"),
+                                           "flash-int4-rot-clip", "oneshot-fp32", "oneshot-bf16", "oneshot-int8",
+                                           "oneshot-int4", "oneshot-int4-rot-clip"),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                            std::string s = i.param;
                            for (auto& c : s) c = c == '-' ? '_' : c;
@@ -129,7 +133,7 @@ TEST_F(MpiAllreduceErrors, NanAndInfSurviveTheQuantizedPath) {
 
 TEST_F(MpiAllreduceErrors, MismatchedSizesFailOnEveryRankWithoutHanging) {
   FLASHRING_REQUIRE_RANKS(2);
-  for (const char* name : {"ring-fp32", "twostep-bf16", "flash-int8", "mpi"}) {
+  for (const char* name : {"ring-fp32", "twostep-bf16", "flash-int8", "mpi", "oneshot-fp32", "oneshot-int4"}) {
     auto c = freshComm();
     c->setTimeout(std::chrono::milliseconds(20000));
     std::vector<float> x(rank() == size() - 1 ? 30001 : 30000, 1.f);
@@ -150,4 +154,37 @@ TEST_F(MpiAllreduceErrors, MismatchedSizesFailOnEveryRankWithoutHanging) {
                 what.find("differs") != std::string::npos)
         << name << ": " << what;
   }
+}
+
+// Auto without a link model: the one-shot for the decode sizes, the two-step above 32 KiB, on every process; and
+// processes whose counts send Auto down different paths fail at the first message, not at the deadline.
+TEST_F(MpiAllreduceErrors, AutoPicksOneShotForSmallAndTwoStepForLarge) {
+  for (size_t n : {size_t{576}, size_t{4096}, size_t{50000}}) {
+    auto x = testref::rankInput(rank(), n);
+    AllreduceStats st;
+    allreduce(comm(), x, AllreduceOptions{}, &st);
+    const auto want = n < 8192 ? AllreduceAlgorithm::OneShot : AllreduceAlgorithm::TwoStep;
+    EXPECT_EQ(st.algorithm, want) << n;
+    EXPECT_TRUE(sameOnAllRanks(hashOf(x))) << n;
+    auto ref = testref::rankInput(rank(), n);
+    allreduce(comm(), ref, allreduceOptionsFromName("twostep-fp32"));
+    EXPECT_TRUE(testref::sameBits(ref, x)) << n << ": Auto's exact paths give the two-step fp32 bits";
+  }
+}
+
+TEST_F(MpiAllreduceErrors, AutoThatResolvesDifferentlyFailsFast) {
+  FLASHRING_REQUIRE_RANKS(2);
+  auto c = freshComm();
+  c->setTimeout(std::chrono::milliseconds(20000));
+  std::vector<float> x(rank() == size() - 1 ? 20000 : 1000, 1.f);  // two-step there, one-shot elsewhere
+  const auto t0 = Clock::now();
+  std::string what;
+  try {
+    allreduce(*c, x, AllreduceOptions{});
+  } catch (const Error& e) {
+    what = e.what();
+  }
+  EXPECT_FALSE(what.empty()) << "rank " << rank() << " did not fail";
+  EXPECT_LT(Clock::now() - t0, std::chrono::seconds(15)) << what;
+  EXPECT_TRUE(what.find("mismatch") != std::string::npos || what.find("elements") != std::string::npos) << what;
 }
