@@ -125,10 +125,16 @@ struct LlamaWeights {
   size_t ownedBytes() const;  // of which copied at load
 };
 
+// One-shot all-reduces (allreduce.h) in append mode (decode and turns over the cache): Auto uses the
+// one-shot twin of the user's two-step / quantized algorithm (same codec, one message round instead of
+// two) for buffers under AllreduceOptions::oneshot_threshold_bytes; On always in append mode; Off never.
+enum class OneShotMode { Auto, On, Off };
+
 struct EngineOptions {
   int tp = 1;
   int sp = 1;
   AllreduceOptions allreduce;           // the TP all-reduces
+  OneShotMode oneshot = OneShotMode::Auto;
   SpScheme attention = SpScheme::Auto;  // prefill attention under SP
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)

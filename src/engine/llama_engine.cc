@@ -56,6 +56,9 @@ struct LlamaEngine::Impl {
   std::vector<float> x, h, q, att, o, g, u;
   std::vector<float> carry;    // error feedback (EngineOptions::error_feedback) and refinement
   std::vector<float> refined;  // refinement: the summed errors (EngineOptions::refine_layers)
+  bool appending = false;      // blocks() in append mode (decode, turns over the cache)
+  AllreduceOptions oneshot_opts;
+  const AllreduceOptions* cur_allreduce = nullptr;  // the options of the all-reduce in progress
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
       : world(wc), w(std::move(weights)), opts(o_), cfg(w->cfg), shard(w->shard) {
@@ -114,9 +117,11 @@ struct LlamaEngine::Impl {
   // Whether the TP all-reduce makes errors worth carrying or refining (Ring and Native leave the error zero;
   // the fp32 two-step is exact).
   bool allreduceErrs() const {
-    const AllreduceAlgorithm a = opts.allreduce.algorithm;
+    const AllreduceOptions& ao = cur_allreduce != nullptr ? *cur_allreduce : opts.allreduce;
+    const AllreduceAlgorithm a = ao.algorithm;
     return opts.tp > 1 && a != AllreduceAlgorithm::Ring && a != AllreduceAlgorithm::Native &&
-           !(a == AllreduceAlgorithm::TwoStep && opts.allreduce.payload == Payload::F32);
+           !((a == AllreduceAlgorithm::TwoStep || (a == AllreduceAlgorithm::OneShot && !ao.oneshot_quantized)) &&
+             ao.payload == Payload::F32);
   }
 
   void countAllreduce(const AllreduceStats& as) {
@@ -125,7 +130,23 @@ struct LlamaEngine::Impl {
     ++st.allreduces;
   }
 
+  // The all-reduce options for a buffer of n floats: the user's, or in append mode (decode, short turns)
+  // their one-shot twin (EngineOptions::oneshot): same codec, one message round instead of two.
+  const AllreduceOptions& allreduceFor(size_t n) {
+    const AllreduceAlgorithm a = opts.allreduce.algorithm;
+    const bool twin_exists = a == AllreduceAlgorithm::TwoStep || a == AllreduceAlgorithm::Quantized;
+    const bool small = n * sizeof(float) < opts.allreduce.oneshot_threshold_bytes;
+    if (!appending || !twin_exists || opts.oneshot == OneShotMode::Off || (opts.oneshot == OneShotMode::Auto && !small))
+      return opts.allreduce;
+    oneshot_opts = opts.allreduce;
+    oneshot_opts.algorithm = AllreduceAlgorithm::OneShot;
+    oneshot_opts.oneshot_quantized = a == AllreduceAlgorithm::Quantized;
+    return oneshot_opts;
+  }
+
   void tpAllreduce(int layer, int which, float* data, size_t n) {
+    cur_allreduce = &allreduceFor(n);
+    const AllreduceOptions& ao = *cur_allreduce;
     if (opts.tp > 1) {
       const bool refine = layer < opts.refine_layers && allreduceErrs();
       AllreduceStats as;
@@ -133,9 +154,9 @@ struct LlamaEngine::Impl {
         // carry: this rank's share of the previous all-reduce's error in this forward pass (zeroed by blocks();
         // without error feedback it is only the refinement's scratch and always zero here).
         for (size_t i = 0; i < n; ++i) data[i] += carry[i];
-        allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry.data(), n), opts.allreduce, &as);
+        allreduceWithError(*tp_comm, std::span<float>(data, n), std::span<float>(carry.data(), n), ao, &as);
       } else {
-        allreduce(*tp_comm, std::span<float>(data, n), opts.allreduce, &as);
+        allreduce(*tp_comm, std::span<float>(data, n), ao, &as);
       }
       countAllreduce(as);
       if (refine) {
@@ -144,9 +165,9 @@ struct LlamaEngine::Impl {
         AllreduceStats rs;
         if (opts.error_feedback) {
           allreduceWithError(*tp_comm, std::span<float>(refined.data(), n), std::span<float>(carry.data(), n),
-                             opts.allreduce, &rs);
+                             ao, &rs);
         } else {
-          allreduce(*tp_comm, std::span<float>(refined.data(), n), opts.allreduce, &rs);
+          allreduce(*tp_comm, std::span<float>(refined.data(), n), ao, &rs);
           std::fill(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n), 0.f);
         }
         countAllreduce(rs);
@@ -154,16 +175,21 @@ struct LlamaEngine::Impl {
       }
     }
     if (opts.on_allreduce) opts.on_allreduce(layer, which, std::span<const float>(data, n));
+    cur_allreduce = nullptr;
   }
 
   // Error feedback's last step: nothing follows the last all-reduce to take its error, so the ranks' carries
   // are summed by one more all-reduce (same options) and added to the residual stream. Its own error is that
   // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry.
   void flushErrorFeedback(size_t n) {
-    if (!opts.error_feedback || !allreduceErrs()) return;
+    cur_allreduce = &allreduceFor(n);
+    const AllreduceOptions& ao = *cur_allreduce;
+    const bool errs = allreduceErrs();
+    cur_allreduce = nullptr;
+    if (!opts.error_feedback || !errs) return;
     o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
     AllreduceStats as;
-    allreduce(*tp_comm, std::span<float>(o.data(), n), opts.allreduce, &as);
+    allreduce(*tp_comm, std::span<float>(o.data(), n), ao, &as);
     countAllreduce(as);
     for (size_t i = 0; i < n; ++i) x[i] += o[i];
     if (opts.on_allreduce) opts.on_allreduce(cfg.n_layer, 2, std::span<const float>(o.data(), n));
@@ -180,6 +206,7 @@ struct LlamaEngine::Impl {
     const int D = cfg.n_embd, hd = cfg.head_dim, H = shard.heads;
     const size_t qdim = static_cast<size_t>(H) * hd, kvdim = static_cast<size_t>(kvh) * hd;
     const bool am_owner = !decode || sp_rank == owner;
+    appending = decode;
     x.assign(static_cast<size_t>(len) * D, 0.f);
     carry.assign(opts.error_feedback || opts.refine_layers > 0 ? x.size() : 0, 0.f);
     for (int64_t t = 0; t < len; ++t) w->embed(tokens[t], x.data() + t * D);
