@@ -1,0 +1,7 @@
+// Avx2 kernels of the 32-value weight types: not written yet (legacyKernels falls back to the lower ISA).
+#include "qmm/qmm_internal.h"
+
+namespace flashring::qmm::detail {
+const TypeKernels* legacyKernelsAvx2(TensorType, bool) { return nullptr; }
+QuantizeFn q8QuantizerAvx2() { return nullptr; }
+}  // namespace flashring::qmm::detail
