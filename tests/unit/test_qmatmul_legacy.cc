@@ -474,11 +474,19 @@ TEST(QmmLegacyDequantize, BitIdenticalToScalarAndReference) {
         SCOPED_TRACE(v.label);
         std::vector<float> got(n, -2.f);
         kernelsOf(v, t).dequantize(row.data(), got.data(), n);
-        for (size_t i = 0; i < n; ++i)
+        for (size_t i = 0; i < n; ++i) {
+          // One exception to bit-for-bit: Q4_1 / Q5_1 values whose q * d and m are both NaN. Which NaN an
+          // add returns depends on the operand order, and compilers commute adds (in either kernel).
+          // (q * d is NaN for a NaN d, or for an Inf d times code 0.)
+          if (isAffine(t) && std::isnan(dec.code[i] * dec.d[i / 32]) && std::isnan(dec.m[i / 32])) {
+            ASSERT_TRUE(std::isnan(got[i])) << i;
+            continue;
+          }
           ASSERT_EQ(bitsOf(got[i]), bitsOf(ref[i])) << "value " << i << ": " << got[i] << " vs " << ref[i];
+        }
         std::vector<float> pub(n);
         dequantizeRow(v.isa, t, row.data(), pub.data(), n);
-        ASSERT_EQ(0, std::memcmp(pub.data(), ref.data(), n * 4));
+        ASSERT_EQ(0, std::memcmp(pub.data(), got.data(), n * 4));
       }
     }
   }
