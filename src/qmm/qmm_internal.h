@@ -78,6 +78,10 @@ struct TypeKernels {
 // Per-ISA tables (nullptr: no kernel for that type at that ISA). Defined in the files named above.
 const TypeKernels* legacyKernels(cpu::Isa isa, TensorType t);
 const TypeKernels* kquantKernels(cpu::Isa isa, TensorType t);
+// The legacy table at `isa` with (vnni = true) or without the VNNI integer dot products (AVX-VNNI at Avx2,
+// AVX512-VNNI at Avx512), whatever the CPU has: tests reach both variants through it (the caller checks
+// cpu::hasAvxVnni() / hasAvx512Vnni()). legacyKernels() picks the variant the CPU supports.
+const TypeKernels* legacyKernelsVariant(cpu::Isa isa, TensorType t, bool vnni);
 // Activation quantizers (n a multiple of 32 / 256); bit-identical in every ISA. Scalar is always present;
 // the SIMD ones may be nullptr.
 using QuantizeFn = void (*)(const float* x, size_t n, void* out);

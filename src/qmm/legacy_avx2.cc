@@ -1,0 +1,337 @@
+// AVX2 (+FMA, F16C) kernels of the 32-value weight types and the Q8 activation quantizer. Built with
+// -mavx2 -mfma -mf16c for this file only and entered only when the CPU has them (legacy.cc's tables).
+//
+// Dot products, per block of 32: the weight codes are unpacked to 32 bytes in value order (nibbles with
+// and/shift, Q5's fifth bits spread from qh by a byte shuffle and compare), and multiplied with the 32
+// activation codes by vpmaddubsw (unsigned x signed, pairs summed to int16) + vpmaddwd (to 8 int32 lanes),
+// or, with AVX-VNNI, by one vpdpbusd. Signed weight codes use the sign trick: |w| x (a * sign(w)), so the
+// first operand is unsigned; every int16 pair sum stays below 2 * 128 * 127 < 2^15, so the integer part is
+// exact. The 8 lanes are converted to fp32 and accumulated with the block's d_w * d_a by one FMA; two
+// blocks per iteration into two accumulators. Q4_1 / Q5_1 add m_w * s_a per block.
+// Dequantization and the quantizer do exactly the scalar reference's IEEE operations (exact conversions,
+// one multiply, for Q4_1 / Q5_1 one add; cvtps2dq rounds half to even as nearbyint does), so they are
+// bit-identical to it.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "engine/dequant_internal.h"  // halfToFloat, bf16ToFloat, loadU16 (internal linkage)
+#include "qmm/qmm_internal.h"
+
+namespace flashring::qmm::detail {
+namespace {
+
+using gguf::detail::bf16ToFloat;
+using gguf::detail::halfToFloat;
+using gguf::detail::loadU16;
+using TT = TensorType;
+
+constexpr size_t bytesOfBlock(TT t) {
+  switch (t) {
+    case TT::Q8_0:
+      return sizeof(BlockQ8_0);
+    case TT::Q4_0:
+      return sizeof(BlockQ4_0);
+    case TT::Q4_1:
+      return sizeof(BlockQ4_1);
+    case TT::Q5_0:
+      return sizeof(BlockQ5_0);
+    case TT::Q5_1:
+      return sizeof(BlockQ5_1);
+    default:
+      return 0;
+  }
+}
+constexpr bool isAffine(TT t) { return t == TT::Q4_1 || t == TT::Q5_1; }
+
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// ---- code unpacking -----------------------------------------------------------------------------------------
+
+// The 32 4-bit codes of qs[0..15] as bytes 0..31 in value order (low nibbles, then high nibbles).
+inline __m256i q4Bytes(const uint8_t* qs) {
+  const __m128i raw = load128(qs);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+}
+
+// 0xFF in byte j where bit j of the little-endian 32-bit qh is set, else 0.
+inline __m256i q5HighMask(const uint8_t* qh) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(bits)),
+                                             _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                                              2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bit = _mm256_set1_epi64x(static_cast<int64_t>(0x8040201008040201ull));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+// The block's 32 weight codes as bytes in value order: signed (offset applied) for Q8_0 / Q4_0 / Q5_0,
+// unsigned for Q4_1 / Q5_1.
+template <TT T>
+inline __m256i codes(const uint8_t* blk) {
+  if constexpr (T == TT::Q8_0) {
+    return load256(blk + 2);
+  } else if constexpr (T == TT::Q4_0) {
+    return _mm256_sub_epi8(q4Bytes(blk + 2), _mm256_set1_epi8(8));
+  } else if constexpr (T == TT::Q4_1) {
+    return q4Bytes(blk + 4);
+  } else if constexpr (T == TT::Q5_0) {
+    // (q | h << 4) - 16 = q - 16 where h = 0 (q | 0xF0 as int8), q where h = 1.
+    return _mm256_or_si256(q4Bytes(blk + 6), _mm256_andnot_si256(q5HighMask(blk + 2), _mm256_set1_epi8(-16)));
+  } else {
+    static_assert(T == TT::Q5_1);
+    return _mm256_or_si256(q4Bytes(blk + 8), _mm256_and_si256(q5HighMask(blk + 4), _mm256_set1_epi8(16)));
+  }
+}
+
+// ---- integer dot products -----------------------------------------------------------------------------------
+
+// Per int32 lane: the sum of 4 adjacent products u_i * s_i (u unsigned, s signed bytes).
+template <bool kVnni>
+inline __m256i dotU8S8(__m256i u, __m256i s) {
+  if constexpr (kVnni) {
+    // AVX-VNNI vpdpbusd (VEX). Inline assembly: this file is built without -mavxvnni, and the intrinsic
+    // would need the target attribute on every function it is inlined into.
+    __m256i acc = _mm256_setzero_si256();
+    asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+  } else {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  }
+}
+
+// 8 int32 lanes summing to the block's exact integer dot product with the activation codes a.
+template <TT T, bool kVnni>
+inline __m256i blockDot(const uint8_t* blk, __m256i a) {
+  const __m256i w = codes<T>(blk);
+  if constexpr (isAffine(T)) {
+    return dotU8S8<kVnni>(w, a);
+  } else {
+    // |w| is exact as an unsigned byte (also |-128| = 128); a is never -128 (codes are in [-127, 127]).
+    return dotU8S8<kVnni>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  }
+}
+
+// [d_w * d_a, m_w * s_a, 0, 0] of one block (fp16 d and m converted together; d, s adjacent in BlockQ8).
+template <TT T>
+inline __m128 blockScales(const uint8_t* blk, const BlockQ8& a) {
+  if constexpr (isAffine(T)) {
+    uint32_t dm;
+    std::memcpy(&dm, blk, 4);
+    const __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));
+    const __m128 ads = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a.d)));
+    return _mm_mul_ps(wdm, ads);
+  } else {
+    return _mm_mul_ss(_mm_cvtph_ps(_mm_cvtsi32_si128(loadU16(blk))), _mm_load_ss(&a.d));
+  }
+}
+
+template <TT T, bool kVnni>
+float dotBlocks(size_t n, const uint8_t* w, const void* act) {
+  constexpr size_t kBytes = bytesOfBlock(T);
+  const auto* a = static_cast<const BlockQ8*>(act);
+  const size_t nb = n / kQK;
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m128 macc0 = _mm_setzero_ps(), macc1 = _mm_setzero_ps();  // lane 1: sum of m_w * s_a (Q4_1, Q5_1)
+  size_t b = 0;
+  for (; b + 2 <= nb; b += 2) {
+    const uint8_t* w0 = w + b * kBytes;
+    const uint8_t* w1 = w0 + kBytes;
+    const __m256i i0 = blockDot<T, kVnni>(w0, load256(a[b].qs));
+    const __m256i i1 = blockDot<T, kVnni>(w1, load256(a[b + 1].qs));
+    const __m128 s0 = blockScales<T>(w0, a[b]);
+    const __m128 s1 = blockScales<T>(w1, a[b + 1]);
+    acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(i0), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), _mm256_cvtepi32_ps(i1), acc1);
+    if constexpr (isAffine(T)) {
+      macc0 = _mm_add_ps(macc0, s0);
+      macc1 = _mm_add_ps(macc1, s1);
+    }
+  }
+  if (b < nb) {
+    const uint8_t* w0 = w + b * kBytes;
+    const __m128 s0 = blockScales<T>(w0, a[b]);
+    acc0 =
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(blockDot<T, kVnni>(w0, load256(a[b].qs))), acc0);
+    if constexpr (isAffine(T)) macc0 = _mm_add_ps(macc0, s0);
+  }
+  float r = hsum(_mm256_add_ps(acc0, acc1));
+  if constexpr (isAffine(T)) {
+    const __m128 m = _mm_add_ps(macc0, macc1);
+    r += _mm_cvtss_f32(_mm_movehdup_ps(m));
+  }
+  return r;
+}
+
+// ---- F32 / F16 / BF16 -------------------------------------------------------------------------------------
+
+template <TT T>
+inline __m256 load8(const uint8_t* w, size_t i) {
+  if constexpr (T == TT::F32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(w) + i);
+  } else if constexpr (T == TT::F16) {
+    return _mm256_cvtph_ps(load128(w + 2 * i));
+  } else {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(load128(w + 2 * i)), 16));
+  }
+}
+
+template <TT T>
+inline float scalarAt(const uint8_t* w, size_t i) {
+  if constexpr (T == TT::F32) {
+    float f;
+    std::memcpy(&f, w + 4 * i, 4);
+    return f;
+  } else if constexpr (T == TT::F16) {
+    return halfToFloat(loadU16(w + 2 * i));
+  } else {
+    return bf16ToFloat(loadU16(w + 2 * i));
+  }
+}
+
+template <TT T>
+float dotFloat(size_t n, const uint8_t* w, const void* act) {
+  const auto* x = static_cast<const float*>(act);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    for (size_t k = 0; k < 4; ++k)
+      acc[k] = _mm256_fmadd_ps(load8<T>(w, i + 8 * k), _mm256_loadu_ps(x + i + 8 * k), acc[k]);
+  }
+  for (; i + 8 <= n; i += 8) acc[0] = _mm256_fmadd_ps(load8<T>(w, i), _mm256_loadu_ps(x + i), acc[0]);
+  float r = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; i < n; ++i) r += scalarAt<T>(w, i) * x[i];
+  return r;
+}
+
+// ---- dequantization ----------------------------------------------------------------------------------------
+
+template <TT T>
+void dequantFloat(const uint8_t* src, float* dst, size_t n) {
+  if constexpr (T == TT::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load8<T>(src, i));
+    for (; i < n; ++i) dst[i] = scalarAt<T>(src, i);
+  }
+}
+
+// Bytes 8k .. 8k+7 of v as int32 (signed or unsigned codes).
+template <bool kSigned>
+inline __m256i widen8(__m128i v) {
+  return kSigned ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v);
+}
+
+template <TT T>
+void dequantBlocks(const uint8_t* src, float* dst, size_t n) {
+  constexpr size_t kBytes = bytesOfBlock(T);
+  constexpr bool kSigned = !isAffine(T);
+  for (size_t b = 0; b < n / kQK; ++b) {
+    const uint8_t* blk = src + b * kBytes;
+    const __m256 d = _mm256_set1_ps(_cvtsh_ss(loadU16(blk)));
+    const __m256i q = codes<T>(blk);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m256i parts[4] = {widen8<kSigned>(lo), widen8<kSigned>(_mm_srli_si128(lo, 8)), widen8<kSigned>(hi),
+                              widen8<kSigned>(_mm_srli_si128(hi, 8))};
+    float* out = dst + b * kQK;
+    if constexpr (isAffine(T)) {
+      const __m256 m = _mm256_set1_ps(_cvtsh_ss(loadU16(blk + 2)));
+      for (size_t p = 0; p < 4; ++p)
+        _mm256_storeu_ps(out + 8 * p, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(parts[p]), d), m));
+    } else {
+      for (size_t p = 0; p < 4; ++p) _mm256_storeu_ps(out + 8 * p, _mm256_mul_ps(_mm256_cvtepi32_ps(parts[p]), d));
+    }
+  }
+}
+
+// ---- the Q8 activation quantizer ---------------------------------------------------------------------------
+
+void quantizeQ8(const float* x, size_t n, void* out) {
+  auto* blocks = static_cast<BlockQ8*>(out);
+  const __m256 sign = _mm256_set1_ps(-0.f);
+  const __m256 fmax = _mm256_set1_ps(std::numeric_limits<float>::max());
+  for (size_t b = 0; b < n / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    BlockQ8& o = blocks[b];
+    const __m256 v[4] = {_mm256_loadu_ps(xb), _mm256_loadu_ps(xb + 8), _mm256_loadu_ps(xb + 16),
+                         _mm256_loadu_ps(xb + 24)};
+    __m256 amax8 = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (const __m256& vk : v) {
+      const __m256 ak = _mm256_andnot_ps(sign, vk);
+      bad = _mm256_or_ps(bad, _mm256_cmp_ps(ak, fmax, _CMP_NLE_UQ));  // Inf or NaN
+      amax8 = _mm256_max_ps(amax8, ak);
+    }
+    if (_mm256_movemask_ps(bad) != 0) {
+      o.d = o.s = std::numeric_limits<float>::quiet_NaN();
+      std::memset(o.qs, 0, sizeof(o.qs));
+      continue;
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax8), _mm256_extractf128_ps(amax8, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    float d = amax / 127.f;
+    float id = d != 0.f ? 1.f / d : 0.f;
+    if (std::isinf(id)) d = id = 0.f;  // as the scalar reference: the block quantizes as all-zero
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i q[4];
+    for (size_t k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], vid));  // |q| <= 127
+    // packs interleave the 128-bit lanes: bytes come out as dwords q0[0:4] q1[0:4] q2[0:4] q3[0:4] | q0[4:8] ...
+    const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o.qs),
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    const __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
+    o.d = d;
+    o.s = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+  }
+}
+
+template <TT T, bool kVnni>
+constexpr TypeKernels kBlockKernels{dequantBlocks<T>, dotBlocks<T, kVnni>};
+template <TT T>
+constexpr TypeKernels kFloatKernels{dequantFloat<T>, dotFloat<T>};
+
+template <bool kVnni>
+const TypeKernels* table(TT t) {
+  switch (t) {
+    case TT::F32:
+      return &kFloatKernels<TT::F32>;
+    case TT::F16:
+      return &kFloatKernels<TT::F16>;
+    case TT::BF16:
+      return &kFloatKernels<TT::BF16>;
+    case TT::Q8_0:
+      return &kBlockKernels<TT::Q8_0, kVnni>;
+    case TT::Q4_0:
+      return &kBlockKernels<TT::Q4_0, kVnni>;
+    case TT::Q4_1:
+      return &kBlockKernels<TT::Q4_1, kVnni>;
+    case TT::Q5_0:
+      return &kBlockKernels<TT::Q5_0, kVnni>;
+    case TT::Q5_1:
+      return &kBlockKernels<TT::Q5_1, kVnni>;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+const TypeKernels* legacyKernelsAvx2(TensorType t, bool vnni) { return vnni ? table<true>(t) : table<false>(t); }
+QuantizeFn q8QuantizerAvx2() { return quantizeQ8; }
+
+}  // namespace flashring::qmm::detail

@@ -1,0 +1,363 @@
+// AVX-512 (F, BW, VL, DQ; + FMA, F16C) kernels of the 32-value weight types and the Q8 activation quantizer.
+// Built with the AVX-512 flags for this file only and entered only when the CPU has them (legacy.cc).
+//
+// Dot products: two blocks per 64-byte vector (block b in bytes 0..31, block b+1 in 32..63), four blocks
+// per iteration into two accumulators. The integer part is exact: with AVX512-VNNI one vpdpbusd (unsigned
+// weight codes x signed activation codes, 4 products per int32 lane), without it vpmaddubsw + vpmaddwd.
+// AVX-512 has no vpsignb, so the offset types (Q4_0: q - 8, Q5_0: q - 16) multiply the unsigned codes and
+// subtract offset * (sum of the activation codes) per lane, and Q8_0 takes |w| and negates the activation
+// codes under the sign mask of w. The 16 int32 lanes are converted to fp32 and accumulated by one FMA with
+// [d_w d_a of block b (8 lanes), of block b+1 (8 lanes)]; the fp16 scales of both blocks convert together.
+// Dequantization and the quantizer do exactly the scalar reference's IEEE operations, so they are
+// bit-identical to it.
+// GCC 12's AVX-512 headers self-initialise their "undefined" vectors (`__m512i __Y = __Y;`), which
+// -Wmaybe-uninitialized reports at every use (GCC PR 105593): silenced for the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "engine/dequant_internal.h"  // halfToFloat, bf16ToFloat, loadU16 (internal linkage)
+#include "qmm/qmm_internal.h"
+
+namespace flashring::qmm::detail {
+namespace {
+
+using gguf::detail::loadU16;
+using TT = TensorType;
+
+constexpr size_t bytesOfBlock(TT t) {
+  switch (t) {
+    case TT::Q8_0:
+      return sizeof(BlockQ8_0);
+    case TT::Q4_0:
+      return sizeof(BlockQ4_0);
+    case TT::Q4_1:
+      return sizeof(BlockQ4_1);
+    case TT::Q5_0:
+      return sizeof(BlockQ5_0);
+    case TT::Q5_1:
+      return sizeof(BlockQ5_1);
+    default:
+      return 0;
+  }
+}
+constexpr bool isAffine(TT t) { return t == TT::Q4_1 || t == TT::Q5_1; }
+// Offset subtracted from the unsigned codes (0: none; Q8_0's codes are signed).
+constexpr int codeOffset(TT t) { return t == TT::Q4_0 ? 8 : t == TT::Q5_0 ? 16 : 0; }
+// Where the 16 nibble bytes and the 4 fifth-bit bytes start in a block.
+constexpr size_t qsAt(TT t) { return t == TT::Q4_0 ? 2 : t == TT::Q4_1 ? 4 : t == TT::Q5_0 ? 6 : 8; }
+constexpr size_t qhAt(TT t) { return t == TT::Q5_0 ? 2 : 4; }
+constexpr bool isQ5(TT t) { return t == TT::Q5_0 || t == TT::Q5_1; }
+
+inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// ---- code unpacking -----------------------------------------------------------------------------------------
+
+// The unsigned codes of two blocks (Q4: 0..15, Q5: 0..31; Q8_0: the signed codes) as 64 bytes in value order.
+template <TT T>
+inline __m512i codes2(const uint8_t* b0, const uint8_t* b1) {
+  if constexpr (T == TT::Q8_0) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(load256(b0 + 2)), load256(b1 + 2), 1);
+  } else {
+    // [qs0, qs0, qs1, qs1] per 128-bit lane, the second copy of each shifted down a nibble.
+    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b0 + qsAt(T)))),
+                                   _mm256_broadcastsi128_si256(load128(b1 + qsAt(T))), 1);
+    z = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
+    if constexpr (isQ5(T)) {
+      const __mmask64 h = static_cast<uint64_t>(load32(b0 + qhAt(T))) | static_cast<uint64_t>(load32(b1 + qhAt(T)))
+                                                                            << 32;
+      z = _mm512_mask_add_epi8(z, h, z, _mm512_set1_epi8(16));
+    }
+    return z;
+  }
+}
+
+// The same for one block, 32 bytes.
+template <TT T>
+inline __m256i codes1(const uint8_t* b) {
+  if constexpr (T == TT::Q8_0) {
+    return load256(b + 2);
+  } else {
+    const __m128i raw = load128(b + qsAt(T));
+    __m256i z = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), _mm256_set1_epi8(0x0F));
+    if constexpr (isQ5(T)) z = _mm256_mask_add_epi8(z, load32(b + qhAt(T)), z, _mm256_set1_epi8(16));
+    return z;
+  }
+}
+
+// ---- integer dot products -----------------------------------------------------------------------------------
+
+// Per int32 lane: the sum of 4 adjacent products u_i * s_i (u unsigned, s signed bytes); without VNNI the
+// pair sums must fit int16 (true for every caller: |u| <= 128, |s| <= 127, or u <= 31).
+template <bool kVnni>
+inline __m512i dotU8S8(__m512i u, __m512i s) {
+  if constexpr (kVnni) {
+    // AVX512-VNNI vpdpbusd. Inline assembly: this file is built without -mavx512vnni, and the intrinsic
+    // would need the target attribute on every function it is inlined into.
+    __m512i acc = _mm512_setzero_si512();
+    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+    return acc;
+  } else {
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
+  }
+}
+
+// 16 int32 lanes, 8 per block, summing to the two blocks' exact integer dot products with the codes a.
+template <TT T, bool kVnni>
+inline __m512i pairDot(const uint8_t* b0, const uint8_t* b1, __m512i a) {
+  const __m512i w = codes2<T>(b0, b1);
+  if constexpr (T == TT::Q8_0) {
+    // |w| x (a negated where w < 0); |-128| = 128 is exact as an unsigned byte, a is never -128.
+    const __m512i sa = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
+    return dotU8S8<kVnni>(_mm512_abs_epi8(w), sa);
+  } else if constexpr (codeOffset(T) != 0) {
+    const __m512i off = _mm512_set1_epi8(codeOffset(T));
+    if constexpr (kVnni) {
+      return _mm512_sub_epi32(dotU8S8<true>(w, a), dotU8S8<true>(off, a));
+    } else {
+      // sum (w - off) a over each pair fits int16 (|.| <= 2 * 16 * 127); then pairs of pairs to int32.
+      return _mm512_madd_epi16(_mm512_sub_epi16(_mm512_maddubs_epi16(w, a), _mm512_maddubs_epi16(off, a)),
+                               _mm512_set1_epi16(1));
+    }
+  } else {
+    return dotU8S8<kVnni>(w, a);
+  }
+}
+
+// The 64 activation codes of two blocks.
+inline __m512i act2(const BlockQ8& a0, const BlockQ8& a1) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load256(a0.qs)), load256(a1.qs), 1);
+}
+
+// Scales of two blocks: lanes 0..7 d_w0 d_a0, lanes 8..15 d_w1 d_a1; for Q4_1 / Q5_1 *ms gets
+// [., m_w0 s_a0, ., m_w1 s_a1] (lanes 1 and 3 to be summed).
+template <TT T>
+inline __m512 pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m128* ms) {
+  if constexpr (isAffine(T)) {
+    // [d0, m0, d1, m1] * [da0, sa0, da1, sa1]
+    const __m128 w = _mm_cvtph_ps(
+        _mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(load32(b0))), static_cast<int>(load32(b1)), 1));
+    const __m128 a = _mm_castsi128_ps(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a0.d)),
+                                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a1.d))));
+    const __m128 p = _mm_mul_ps(w, a);
+    *ms = p;
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2),
+                                 _mm512_castps128_ps512(p));
+  } else {
+    (void)ms;
+    const int dd = loadU16(b0) | loadU16(b1) << 16;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(dd));
+    const __m128 a = _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                                 _mm512_castps128_ps512(_mm_mul_ps(w, a)));
+  }
+}
+
+template <TT T, bool kVnni>
+inline void pairStep(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m512* acc,
+                     __m128* macc) {
+  __m128 ms;
+  const __m512 s = pairScales<T>(b0, b1, a0, a1, &ms);
+  *acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(pairDot<T, kVnni>(b0, b1, act2(a0, a1))), *acc);
+  if constexpr (isAffine(T)) *macc = _mm_add_ps(*macc, ms);
+}
+
+template <TT T, bool kVnni>
+float dotBlocks(size_t n, const uint8_t* w, const void* act) {
+  constexpr size_t kBytes = bytesOfBlock(T);
+  const auto* a = static_cast<const BlockQ8*>(act);
+  const size_t nb = n / kQK;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  __m128 macc0 = _mm_setzero_ps(), macc1 = _mm_setzero_ps();
+  size_t b = 0;
+  for (; b + 4 <= nb; b += 4) {
+    const uint8_t* p = w + b * kBytes;
+    pairStep<T, kVnni>(p, p + kBytes, a[b], a[b + 1], &acc0, &macc0);
+    pairStep<T, kVnni>(p + 2 * kBytes, p + 3 * kBytes, a[b + 2], a[b + 3], &acc1, &macc1);
+  }
+  if (b + 2 <= nb) {
+    const uint8_t* p = w + b * kBytes;
+    pairStep<T, kVnni>(p, p + kBytes, a[b], a[b + 1], &acc0, &macc0);
+    b += 2;
+  }
+  if (b < nb) {
+    // The last block paired with an all-zero one (scale 0, codes 0 and activation codes 0: adds exactly 0).
+    uint8_t zero_w[kBytes] = {};
+    const BlockQ8 zero_a{};
+    pairStep<T, kVnni>(w + b * kBytes, zero_w, a[b], zero_a, &acc1, &macc1);
+  }
+  float r = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+  if constexpr (isAffine(T)) {
+    const __m128 m = _mm_add_ps(macc0, macc1);
+    const __m128 h = _mm_movehdup_ps(m);  // lanes 1 and 3 hold the sums of m_w s_a
+    r += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  }
+  return r;
+}
+
+// ---- F32 / F16 / BF16 -------------------------------------------------------------------------------------
+
+template <TT T>
+inline __m512 load16(const uint8_t* w, size_t i) {
+  if constexpr (T == TT::F32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(w) + i);
+  } else if constexpr (T == TT::F16) {
+    return _mm512_cvtph_ps(load256(w + 2 * i));
+  } else {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(load256(w + 2 * i)), 16));
+  }
+}
+
+// The first `count` (< 16) values at i; the rest 0. Masked loads do not touch the bytes they skip.
+template <TT T>
+inline __m512 load16Masked(const uint8_t* w, size_t i, __mmask16 k) {
+  if constexpr (T == TT::F32) {
+    return _mm512_maskz_loadu_ps(k, reinterpret_cast<const float*>(w) + i);
+  } else {
+    const __m256i h = _mm256_maskz_loadu_epi16(k, w + 2 * i);
+    if constexpr (T == TT::F16) {
+      return _mm512_cvtph_ps(h);
+    } else {
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+  }
+}
+
+template <TT T>
+float dotFloat(size_t n, const uint8_t* w, const void* act) {
+  const auto* x = static_cast<const float*>(act);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  size_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    for (size_t k = 0; k < 4; ++k)
+      acc[k] = _mm512_fmadd_ps(load16<T>(w, i + 16 * k), _mm512_loadu_ps(x + i + 16 * k), acc[k]);
+  }
+  for (; i + 16 <= n; i += 16) acc[0] = _mm512_fmadd_ps(load16<T>(w, i), _mm512_loadu_ps(x + i), acc[0]);
+  if (i < n) {
+    const auto k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc[1] = _mm512_fmadd_ps(load16Masked<T>(w, i, k), _mm512_maskz_loadu_ps(k, x + i), acc[1]);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+// ---- dequantization ----------------------------------------------------------------------------------------
+
+template <TT T>
+void dequantFloat(const uint8_t* src, float* dst, size_t n) {
+  if constexpr (T == TT::F32) {
+    std::memcpy(dst, src, n * sizeof(float));
+  } else {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load16<T>(src, i));
+    if (i < n) {
+      const auto k = static_cast<__mmask16>((1u << (n - i)) - 1);
+      _mm512_mask_storeu_ps(dst + i, k, load16Masked<T>(src, i, k));
+    }
+  }
+}
+
+template <TT T>
+void dequantBlocks(const uint8_t* src, float* dst, size_t n) {
+  constexpr size_t kBytes = bytesOfBlock(T);
+  for (size_t b = 0; b < n / kQK; ++b) {
+    const uint8_t* blk = src + b * kBytes;
+    const __m512 d = _mm512_set1_ps(_cvtsh_ss(loadU16(blk)));
+    __m256i q = codes1<T>(blk);
+    if constexpr (codeOffset(T) != 0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(codeOffset(T)));
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    __m512i parts[2];
+    if constexpr (isAffine(T)) {
+      parts[0] = _mm512_cvtepu8_epi32(lo);
+      parts[1] = _mm512_cvtepu8_epi32(hi);
+    } else {
+      parts[0] = _mm512_cvtepi8_epi32(lo);
+      parts[1] = _mm512_cvtepi8_epi32(hi);
+    }
+    float* out = dst + b * kQK;
+    if constexpr (isAffine(T)) {
+      const __m512 m = _mm512_set1_ps(_cvtsh_ss(loadU16(blk + 2)));
+      for (size_t p = 0; p < 2; ++p)
+        _mm512_storeu_ps(out + 16 * p, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(parts[p]), d), m));
+    } else {
+      for (size_t p = 0; p < 2; ++p) _mm512_storeu_ps(out + 16 * p, _mm512_mul_ps(_mm512_cvtepi32_ps(parts[p]), d));
+    }
+  }
+}
+
+// ---- the Q8 activation quantizer ---------------------------------------------------------------------------
+
+void quantizeQ8(const float* x, size_t n, void* out) {
+  auto* blocks = static_cast<BlockQ8*>(out);
+  const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+  for (size_t b = 0; b < n / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    BlockQ8& o = blocks[b];
+    const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+    const __m512 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+    // Inf or NaN anywhere: not (|x| <= max float).
+    if ((_mm512_cmp_ps_mask(a0, fmax, _CMP_NLE_UQ) | _mm512_cmp_ps_mask(a1, fmax, _CMP_NLE_UQ)) != 0) {
+      o.d = o.s = std::numeric_limits<float>::quiet_NaN();
+      std::memset(o.qs, 0, sizeof(o.qs));
+      continue;
+    }
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    float d = amax / 127.f;
+    float id = d != 0.f ? 1.f / d : 0.f;
+    if (std::isinf(id)) d = id = 0.f;  // as the scalar reference: the block quantizes as all-zero
+    const __m512 vid = _mm512_set1_ps(id);
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));  // |q| <= 127: truncation to bytes is exact
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o.qs), _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(o.qs + 16), _mm512_cvtepi32_epi8(q1));
+    o.d = d;
+    o.s = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+}
+
+template <TT T, bool kVnni>
+constexpr TypeKernels kBlockKernels{dequantBlocks<T>, dotBlocks<T, kVnni>};
+template <TT T>
+constexpr TypeKernels kFloatKernels{dequantFloat<T>, dotFloat<T>};
+
+template <bool kVnni>
+const TypeKernels* table(TT t) {
+  switch (t) {
+    case TT::F32:
+      return &kFloatKernels<TT::F32>;
+    case TT::F16:
+      return &kFloatKernels<TT::F16>;
+    case TT::BF16:
+      return &kFloatKernels<TT::BF16>;
+    case TT::Q8_0:
+      return &kBlockKernels<TT::Q8_0, kVnni>;
+    case TT::Q4_0:
+      return &kBlockKernels<TT::Q4_0, kVnni>;
+    case TT::Q4_1:
+      return &kBlockKernels<TT::Q4_1, kVnni>;
+    case TT::Q5_0:
+      return &kBlockKernels<TT::Q5_0, kVnni>;
+    case TT::Q5_1:
+      return &kBlockKernels<TT::Q5_1, kVnni>;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+const TypeKernels* legacyKernelsAvx512(TensorType t, bool vnni) { return vnni ? table<true>(t) : table<false>(t); }
+QuantizeFn q8QuantizerAvx512() { return quantizeQ8; }
+
+}  // namespace flashring::qmm::detail
