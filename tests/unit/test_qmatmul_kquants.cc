@@ -225,6 +225,9 @@ TEST(KquantKernels, EveryIsaHasItsOwn) {
     EXPECT_NE(k->dot, nullptr);
   }
   EXPECT_NE(detail::q8kQuantizer(cpu::Isa::Scalar), nullptr);
+  // AVX2 has kernels of its own.
+  for (TensorType t : kTypes) EXPECT_NE(detail::kquantKernelsAvx2(t), nullptr) << typeName(t);
+  EXPECT_NE(detail::q8kQuantizerAvx2(), nullptr);
   EXPECT_EQ(detail::kquantKernels(cpu::Isa::Scalar, TensorType::Q8_0), nullptr);
   EXPECT_EQ(actFormat(TensorType::Q4_K), ActFormat::Q8K);
   EXPECT_EQ(actBytes(TensorType::Q6_K, 512), 2 * sizeof(BlockQ8K));
