@@ -225,9 +225,20 @@ TEST(KquantKernels, EveryIsaHasItsOwn) {
     EXPECT_NE(k->dot, nullptr);
   }
   EXPECT_NE(detail::q8kQuantizer(cpu::Isa::Scalar), nullptr);
-  // AVX2 has kernels of its own.
-  for (TensorType t : kTypes) EXPECT_NE(detail::kquantKernelsAvx2(t), nullptr) << typeName(t);
+  // AVX2, AVX-512 and AVX-512 VNNI have kernels of their own (whether or not this CPU runs them).
+  for (TensorType t : kTypes) {
+    EXPECT_NE(detail::kquantKernelsAvx2(t), nullptr) << typeName(t);
+    EXPECT_NE(detail::kquantKernelsAvx512(t), nullptr) << typeName(t);
+    EXPECT_NE(detail::kquantKernelsAvx512Vnni(t), nullptr) << typeName(t);
+    EXPECT_NE(detail::kquantKernelsAvx512(t), detail::kquantKernelsAvx512Vnni(t)) << typeName(t);
+  }
   EXPECT_NE(detail::q8kQuantizerAvx2(), nullptr);
+  EXPECT_NE(detail::q8kQuantizerAvx512(), nullptr);
+  if (cpu::isaSupported(cpu::Isa::Avx512)) {
+    EXPECT_EQ(detail::kquantKernels(cpu::Isa::Avx512, TensorType::Q4_K),
+              cpu::hasAvx512Vnni() ? detail::kquantKernelsAvx512Vnni(TensorType::Q4_K)
+                                   : detail::kquantKernelsAvx512(TensorType::Q4_K));
+  }
   EXPECT_EQ(detail::kquantKernels(cpu::Isa::Scalar, TensorType::Q8_0), nullptr);
   EXPECT_EQ(actFormat(TensorType::Q4_K), ActFormat::Q8K);
   EXPECT_EQ(actBytes(TensorType::Q6_K, 512), 2 * sizeof(BlockQ8K));
