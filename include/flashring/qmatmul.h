@@ -22,6 +22,7 @@
 //        computed as x * (1/d) in fp32, s = d * (sum of q) in fp32 (the min/offset terms of Q4_1/Q5_1 use it).
 //   Q8K: blocks of 256: d = max|x| / 127, q as above, bsums[j] = sum of q[16j .. 16j+15] (the K-quants'
 //        per-sub-block minimum terms use them). As ggml's block_q8_K but q = x * (1/d), not x * (127/max).
+//        A d below FLT_MIN (max|x| < 127 * FLT_MIN, ~1.5e-36) gives d = 0 and q = 0: 1/d would overflow.
 // A block holding a NaN or Inf activation gets d = s = NaN and q = 0 (bsums 0), so every dot product that
 // reads it is NaN: an error in the model shows, it is never hidden.
 #pragma once

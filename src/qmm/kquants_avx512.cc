@@ -1,0 +1,334 @@
+// AVX-512 (F, BW, VL, DQ) kernels of Q4_K, Q5_K, Q6_K and the Q8K activation quantizer, entered only when
+// the CPU has them (kquants.cc's kquantKernels). kquants_avx512vnni.cc compiles this file a second time
+// with -mavx512vnni and FLASHRING_KQ_VNNI = 1: the same kernels with vpdpwssd fusing the scale multiply
+// and the int32 accumulation (kquantKernelsAvx512Vnni, chosen when cpu::hasAvx512Vnni()).
+//
+// Dot products, one 512-bit vector = 64 values = two sub-blocks of 32 (Q4_K/Q5_K) or four of 16 (Q6_K),
+// matching 64 contiguous activation codes:
+//   Q4_K/Q5_K: the 32 bytes of sub-blocks 2c, 2c+1 are broadcast to both 256-bit halves and shifted right
+//              by 0 / 4 bits per half (vpsrlvq), so one mask gives the low nibbles (sub-block 2c) in the low
+//              half and the high nibbles (2c+1) in the high half; Q5_K's fifth bits are a vptestmb of the
+//              broadcast qh against bit 2c / 2c+1 per half and a masked byte add of 16.
+//   Q6_K:      64 bytes of ql give the low 4 bits of 64 values (low or high nibbles); the 2 high bits come
+//              from the broadcast qh shifted per half (vpsllvq / vpsrlvq) to bits 4-5.
+// Then vpmaddubsw (unsigned codes x signed activation codes -> int16 pairs, no saturation: 2 * 63 * 127 <
+// 2^15) and vpmaddwd + vpaddd (or vpdpwssd) with the sub-block scales spread over their lanes (vpshufb /
+// vpermw): exact int32 sums, one conversion and FMA per block. Mins and Q6_K's -32 come from bsums.
+//
+// Dequantization and the quantizer do the scalar reference's operations in the same order (exact integer
+// to float conversions, _mm512_mul_ps / _mm512_sub_ps, never fused): bit for bit the scalar results.
+
+// GCC 12's AVX-512 headers self-initialise their "undefined" vectors (`__m512i __Y = __Y;`), which
+// -Wmaybe-uninitialized reports at every use (GCC PR 105593). The warning is silenced for the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "qmm/qmm_internal.h"
+
+#ifndef FLASHRING_KQ_VNNI
+#define FLASHRING_KQ_VNNI 0
+#endif
+
+namespace flashring::qmm::detail {
+namespace {
+
+inline float half(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);  // exact, as the scalar halfToFloat
+}
+inline float loadFloat(const uint8_t* p) {
+  float f;
+  std::memcpy(&f, p, 4);
+  return f;
+}
+inline __m512i load512(const void* p) { return _mm512_loadu_si512(p); }
+inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+// 32 bytes at p in both 256-bit halves.
+inline __m512i broadcast256(const void* p) { return _mm512_broadcast_i64x4(load256(p)); }
+
+inline float hsum(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// acc + the int16 pair products p * s summed into int32 lanes.
+inline __m512i maddAcc(__m512i acc, __m512i p, __m512i s) {
+#if FLASHRING_KQ_VNNI
+  return _mm512_dpwssd_epi32(acc, p, s);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
+#endif
+}
+
+// get_scale_min_k4 of all 8 sub-blocks on 32-bit words: bytes 0..7 the 6-bit scales, 8..15 the mins.
+inline __m128i scalesMinsK4(const uint8_t* s) {
+  uint32_t a, b, c;
+  std::memcpy(&a, s, 4);
+  std::memcpy(&b, s + 4, 4);
+  std::memcpy(&c, s + 8, 4);
+  const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, hi2 = 0x30303030u;
+  const uint32_t sc03 = a & lo6, m03 = b & lo6;
+  const uint32_t sc47 = (c & lo4) | ((a >> 2) & hi2), m47 = ((c >> 4) & lo4) | ((b >> 2) & hi2);
+  return _mm_set_epi32(static_cast<int>(m47), static_cast<int>(m03), static_cast<int>(sc47), static_cast<int>(sc03));
+}
+
+inline int16_t wordIndex(int k) { return static_cast<int16_t>((2 * k + 1) << 8 | 2 * k); }
+// vpshufb indices: int16 element lo of each 128-bit lane over the low 256 bits, element hi over the high.
+inline __m512i halvesWordIndex(int lo, int hi) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set1_epi16(wordIndex(lo))), _mm256_set1_epi16(wordIndex(hi)),
+                            1);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Dot products.
+
+// The 64 codes of sub-blocks 2c (low half) and 2c+1 (high half) of a Q4_K/Q5_K block (without Q5_K's bit).
+inline __m512i nibblePair(const uint8_t* qs32, __m512i shift, __m512i m4) {
+  return _mm512_and_si512(_mm512_srlv_epi64(broadcast256(qs32), shift), m4);
+}
+
+template <bool kFive>
+float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
+  constexpr size_t kBytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  constexpr size_t kQs = kFive ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs);
+  const auto* a = static_cast<const uint8_t*>(act);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), k16 = _mm512_set1_epi8(16);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  __m512i idx[4], bit[4];
+  for (int c = 0; c < 4; ++c) {
+    idx[c] = halvesWordIndex(2 * c, 2 * c + 1);
+    bit[c] = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * c)))),
+                                _mm256_set1_epi8(static_cast<char>(1 << (2 * c + 1))), 1);
+  }
+  __m512 acc = _mm512_setzero_ps();
+  __m128 accm = _mm_setzero_ps();
+  for (size_t b = 0; b < n / kQKK; ++b, w += kBytes, a += sizeof(BlockQ8K)) {
+    const float ad = loadFloat(a + offsetof(BlockQ8K, d));
+    const __m128i scm = scalesMinsK4(w + 4);
+    const __m128i pair = _mm_hadd_epi16(load128(a + offsetof(BlockQ8K, bsums)),
+                                        load128(a + offsetof(BlockQ8K, bsums) + 16));  // bsums[2j] + bsums[2j+1]
+    const __m128i mt = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scm, 8)), pair);
+    accm = _mm_fmadd_ps(_mm_set1_ps(half(w + 2) * ad), _mm_cvtepi32_ps(mt), accm);
+    const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(scm));  // 8 int16 scales in every lane
+    const uint8_t* qs = w + kQs;
+    const int8_t* q8 = reinterpret_cast<const int8_t*>(a + offsetof(BlockQ8K, qs));
+    __m512i qh = _mm512_setzero_si512();
+    if constexpr (kFive) qh = broadcast256(w + offsetof(BlockQ5_K, qh));
+    __m512i sumi = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      __m512i v = nibblePair(qs + 32 * c, shift, m4);
+      if constexpr (kFive) v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit[c]), v, k16);
+      const __m512i p = _mm512_maddubs_epi16(v, load512(q8 + 64 * c));
+      sumi = maddAcc(sumi, p, _mm512_shuffle_epi8(sc, idx[c]));
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half(w) * ad), _mm512_cvtepi32_ps(sumi), acc);
+  }
+  return _mm512_reduce_add_ps(acc) - hsum(accm);
+}
+
+float dotQ4K(size_t n, const uint8_t* w, const void* act) { return dotScaleMin<false>(n, w, act); }
+float dotQ5K(size_t n, const uint8_t* w, const void* act) { return dotScaleMin<true>(n, w, act); }
+
+// Unsigned 6-bit codes of half h of a Q6_K block: v[0] = values 128h + 0..63, v[1] = 128h + 64..127.
+inline void codesQ6K(const uint8_t* ql, const uint8_t* qh, __m512i v[2]) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i l = load512(ql), h = broadcast256(qh);
+  // values 0..31: qh bits 0-1 (<< 4); 32..63: bits 2-3 (<< 2); 64..95: bits 4-5; 96..127: bits 6-7 (>> 2)
+  const __m512i h0 = _mm512_and_si512(_mm512_sllv_epi64(h, _mm512_setr_epi64(4, 4, 4, 4, 2, 2, 2, 2)), m30);
+  const __m512i h1 = _mm512_and_si512(_mm512_srlv_epi64(h, _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2)), m30);
+  v[0] = _mm512_or_si512(_mm512_and_si512(l, m4), h0);
+  v[1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), h1);
+}
+
+float dotQ6K(size_t n, const uint8_t* w, const void* act) {
+  const auto* a = static_cast<const uint8_t*>(act);
+  // vpermw indices: vector k of half h covers sub-blocks 8h + 4k + L in its 128-bit lanes L = 0..3
+  __m512i perm[2][2];
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 2; ++k) {
+      const int s = 8 * h + 4 * k;
+      perm[h][k] = _mm512_inserti64x4(
+          _mm512_castsi256_si512(
+              _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(s)), _mm_set1_epi16(static_cast<int16_t>(s + 1)))),
+          _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(s + 2)), _mm_set1_epi16(static_cast<int16_t>(s + 3))),
+          1);
+    }
+  __m512 acc = _mm512_setzero_ps();
+  for (size_t b = 0; b < n / kQKK; ++b, w += sizeof(BlockQ6_K), a += sizeof(BlockQ8K)) {
+    const float ad = loadFloat(a + offsetof(BlockQ8K, d));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(load128(w + offsetof(BlockQ6_K, scales)));
+    // 32 * sum_j scale_j * bsums_j (|.| <= 32 * 16 * 128 * 2032) subtracted up front
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(sc16, load256(a + offsetof(BlockQ8K, bsums))), 5);
+    __m512i sumi = _mm512_zextsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), offset));
+    const __m512i sc = _mm512_zextsi256_si512(sc16);
+    const int8_t* q8 = reinterpret_cast<const int8_t*>(a + offsetof(BlockQ8K, qs));
+    for (int h = 0; h < 2; ++h) {
+      __m512i v[2];
+      codesQ6K(w + offsetof(BlockQ6_K, ql) + 64 * h, w + offsetof(BlockQ6_K, qh) + 32 * h, v);
+      for (int k = 0; k < 2; ++k) {
+        const __m512i p = _mm512_maddubs_epi16(v[k], load512(q8 + 128 * h + 64 * k));
+        sumi = maddAcc(sumi, p, _mm512_permutexvar_epi16(perm[h][k], sc));
+      }
+    }
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(half(w + offsetof(BlockQ6_K, d)) * ad), _mm512_cvtepi32_ps(sumi), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// ------------------------------------------------------------------------------------------------------
+// Dequantization.
+
+// Bytes 16k .. 16k+15 of v as 16 int32 lanes (zero- or sign-extended).
+inline __m512i widenU8(__m512i v, int k) {
+  switch (k) {
+    case 0:
+      return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 0));
+    case 1:
+      return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 1));
+    case 2:
+      return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 2));
+    default:
+      return _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(v, 3));
+  }
+}
+inline __m512i widenI8(__m512i v, int k) {
+  switch (k) {
+    case 0:
+      return _mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 0));
+    case 1:
+      return _mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 1));
+    case 2:
+      return _mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 2));
+    default:
+      return _mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(v, 3));
+  }
+}
+
+template <bool kFive>
+void dequantScaleMin(const uint8_t* src, float* dst, size_t n) {
+  constexpr size_t kBytes = kFive ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  constexpr size_t kQs = kFive ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), k16 = _mm512_set1_epi8(16);
+  const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
+  for (size_t b = 0; b < n / kQKK; ++b, src += kBytes, dst += kQKK) {
+    // d1_j = d * sc_j, m1_j = dmin * m_j (lanes 0..7 scales, 8..15 mins): exactly the scalar products
+    const __m512 dd = _mm512_insertf32x8(_mm512_set1_ps(half(src)), _mm256_set1_ps(half(src + 2)), 1);
+    alignas(64) float dm[16];
+    _mm512_store_ps(dm, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(scalesMinsK4(src + 4)))));
+    const uint8_t* qs = src + kQs;
+    __m512i qh = _mm512_setzero_si512();
+    if constexpr (kFive) qh = broadcast256(src + offsetof(BlockQ5_K, qh));
+    for (int c = 0; c < 4; ++c) {
+      __m512i v = nibblePair(qs + 32 * c, shift, m4);
+      if constexpr (kFive) {
+        const __m512i bit =
+            _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * c)))),
+                               _mm256_set1_epi8(static_cast<char>(1 << (2 * c + 1))), 1);
+        v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit), v, k16);
+      }
+      for (int k = 0; k < 4; ++k) {
+        const int j = 2 * c + k / 2;  // sub-block of these 16 values
+        const __m512 q = _mm512_cvtepi32_ps(widenU8(v, k));
+        _mm512_storeu_ps(dst + 64 * c + 16 * k,
+                         _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(dm[j]), q), _mm512_set1_ps(dm[8 + j])));
+      }
+    }
+  }
+}
+
+void dequantQ4K(const uint8_t* src, float* dst, size_t n) { dequantScaleMin<false>(src, dst, n); }
+void dequantQ5K(const uint8_t* src, float* dst, size_t n) { dequantScaleMin<true>(src, dst, n); }
+
+void dequantQ6K(const uint8_t* src, float* dst, size_t n) {
+  const __m512i k32 = _mm512_set1_epi8(32);
+  for (size_t b = 0; b < n / kQKK; ++b, src += sizeof(BlockQ6_K), dst += kQKK) {
+    alignas(64) float ds[16];  // d * scale_j, as the scalar (d * scale) * (q - 32)
+    _mm512_store_ps(
+        ds, _mm512_mul_ps(_mm512_set1_ps(half(src + offsetof(BlockQ6_K, d))),
+                          _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load128(src + offsetof(BlockQ6_K, scales))))));
+    for (int h = 0; h < 2; ++h) {
+      __m512i v[2];
+      codesQ6K(src + offsetof(BlockQ6_K, ql) + 64 * h, src + offsetof(BlockQ6_K, qh) + 32 * h, v);
+      for (int k = 0; k < 2; ++k) {
+        const __m512i s = _mm512_sub_epi8(v[k], k32);
+        for (int l = 0; l < 4; ++l) {  // 16 values = sub-block 8h + 4k + l
+          const __m512 q = _mm512_cvtepi32_ps(widenI8(s, l));
+          _mm512_storeu_ps(dst + 128 * h + 64 * k + 16 * l, _mm512_mul_ps(_mm512_set1_ps(ds[8 * h + 4 * k + l]), q));
+        }
+      }
+    }
+  }
+}
+
+#if !FLASHRING_KQ_VNNI
+// ------------------------------------------------------------------------------------------------------
+// The Q8K quantizer (kquants.cc's quantizeQ8K, lane for lane); one vector of 16 codes per bsums entry.
+
+void quantizeQ8K(const float* x, size_t n, void* out) {
+  const __m512 fmax = _mm512_set1_ps(std::numeric_limits<float>::max());
+  for (size_t b = 0; b < n / kQ8KBlock; ++b, x += kQ8KBlock) {
+    uint8_t* o = static_cast<uint8_t*>(out) + b * sizeof(BlockQ8K);
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 ok = 0xFFFF;
+    for (size_t i = 0; i < kQ8KBlock; i += 16) {
+      const __m512 av = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+      ok = static_cast<__mmask16>(ok & _mm512_cmp_ps_mask(av, fmax, _CMP_LE_OQ));  // false for NaN and Inf
+      amax = _mm512_max_ps(amax, av);
+    }
+    const float d = ok != 0xFFFF ? std::numeric_limits<float>::quiet_NaN() : _mm512_reduce_max_ps(amax) / 127.f;
+    if (!(d >= FLT_MIN)) {  // non-finite (d = NaN), all-zero or tiny (d = 0): no codes
+      std::memset(o, 0, sizeof(BlockQ8K));
+      if (std::isnan(d)) std::memcpy(o + offsetof(BlockQ8K, d), &d, 4);
+      continue;
+    }
+    std::memcpy(o + offsetof(BlockQ8K, d), &d, 4);
+    const __m512 id = _mm512_set1_ps(1.f / d);
+    int16_t bs[16];
+    for (int j = 0; j < 16; ++j) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), id));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + offsetof(BlockQ8K, qs) + 16 * j), _mm512_cvtsepi32_epi8(q));
+      bs[j] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    std::memcpy(o + offsetof(BlockQ8K, bsums), bs, sizeof bs);
+  }
+}
+#endif
+
+const TypeKernels kQ4K{&dequantQ4K, &dotQ4K};
+const TypeKernels kQ5K{&dequantQ5K, &dotQ5K};
+const TypeKernels kQ6K{&dequantQ6K, &dotQ6K};
+
+const TypeKernels* table(TensorType t) {
+  switch (t) {
+    case TensorType::Q4_K:
+      return &kQ4K;
+    case TensorType::Q5_K:
+      return &kQ5K;
+    case TensorType::Q6_K:
+      return &kQ6K;
+    default:
+      return nullptr;
+  }
+}
+
+}  // namespace
+
+#if FLASHRING_KQ_VNNI
+const TypeKernels* kquantKernelsAvx512Vnni(TensorType t) { return table(t); }
+#else
+const TypeKernels* kquantKernelsAvx512(TensorType t) { return table(t); }
+QuantizeFn q8kQuantizerAvx512() { return &quantizeQ8K; }
+#endif
+
+}  // namespace flashring::qmm::detail
