@@ -255,6 +255,7 @@ class Choice {
   std::vector<Entry> localEntries(int64_t from, int64_t to) {
     std::vector<Entry> out;
     if (to <= from) return out;
+    if (from == 0 && to * 16 <= static_cast<int64_t>(z_.size())) return localTop(to);
     if (order_.empty()) {
       order_.resize(z_.size());
       for (size_t i = 0; i < z_.size(); ++i) order_[i] = static_cast<int32_t>(i);
@@ -264,7 +265,10 @@ class Choice {
       return za > zb || (za == zb && a < b);
     };
     if (to > sorted_) {
-      std::partial_sort(order_.begin() + sorted_, order_.begin() + to, order_.end(), cmp);
+      // Select the next (to - sorted_) in linear time, then sort just those.
+      if (to < static_cast<int64_t>(order_.size()))
+        std::nth_element(order_.begin() + sorted_, order_.begin() + to, order_.end(), cmp);
+      std::sort(order_.begin() + sorted_, order_.begin() + to, cmp);
       sorted_ = to;
     }
     out.reserve(static_cast<size_t>(to - from));
@@ -273,6 +277,28 @@ class Choice {
       out.push_back({z_[static_cast<size_t>(i)], globalId(static_cast<size_t>(i))});
     }
     return out;
+  }
+
+  // The first `c` local candidates by one pass with a heap of the best so far (the common first round: one
+  // comparison per logit once the heap is full; ids ascend, so an equal logit never displaces an entry).
+  std::vector<Entry> localTop(int64_t c) {
+    std::vector<Entry> heap;  // a max-heap under `before`: front() is the worst kept
+    heap.reserve(static_cast<size_t>(c));
+    size_t i = 0;
+    for (; i < z_.size() && static_cast<int64_t>(heap.size()) < c; ++i) {
+      heap.push_back({z_[i], globalId(i)});
+      std::push_heap(heap.begin(), heap.end(), before);
+    }
+    float worst = heap.front().logit;
+    for (; i < z_.size(); ++i) {
+      if (!(z_[i] > worst)) continue;
+      std::pop_heap(heap.begin(), heap.end(), before);
+      heap.back() = {z_[i], globalId(i)};
+      std::push_heap(heap.begin(), heap.end(), before);
+      worst = heap.front().logit;
+    }
+    std::sort_heap(heap.begin(), heap.end(), before);
+    return heap;
   }
 
   // Checks every rank's header the same way on every rank. False (with `failure` set) on the first problem.
@@ -397,11 +423,13 @@ class Choice {
     return tok;
   }
 
-  // The merged candidates in candidate order and how long a prefix of the global order they are.
-  void merge() {
-    merged_.clear();
-    for (const auto& c : cands_) merged_.insert(merged_.end(), c.begin(), c.end());
-    std::sort(merged_.begin(), merged_.end(), before);
+  // Adds `fresh` candidates to the merged list (kept in candidate order) and finds how long a prefix of the
+  // global order the list is.
+  void merge(std::vector<Entry> fresh) {
+    std::sort(fresh.begin(), fresh.end(), before);
+    const auto mid = static_cast<std::ptrdiff_t>(merged_.size());
+    merged_.insert(merged_.end(), fresh.begin(), fresh.end());
+    std::inplace_merge(merged_.begin(), merged_.begin() + mid, merged_.end(), before);
     // Tokens a rank has not sent all sort after its last sent candidate: the merged list is exact up to the
     // earliest such last candidate over the ranks that still hold unsent tokens.
     valid_ = static_cast<int64_t>(merged_.size());
@@ -465,8 +493,11 @@ class Choice {
     const int n = tp_.size(), me = tp_.rank();
     int step = 1;
     std::optional<int64_t> keep;
+    std::vector<Entry> fresh_all;
+    for (const auto& c : cands_) fresh_all.insert(fresh_all.end(), c.begin(), c.end());
     for (;;) {
-      merge();
+      merge(std::move(fresh_all));
+      fresh_all.clear();
       keep = filter();
       if (keep) break;
       // More rounds: every rank sends its next candidates; sizes follow from the slices every rank knows.
@@ -494,6 +525,7 @@ class Choice {
       for (int p = 0; p < n; ++p) {
         auto& f = fresh[static_cast<size_t>(p)];
         cands_[static_cast<size_t>(p)].insert(cands_[static_cast<size_t>(p)].end(), f.begin(), f.end());
+        fresh_all.insert(fresh_all.end(), f.begin(), f.end());
         sent_[static_cast<size_t>(p)] += static_cast<int64_t>(f.size());
       }
       cap_ = next;
