@@ -11,10 +11,11 @@
 //    candidates into the same globally sorted list, applies llama.cpp's default chain (top-k, top-p,
 //    min-p, then the softmax of logit / temperature over what is left) and draws with the shared Sampler,
 //    so every rank picks the same token without a further message. With top_k set the first round carries
-//    min(top_k, slice) candidates per rank and is always enough. Without top_k the first round carries
-//    kSamplingCandidates per rank; when top-p or min-p needs more tokens than the ranks sent, further
-//    rounds fetch 4x as many (bounded by the slices: at worst every token's (logit, id) is exchanged), so
-//    the filtered distribution is always exact; ChoiceStats says how many rounds and bytes it took.
+//    min(top_k, slice) candidates per rank (8 bytes each, so a top_k near the slice size costs up to twice
+//    gatherLogits) and is always enough. Without top_k it carries kSamplingCandidates per rank; when top-p
+//    or min-p needs more tokens than the ranks sent, further rounds fetch 4x as many per rank (bounded by
+//    the slices: at worst every token's (logit, id) is exchanged). The filtered distribution is therefore
+//    always exact, never truncated by the cap; ChoiceStats says how many rounds and bytes it took.
 //  - Sampling without a filter: the draw is exact over the whole vocabulary. The header carries each
 //    rank's sum of exp((z - local max) / T); every rank picks the slice whose share of the total mass holds
 //    the draw u, that rank walks its own slice to the token (inverse CDF in id order) and sends it to the
@@ -102,7 +103,8 @@ struct ChoiceStats {
 
 // The next token, the same on every rank of `tp`. `local_logits` are this rank's logits of tokens
 // [vocab_begin, vocab_begin + local_logits.size()); slices may be uneven (or empty) but must tile
-// [0, vocab_total), vocab_total < 2^31. `sampler` is advanced by one draw when options.temperature > 0.
+// [0, vocab_total), vocab_total < 2^31. `sampler` is advanced by one draw when options.temperature > 0 and a
+// token is returned (a call that throws leaves it where it was, on every rank).
 TokenId chooseToken(Communicator& tp, std::span<const float> local_logits, int64_t vocab_begin, int64_t vocab_total,
                     const SamplingOptions& options, Sampler& sampler, ChoiceStats* stats = nullptr);
 
