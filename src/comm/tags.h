@@ -26,6 +26,7 @@ enum Space : Tag {
   kEngineDecodeQ = 12 << kStepBits,    // engine decode under SP: the new token's Q, passed along the ring
   kEngineDecodeOut = 13 << kStepBits,  // engine decode under SP: partial (out, lse) straight back to the owner
   kEngineToken = 14 << kStepBits,      // engine: the chosen next token, owner group to the other SP groups
+  kTokenChoice = 24 << kStepBits,      // chooseToken / gatherLogits over a vocabulary-parallel head (sampling.h)
 };
 static_assert((31 << kStepBits) + kStepMask <= kMaxTag, "tag spaces must fit MPI's guaranteed tag range");
 
