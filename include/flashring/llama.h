@@ -35,6 +35,7 @@
 #include "flashring/allreduce.h"
 #include "flashring/comm.h"
 #include "flashring/qmatmul.h"
+#include "flashring/sampling.h"
 #include "flashring/sp_attention.h"
 #include "flashring/tokenizer.h"
 
@@ -135,6 +136,12 @@ struct EngineOptions {
   int sp = 1;
   AllreduceOptions allreduce;           // the TP all-reduces
   OneShotMode oneshot = OneShotMode::Auto;
+  // How the next token is chosen (greedy by default), over the TP ranks' vocabulary slices without gathering
+  // the logits (sampling.h); the same token on every rank, reproducible from the seed.
+  SamplingOptions sampling;
+  // Gather the full next-token logits after each prefill/append/decode for lastLogits() (one more message
+  // round of n_vocab / tp floats per rank). Off: lastLogits() is empty.
+  bool keep_logits = false;
   SpScheme attention = SpScheme::Auto;  // prefill attention under SP
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)
@@ -169,6 +176,8 @@ struct EngineStats {
   double attn_s = 0;        // attention compute (block kernel and merges)
   uint64_t wire_bytes = 0;  // payload bytes this rank sent
   int64_t allreduces = 0;
+  uint64_t choice_bytes = 0;  // of wire_bytes: the token choices (sampling.h)
+  int64_t choice_rounds = 0;  // message rounds of the token choices
   SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)
   double computeSeconds() const { return wall_s - quant_s - comm_s; }
 };
@@ -182,8 +191,7 @@ class LlamaEngine {
   LlamaEngine& operator=(const LlamaEngine&) = delete;
 
   // Runs the prompt (identical on every rank; each rank computes its SP shard), replacing the KV cache.
-  // Returns the greedy next token, on every rank. lastLogits() then holds the full next-token logits on
-  // the ranks of the owner SP group.
+  // Returns the next token (greedy, or sampled per EngineOptions::sampling), on every rank.
   TokenId prefill(std::span<const TokenId> tokens);
   // Appends `token` at the next position and returns the greedy next token, on every rank.
   TokenId decode(TokenId token);
@@ -192,7 +200,8 @@ class LlamaEngine {
   // go to the owner SP group; their queries pass over the SP ranks' caches (pass-Q: a turn is short against
   // its prefix, so moving its queries costs less than moving the cache).
   TokenId append(std::span<const TokenId> tokens);
-  // Full-vocabulary logits of the last step; valid on the owner SP group's ranks (empty elsewhere).
+  // Full-vocabulary logits of the last step, with EngineOptions::keep_logits (setKeepLogits); valid on the
+  // owner SP group's ranks (empty elsewhere, and without keep_logits).
   const std::vector<float>& lastLogits() const;
   int64_t position() const;  // tokens in the KV cache (global)
 
@@ -211,6 +220,9 @@ class LlamaEngine {
   // Changes the TP all-reduce for the following calls (benchmarks compare codecs on one engine). Collective
   // in the sense that every rank must pass the same options before its next call.
   void setAllreduceOptions(const AllreduceOptions& options);
+  // Sampling for the following tokens; restarts the sampler from options.seed. Same on every rank.
+  void setSampling(const SamplingOptions& options);
+  void setKeepLogits(bool keep);
   // Likewise EngineOptions::error_feedback and ::refine_layers (benchmarks keep their exact baselines plain).
   void setErrorCorrection(bool error_feedback, int refine_layers);
 

@@ -19,6 +19,7 @@
 #include "flashring/gguf.h"
 #include "flashring/group_comm.h"
 #include "flashring/llama.h"
+#include "flashring/sampling.h"
 
 namespace flashring {
 namespace {
@@ -41,6 +42,7 @@ struct LlamaEngine::Impl {
   std::unique_ptr<CostModel> own_model;
   const CostModel* model = nullptr;
   std::unique_ptr<engine::Backend> ops = engine::makeCpuBackend();
+  Sampler sampler;
 
   int kvh;  // local KV heads (after replication)
   // KV cache, per layer [len, kvh, hd], holding this rank's tokens (prompt shard, plus decoded tokens on the
@@ -66,6 +68,8 @@ struct LlamaEngine::Impl {
       throw InvalidArgument(fmt::format("LlamaEngine: tp {} x sp {} != {} ranks", opts.tp, opts.sp, world.size()),
                             world.rank());
     checkRefineLayers(opts.refine_layers);
+    validateSamplingOptions(opts.sampling);
+    sampler = Sampler(opts.sampling);
     tp_rank = world.rank() % opts.tp;
     sp_rank = world.rank() / opts.tp;
     if (w->tp != opts.tp || w->tp_rank != tp_rank)
@@ -284,39 +288,6 @@ struct LlamaEngine::Impl {
     return z;
   }
 
-  // Full logits of one hidden state on every rank of the TP group.
-  std::vector<float> fullLogits(const float* hidden) {
-    std::vector<float> z = logitSlice(hidden, 1);
-    std::vector<size_t> sizes;
-    for (int t = 0; t < opts.tp; ++t) sizes.push_back(tpShard(cfg, opts.tp, t).vocab * sizeof(float));
-    std::vector<std::vector<uint8_t>> all;
-    {
-      detail::Stopwatch sw(st.comm_s);
-      all = allgatherv(*tp_comm, z.data(), sizes, 0);
-    }
-    std::vector<float> full(static_cast<size_t>(cfg.n_vocab));
-    size_t at = 0;
-    for (int t = 0; t < opts.tp; ++t) {
-      std::memcpy(full.data() + at, all[static_cast<size_t>(t)].data(), sizes[static_cast<size_t>(t)]);
-      at += sizes[static_cast<size_t>(t)] / sizeof(float);
-    }
-    return full;
-  }
-
-  static TokenId argmax(const std::vector<float>& z) {
-    // First maximum; NaN never wins (a NaN logit means the model is broken: say so).
-    TokenId best = -1;
-    float bv = kNegInf;
-    for (size_t i = 0; i < z.size(); ++i) {
-      if (std::isnan(z[i])) throw Error(fmt::format("logit of token {} is NaN", i));
-      if (best < 0 || z[i] > bv) {
-        bv = z[i];
-        best = static_cast<TokenId>(i);
-      }
-    }
-    return best;
-  }
-
   // The owner group computes the next token from the last hidden state (x row `row`); the other SP groups
   // receive it from the owner rank of their own TP index.
   TokenId nextToken(int64_t row) {
@@ -324,8 +295,19 @@ struct LlamaEngine::Impl {
     if (sp_rank == owner) {
       std::vector<float> hn(static_cast<size_t>(cfg.n_embd));
       ops->rmsNorm(x.data() + row * cfg.n_embd, w->output_norm.data(), 1, cfg.n_embd, cfg.rms_eps, hn.data());
-      last_logits = fullLogits(hn.data());
-      tok = argmax(last_logits);
+      const std::vector<float> z = logitSlice(hn.data(), 1);
+      detail::Stopwatch sw(st.comm_s);
+      // The token is chosen from the TP ranks' vocabulary slices (sampling.h: a few candidates or one
+      // (value, id) pair each); the full logits travel only when the caller asked for them.
+      ChoiceStats cs;
+      tok = chooseToken(*tp_comm, z, shard.vocab_begin, cfg.n_vocab, opts.sampling, sampler, &cs);
+      st.choice_bytes += cs.bytes_sent;
+      st.choice_rounds += cs.rounds;
+      if (opts.keep_logits) {
+        last_logits = gatherLogits(*tp_comm, z, shard.vocab_begin, cfg.n_vocab, &cs);
+      } else {
+        last_logits.clear();
+      }
     } else {
       last_logits.clear();
     }
@@ -333,14 +315,21 @@ struct LlamaEngine::Impl {
       detail::Stopwatch sw(st.comm_s);
       Communicator& c = *sp_comm;
       const Tag tag = tags::make(tags::kEngineToken, 0);
+      // The other SP groups keep their samplers in step with the owner's (a later owner continues the stream).
+      struct {
+        int64_t tok;
+        uint64_t step;
+      } msg{tok, sampler.step()};
       if (sp_rank == owner) {
         std::vector<Request> rs;
         for (int s = 0; s < opts.sp; ++s)
-          if (s != owner) rs.push_back(c.isend(&tok, sizeof(tok), s, tag));
+          if (s != owner) rs.push_back(c.isend(&msg, sizeof(msg), s, tag));
         c.waitAll(rs, c.deadline());
       } else {
-        Request r = c.irecv(&tok, sizeof(tok), owner, tag);
+        Request r = c.irecv(&msg, sizeof(msg), owner, tag);
         c.wait(r, c.deadline());
+        tok = static_cast<TokenId>(msg.tok);
+        sampler.seek(msg.step);
       }
     }
     return tok;
@@ -541,6 +530,12 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
 }
 
 void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) { impl_->opts.allreduce = options; }
+void LlamaEngine::setSampling(const SamplingOptions& options) {
+  validateSamplingOptions(options);
+  impl_->opts.sampling = options;
+  impl_->sampler = Sampler(options);
+}
+void LlamaEngine::setKeepLogits(bool keep) { impl_->opts.keep_logits = keep; }
 void LlamaEngine::setErrorCorrection(bool error_feedback, int refine_layers) {
   impl_->checkRefineLayers(refine_layers);
   impl_->opts.error_feedback = error_feedback;

@@ -16,6 +16,7 @@
 
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
+#include "flashring/qmatmul.h"
 #include "flashring/model_path.h"
 #include "flashring/thread_comm.h"
 
@@ -114,6 +115,28 @@ inline void runGrid(const std::string& path, EngineOptions opts,
     fn(comm, eng);
   });
 }
+
+// Matmul paths of the engine (qmatmul.h). FloatMatmuls: dequantized panels + sgemm at every batch size, so
+// the products are fp32 arithmetic on the dequantized weights and a parallel plan differs from one rank only
+// in summation order. IntegerMatmuls: the default (8-bit activations and integer dots below the threshold).
+// With 8-bit activations one ulp of difference in an input can move a code by one step, so two plans agree
+// to the quantization level, not to rounding: the tests compare plans under FloatMatmuls and check the
+// integer path apart.
+struct MatmulThreshold {
+  explicit MatmulThreshold(int64_t m) : saved(qmm::gemmThreshold()) { qmm::setGemmThreshold(m); }
+  ~MatmulThreshold() { qmm::setGemmThreshold(saved); }
+  MatmulThreshold(const MatmulThreshold&) = delete;
+  MatmulThreshold& operator=(const MatmulThreshold&) = delete;
+  int64_t saved;
+};
+struct FloatMatmuls : MatmulThreshold {
+  FloatMatmuls() : MatmulThreshold(1) {}
+};
+// A gtest environment that keeps FloatMatmuls for a whole test binary.
+class FloatMatmulsEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override { qmm::setGemmThreshold(1); }
+};
 
 inline double maxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = a.size() == b.size() ? 0.0 : std::numeric_limits<double>::infinity();

@@ -18,6 +18,10 @@ namespace {
 
 using testref::ModelFixture;
 
+// The plans are compared under FloatMatmuls (see engine_fixtures.h); EngineIntegerPath checks the default.
+const ::testing::Environment* const kFloatMatmuls =
+    ::testing::AddGlobalTestEnvironment(new testref::FloatMatmulsEnvironment);
+
 struct Grid {
   int tp, sp;
   SpScheme scheme;
