@@ -168,7 +168,8 @@ inline void pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, 
     *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(2));
   } else {
     (void)ms;
-    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(loadU16(b0) | loadU16(b1) << 16));  // [d0, d1]
+    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));  // [d0, d1]
     p = _mm_mul_ps(w, _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d)));
     *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(1));
   }

@@ -159,8 +159,8 @@ inline __m512 pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0
                                  _mm512_castps128_ps512(p));
   } else {
     (void)ms;
-    const int dd = loadU16(b0) | loadU16(b1) << 16;
-    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(dd));
+    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));  // [d0, d1]
     const __m128 a = _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d));
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                                  _mm512_castps128_ps512(_mm_mul_ps(w, a)));
