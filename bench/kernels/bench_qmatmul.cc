@@ -4,6 +4,7 @@
 //                                         dot product per weight row with the kernel of that ISA variant
 //                                         (avx2+avxvnni / avx512+vnni: the VNNI integer dot products)
 //   qmm/gemv/sgemv/<rows>x<cols>          the baseline: OpenBLAS sgemv on the dequantized fp32 matrix
+//   qmm/dequant/<type>/<isa>/1536x576     dequantization to fp32 (the DequantGemm panels), Out_GB/s written
 //   qmm/matmul/q4_1/1536x576/<path>/m:M   qmm::matmul at batch M through the Dot and the DequantGemm path
 //                                         (the crossover sets gemmThreshold())
 //
@@ -114,6 +115,25 @@ void BM_Gemv(benchmark::State& state, TensorType t, Isa isa, bool vnni, int64_t 
   setCounters(state, w.data.size());
 }
 
+// Dequantization of the whole matrix row by row (the DequantGemm path's panels); Out_GB/s counts the fp32
+// written.
+void BM_Dequant(benchmark::State& state, TensorType t, Isa isa, int64_t rows, int64_t cols) {
+  const Weights w = makeWeights(t, rows, cols);
+  const qmm::detail::TypeKernels* k = qmm::detail::legacyKernelsVariant(isa, t, false);
+  if (k == nullptr) {
+    state.SkipWithError("no kernel of its own at this ISA");
+    return;
+  }
+  std::vector<float> out(static_cast<size_t>(rows * cols), 0.f);
+  for (auto _ : state) {
+    for (int64_t r = 0; r < rows; ++r)
+      k->dequantize(w.data.data() + r * w.row_bytes, out.data() + r * cols, static_cast<size_t>(cols));
+    benchmark::ClobberMemory();
+  }
+  state.counters["Out_GB/s"] = benchmark::Counter(static_cast<double>(out.size() * sizeof(float)) * 1e-9,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void BM_Sgemv(benchmark::State& state, int64_t rows, int64_t cols) {
   cpu::setThreads(1);
   const std::vector<float> a = randomVector(static_cast<size_t>(rows * cols), 3);
@@ -181,6 +201,14 @@ const int kRegistered = [] {
                                      v.isa, v.vnni, s[0], s[1])
             ->Unit(benchmark::kMicrosecond);
       }
+    }
+  }
+  for (TensorType t : types) {
+    for (const Variant& v : variants) {
+      if (!v.ok || v.vnni) continue;
+      benchmark::RegisterBenchmark(("qmm/dequant/" + typeName(t) + "/" + v.name + "/1536x576").c_str(), BM_Dequant, t,
+                                   v.isa, int64_t{1536}, int64_t{576})
+          ->Unit(benchmark::kMicrosecond);
     }
   }
   for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 512}) {
