@@ -20,6 +20,7 @@
 // Activation formats (ours; ggml's block_q8_0/q8_1 use fp16 scales, ours keep fp32):
 //   Q8:  blocks of 32: d = max|x| / 127 (0 for an all-zero block), q = round_half_even(x / d) in [-127, 127]
 //        computed as x * (1/d) in fp32, s = d * (sum of q) in fp32 (the min/offset terms of Q4_1/Q5_1 use it).
+//        A block whose 1/d overflows fp32 (max|x| below ~3.7e-37) quantizes as all-zero (d = s = 0, q = 0).
 //   Q8K: blocks of 256: d = max|x| / 127, q as above, bsums[j] = sum of q[16j .. 16j+15] (the K-quants'
 //        per-sub-block minimum terms use them). As ggml's block_q8_K but q = x * (1/d), not x * (127/max).
 //        A d below FLT_MIN (max|x| < 127 * FLT_MIN, ~1.5e-36) gives d = 0 and q = 0: 1/d would overflow.

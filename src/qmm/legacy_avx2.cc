@@ -4,10 +4,11 @@
 // Dot products, per block of 32: the weight codes are unpacked to 32 bytes in value order (nibbles with
 // and/shift, Q5's fifth bits spread from qh by a byte shuffle and compare), and multiplied with the 32
 // activation codes by vpmaddubsw (unsigned x signed, pairs summed to int16) + vpmaddwd (to 8 int32 lanes),
-// or, with AVX-VNNI, by one vpdpbusd. Signed weight codes use the sign trick: |w| x (a * sign(w)), so the
-// first operand is unsigned; every int16 pair sum stays below 2 * 128 * 127 < 2^15, so the integer part is
-// exact. The 8 lanes are converted to fp32 and accumulated with the block's d_w * d_a by one FMA; two
-// blocks per iteration into two accumulators. Q4_1 / Q5_1 add m_w * s_a per block.
+// or, with AVX-VNNI, by one vpdpbusd. Q4_0 / Q5_0 multiply their unsigned codes and subtract offset * (sum
+// of the activation codes) per lane; Q8_0 uses the sign trick |w| x (a * sign(w)). Every int16 pair sum
+// stays below 2^15, so the integer part is exact. The 8 lanes are converted to fp32 and accumulated with
+// the block's d_w * d_a by one FMA; two blocks per iteration into two accumulators, their fp16 scales
+// converted together. Q4_1 / Q5_1 add m_w * s_a per block.
 // Dequantization and the quantizer do exactly the scalar reference's IEEE operations (exact conversions,
 // one multiply, for Q4_1 / Q5_1 one add; cvtps2dq rounds half to even as nearbyint does), so they are
 // bit-identical to it.
@@ -48,6 +49,11 @@ constexpr bool isAffine(TT t) { return t == TT::Q4_1 || t == TT::Q5_1; }
 
 inline __m128i load128(const uint8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+inline uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -75,19 +81,21 @@ inline __m256i q5HighMask(const uint8_t* qh) {
   return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
 }
 
-// The block's 32 weight codes as bytes in value order: signed (offset applied) for Q8_0 / Q4_0 / Q5_0,
-// unsigned for Q4_1 / Q5_1.
+// Offset subtracted from the unsigned codes (0: none; Q8_0's codes are signed).
+constexpr int codeOffset(TT t) { return t == TT::Q4_0 ? 8 : t == TT::Q5_0 ? 16 : 0; }
+
+// The block's 32 weight codes as bytes in value order: the signed codes of Q8_0, the unsigned codes of the
+// others (Q4: 0..15, Q5: 0..31, offset not applied).
 template <TT T>
 inline __m256i codes(const uint8_t* blk) {
   if constexpr (T == TT::Q8_0) {
     return load256(blk + 2);
   } else if constexpr (T == TT::Q4_0) {
-    return _mm256_sub_epi8(q4Bytes(blk + 2), _mm256_set1_epi8(8));
+    return q4Bytes(blk + 2);
   } else if constexpr (T == TT::Q4_1) {
     return q4Bytes(blk + 4);
   } else if constexpr (T == TT::Q5_0) {
-    // (q | h << 4) - 16 = q - 16 where h = 0 (q | 0xF0 as int8), q where h = 1.
-    return _mm256_or_si256(q4Bytes(blk + 6), _mm256_andnot_si256(q5HighMask(blk + 2), _mm256_set1_epi8(-16)));
+    return _mm256_or_si256(q4Bytes(blk + 6), _mm256_and_si256(q5HighMask(blk + 2), _mm256_set1_epi8(16)));
   } else {
     static_assert(T == TT::Q5_1);
     return _mm256_or_si256(q4Bytes(blk + 8), _mm256_and_si256(q5HighMask(blk + 4), _mm256_set1_epi8(16)));
@@ -96,14 +104,16 @@ inline __m256i codes(const uint8_t* blk) {
 
 // ---- integer dot products -----------------------------------------------------------------------------------
 
-// Per int32 lane: the sum of 4 adjacent products u_i * s_i (u unsigned, s signed bytes).
+// Per int32 lane: the sum of 4 adjacent products u_i * s_i (u unsigned, s signed bytes); without VNNI the
+// pair sums must fit int16 (true for every caller: u <= 128 and |s| <= 127).
 template <bool kVnni>
 inline __m256i dotU8S8(__m256i u, __m256i s) {
   if constexpr (kVnni) {
-    // AVX-VNNI vpdpbusd (VEX). Inline assembly: this file is built without -mavxvnni, and the intrinsic
-    // would need the target attribute on every function it is inlined into.
-    __m256i acc = _mm256_setzero_si256();
-    asm("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    // AVX-VNNI vpdpbusd (VEX) into a register zeroed by the xor idiom (no execution port). Inline assembly:
+    // this file is built without -mavxvnni, and the intrinsic would need the target attribute on every
+    // function it is inlined into.
+    __m256i acc;
+    asm("vpxor %x0, %x0, %x0\n\t%{vex%} vpdpbusd %2, %1, %0" : "=&x"(acc) : "x"(u), "x"(s));
     return acc;
   } else {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
@@ -114,26 +124,56 @@ inline __m256i dotU8S8(__m256i u, __m256i s) {
 template <TT T, bool kVnni>
 inline __m256i blockDot(const uint8_t* blk, __m256i a) {
   const __m256i w = codes<T>(blk);
-  if constexpr (isAffine(T)) {
-    return dotU8S8<kVnni>(w, a);
-  } else {
-    // |w| is exact as an unsigned byte (also |-128| = 128); a is never -128 (codes are in [-127, 127]).
+  if constexpr (T == TT::Q8_0) {
+    // |w| x (a * sign(w)): |-128| = 128 is exact as an unsigned byte; a is never -128 (codes in [-127, 127]).
     return dotU8S8<kVnni>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+  } else if constexpr (codeOffset(T) != 0) {
+    // sum (w - off) a = sum w a - sum off a, exactly: per pair |.| <= 2 * 31 * 127 before the subtraction.
+    const __m256i off = _mm256_set1_epi8(codeOffset(T));
+    if constexpr (kVnni) {
+      return _mm256_sub_epi32(dotU8S8<true>(w, a), dotU8S8<true>(off, a));
+    } else {
+      return _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(w, a), _mm256_maddubs_epi16(off, a)),
+                               _mm256_set1_epi16(1));
+    }
+  } else {
+    return dotU8S8<kVnni>(w, a);
   }
 }
 
-// [d_w * d_a, m_w * s_a, 0, 0] of one block (fp16 d and m converted together; d, s adjacent in BlockQ8).
+// Scales of one block: [d_w d_a, m_w s_a (Q4_1 / Q5_1), ., .].
 template <TT T>
 inline __m128 blockScales(const uint8_t* blk, const BlockQ8& a) {
   if constexpr (isAffine(T)) {
-    uint32_t dm;
-    std::memcpy(&dm, blk, 4);
-    const __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dm)));
-    const __m128 ads = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a.d)));
-    return _mm_mul_ps(wdm, ads);
+    const __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load32(blk))));                  // [d, m]
+    return _mm_mul_ps(wdm, _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a.d))));  // [d, s]
   } else {
     return _mm_mul_ss(_mm_cvtph_ps(_mm_cvtsi32_si128(loadU16(blk))), _mm_load_ss(&a.d));
   }
+}
+
+// Scales of two blocks, their fp16 converted together: [d_w0 d_a0, d_w1 d_a1] as two broadcasts; for Q4_1 /
+// Q5_1 *ms gets [., m_w0 s_a0, ., m_w1 s_a1] (lanes 1 and 3 to be summed).
+template <TT T>
+inline void pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m256* s0,
+                       __m256* s1, __m128* ms) {
+  __m128 p;
+  if constexpr (isAffine(T)) {
+    const uint64_t dm = static_cast<uint64_t>(load32(b0)) | static_cast<uint64_t>(load32(b1)) << 32;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(dm)));  // [d0, m0, d1, m1]
+    const __m128 a = _mm_castsi128_ps(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a0.d)),
+                                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a1.d))));
+    p = _mm_mul_ps(w, a);
+    *ms = p;
+    *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(2));
+  } else {
+    (void)ms;
+    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));  // [d0, d1]
+    p = _mm_mul_ps(w, _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d)));
+    *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(1));
+  }
+  *s0 = _mm256_broadcastss_ps(p);
 }
 
 template <TT T, bool kVnni>
@@ -142,33 +182,34 @@ float dotBlocks(size_t n, const uint8_t* w, const void* act) {
   const auto* a = static_cast<const BlockQ8*>(act);
   const size_t nb = n / kQK;
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  __m128 macc0 = _mm_setzero_ps(), macc1 = _mm_setzero_ps();  // lane 1: sum of m_w * s_a (Q4_1, Q5_1)
+  __m128 macc = _mm_setzero_ps();  // Q4_1, Q5_1: lanes 1 and 3 sum m_w * s_a
   size_t b = 0;
   for (; b + 2 <= nb; b += 2) {
     const uint8_t* w0 = w + b * kBytes;
     const uint8_t* w1 = w0 + kBytes;
     const __m256i i0 = blockDot<T, kVnni>(w0, load256(a[b].qs));
     const __m256i i1 = blockDot<T, kVnni>(w1, load256(a[b + 1].qs));
-    const __m128 s0 = blockScales<T>(w0, a[b]);
-    const __m128 s1 = blockScales<T>(w1, a[b + 1]);
-    acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(i0), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), _mm256_cvtepi32_ps(i1), acc1);
-    if constexpr (isAffine(T)) {
-      macc0 = _mm_add_ps(macc0, s0);
-      macc1 = _mm_add_ps(macc1, s1);
-    }
+    __m256 s0, s1;
+    __m128 ms;
+    pairScales<T>(w0, w1, a[b], a[b + 1], &s0, &s1, &ms);
+    acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), acc0);
+    acc1 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), acc1);
+    if constexpr (isAffine(T)) macc = _mm_add_ps(macc, ms);
   }
+  float r;
   if (b < nb) {
     const uint8_t* w0 = w + b * kBytes;
-    const __m128 s0 = blockScales<T>(w0, a[b]);
+    const __m128 s = blockScales<T>(w0, a[b]);
     acc0 =
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(blockDot<T, kVnni>(w0, load256(a[b].qs))), acc0);
-    if constexpr (isAffine(T)) macc0 = _mm_add_ps(macc0, s0);
+        _mm256_fmadd_ps(_mm256_broadcastss_ps(s), _mm256_cvtepi32_ps(blockDot<T, kVnni>(w0, load256(a[b].qs))), acc0);
+    r = hsum(_mm256_add_ps(acc0, acc1));
+    if constexpr (isAffine(T)) r += _mm_cvtss_f32(_mm_movehdup_ps(s));
+  } else {
+    r = hsum(_mm256_add_ps(acc0, acc1));
   }
-  float r = hsum(_mm256_add_ps(acc0, acc1));
   if constexpr (isAffine(T)) {
-    const __m128 m = _mm_add_ps(macc0, macc1);
-    r += _mm_cvtss_f32(_mm_movehdup_ps(m));
+    const __m128 h = _mm_movehdup_ps(macc);
+    r += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
   }
   return r;
 }
@@ -240,7 +281,8 @@ void dequantBlocks(const uint8_t* src, float* dst, size_t n) {
   for (size_t b = 0; b < n / kQK; ++b) {
     const uint8_t* blk = src + b * kBytes;
     const __m256 d = _mm256_set1_ps(_cvtsh_ss(loadU16(blk)));
-    const __m256i q = codes<T>(blk);
+    __m256i q = codes<T>(blk);
+    if constexpr (codeOffset(T) != 0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(codeOffset(T)));
     const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
     const __m256i parts[4] = {widen8<kSigned>(lo), widen8<kSigned>(_mm_srli_si128(lo, 8)), widen8<kSigned>(hi),
                               widen8<kSigned>(_mm_srli_si128(hi, 8))};

@@ -69,11 +69,12 @@ inline uint32_t load32(const uint8_t* p) {
 template <TT T>
 inline __m512i codes2(const uint8_t* b0, const uint8_t* b1) {
   if constexpr (T == TT::Q8_0) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(load256(b0 + 2)), load256(b1 + 2), 1);
+    return _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(load256(b0 + 2)), 0xF0, load256(b1 + 2));
   } else {
-    // [qs0, qs0, qs1, qs1] per 128-bit lane, the second copy of each shifted down a nibble.
-    __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(b0 + qsAt(T)))),
-                                   _mm256_broadcastsi128_si256(load128(b1 + qsAt(T))), 1);
+    // [qs0, qs0, qs1, qs1] per 128-bit lane, the second copy of each shifted down a nibble. (Broadcast
+    // loads, the second one masked, rather than inserts: a blend runs on port 0 or 5, a shuffle on 5 only.)
+    __m512i z =
+        _mm512_mask_broadcast_i32x4(_mm512_broadcast_i32x4(load128(b0 + qsAt(T))), 0xFF00, load128(b1 + qsAt(T)));
     z = _mm512_and_si512(_mm512_mask_srli_epi16(z, 0xFF00FF00u, z, 4), _mm512_set1_epi8(0x0F));
     if constexpr (isQ5(T)) {
       const __mmask64 h = static_cast<uint64_t>(load32(b0 + qhAt(T))) | static_cast<uint64_t>(load32(b1 + qhAt(T)))
@@ -104,10 +105,11 @@ inline __m256i codes1(const uint8_t* b) {
 template <bool kVnni>
 inline __m512i dotU8S8(__m512i u, __m512i s) {
   if constexpr (kVnni) {
-    // AVX512-VNNI vpdpbusd. Inline assembly: this file is built without -mavx512vnni, and the intrinsic
-    // would need the target attribute on every function it is inlined into.
-    __m512i acc = _mm512_setzero_si512();
-    asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+    // AVX512-VNNI vpdpbusd into a register zeroed by the xor idiom (no execution port; a copy of a zero
+    // register would take one). Inline assembly: this file is built without -mavx512vnni, and the
+    // intrinsic would need the target attribute on every function it is inlined into.
+    __m512i acc;
+    asm("vpxor %x0, %x0, %x0\n\tvpdpbusd %2, %1, %0" : "=&x"(acc) : "v"(u), "v"(s));
     return acc;
   } else {
     return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
@@ -138,7 +140,7 @@ inline __m512i pairDot(const uint8_t* b0, const uint8_t* b1, __m512i a) {
 
 // The 64 activation codes of two blocks.
 inline __m512i act2(const BlockQ8& a0, const BlockQ8& a1) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(load256(a0.qs)), load256(a1.qs), 1);
+  return _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(load256(a0.qs)), 0xF0, load256(a1.qs));
 }
 
 // Scales of two blocks: lanes 0..7 d_w0 d_a0, lanes 8..15 d_w1 d_a1; for Q4_1 / Q5_1 *ms gets
@@ -147,8 +149,8 @@ template <TT T>
 inline __m512 pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m128* ms) {
   if constexpr (isAffine(T)) {
     // [d0, m0, d1, m1] * [da0, sa0, da1, sa1]
-    const __m128 w = _mm_cvtph_ps(
-        _mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(load32(b0))), static_cast<int>(load32(b1)), 1));
+    const uint64_t dm = static_cast<uint64_t>(load32(b0)) | static_cast<uint64_t>(load32(b1)) << 32;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(dm)));
     const __m128 a = _mm_castsi128_ps(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a0.d)),
                                                          _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a1.d))));
     const __m128 p = _mm_mul_ps(w, a);
@@ -157,8 +159,8 @@ inline __m512 pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0
                                  _mm512_castps128_ps512(p));
   } else {
     (void)ms;
-    const int dd = loadU16(b0) | loadU16(b1) << 16;
-    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(dd));
+    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
+    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));  // [d0, d1]
     const __m128 a = _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d));
     return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
                                  _mm512_castps128_ps512(_mm_mul_ps(w, a)));
