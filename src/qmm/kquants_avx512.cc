@@ -45,6 +45,11 @@ inline float half(const uint8_t* p) {
   std::memcpy(&h, p, 2);
   return _cvtsh_ss(h);  // exact, as the scalar halfToFloat
 }
+inline int loadI32(const uint8_t* p) {
+  int v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
 inline float loadFloat(const uint8_t* p) {
   float f;
   std::memcpy(&f, p, 4);
@@ -71,16 +76,20 @@ inline __m512i maddAcc(__m512i acc, __m512i p, __m512i s) {
 #endif
 }
 
-// get_scale_min_k4 of all 8 sub-blocks on 32-bit words: bytes 0..7 the 6-bit scales, 8..15 the mins.
+// get_scale_min_k4 of all 8 sub-blocks at once: bytes 0..7 of the result are the 6-bit scales, bytes 8..15
+// the mins. Reads 16 bytes at s (the 12 packed bytes and 4 of the codes that follow them in the block).
+//   dword 0: s[0..3] & 63                        (scales 0..3)
+//   dword 1: (s[8..11] & 15) | (s[0..3] >> 6) << 4  (scales 4..7)
+//   dword 2: s[4..7] & 63                        (mins 0..3)
+//   dword 3: (s[8..11] >> 4) | (s[4..7] >> 6) << 4  (mins 4..7)
 inline __m128i scalesMinsK4(const uint8_t* s) {
-  uint32_t a, b, c;
-  std::memcpy(&a, s, 4);
-  std::memcpy(&b, s + 4, 4);
-  std::memcpy(&c, s + 8, 4);
-  const uint32_t lo6 = 0x3F3F3F3Fu, lo4 = 0x0F0F0F0Fu, hi2 = 0x30303030u;
-  const uint32_t sc03 = a & lo6, m03 = b & lo6;
-  const uint32_t sc47 = (c & lo4) | ((a >> 2) & hi2), m47 = ((c >> 4) & lo4) | ((b >> 2) & hi2);
-  return _mm_set_epi32(static_cast<int>(m47), static_cast<int>(m03), static_cast<int>(sc47), static_cast<int>(sc03));
+  const __m128i v = load128(s);
+  const __m128i a = _mm_shuffle_epi8(v, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i b = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  const __m128i lo = _mm_and_si128(_mm_srlv_epi32(a, _mm_setr_epi32(0, 0, 0, 4)),
+                                   _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+  const __m128i hi = _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set1_epi8(0x30));  // bits 6-7 of a byte to 4-5
+  return _mm_or_si128(lo, hi);
 }
 
 inline int16_t wordIndex(int k) { return static_cast<int16_t>((2 * k + 1) << 8 | 2 * k); }
@@ -114,25 +123,26 @@ float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
   __m512 acc = _mm512_setzero_ps();
   __m128 accm = _mm_setzero_ps();
   for (size_t b = 0; b < n / kQKK; ++b, w += kBytes, a += sizeof(BlockQ8K)) {
-    const float ad = loadFloat(a + offsetof(BlockQ8K, d));
+    // [d * a.d, dmin * a.d, 0, 0]
+    const __m128 dd = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(loadI32(w))), _mm_set1_ps(loadFloat(a)));
     const __m128i scm = scalesMinsK4(w + 4);
     const __m128i pair = _mm_hadd_epi16(load128(a + offsetof(BlockQ8K, bsums)),
                                         load128(a + offsetof(BlockQ8K, bsums) + 16));  // bsums[2j] + bsums[2j+1]
     const __m128i mt = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_srli_si128(scm, 8)), pair);
-    accm = _mm_fmadd_ps(_mm_set1_ps(half(w + 2) * ad), _mm_cvtepi32_ps(mt), accm);
+    accm = _mm_fmadd_ps(_mm_permute_ps(dd, 0x55), _mm_cvtepi32_ps(mt), accm);
     const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(scm));  // 8 int16 scales in every lane
     const uint8_t* qs = w + kQs;
     const int8_t* q8 = reinterpret_cast<const int8_t*>(a + offsetof(BlockQ8K, qs));
     __m512i qh = _mm512_setzero_si512();
     if constexpr (kFive) qh = broadcast256(w + offsetof(BlockQ5_K, qh));
-    __m512i sumi = _mm512_setzero_si512();
+    __m512i sumi[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};  // two chains of accumulation
     for (int c = 0; c < 4; ++c) {
       __m512i v = nibblePair(qs + 32 * c, shift, m4);
       if constexpr (kFive) v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit[c]), v, k16);
       const __m512i p = _mm512_maddubs_epi16(v, load512(q8 + 64 * c));
-      sumi = maddAcc(sumi, p, _mm512_shuffle_epi8(sc, idx[c]));
+      sumi[c & 1] = maddAcc(sumi[c & 1], p, _mm512_shuffle_epi8(sc, idx[c]));
     }
-    acc = _mm512_fmadd_ps(_mm512_set1_ps(half(w) * ad), _mm512_cvtepi32_ps(sumi), acc);
+    acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi[0], sumi[1])), acc);
   }
   return _mm512_reduce_add_ps(acc) - hsum(accm);
 }
