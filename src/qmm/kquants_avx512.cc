@@ -99,6 +99,16 @@ inline __m512i halvesWordIndex(int lo, int hi) {
                             1);
 }
 
+// A 512-bit vector from four 128-bit lanes (lane 0 lowest).
+inline __m512i fromLanes(__m128i l0, __m128i l1, __m128i l2, __m128i l3) {
+  return _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_setr_m128i(l0, l1)), _mm256_setr_m128i(l2, l3), 1);
+}
+// 8 int16 of one lane: w0 four times, then w1 four times (as vpshufb byte indices when `bytes`).
+inline __m128i wordsLane(int w0, int w1, bool bytes) {
+  const auto e = [bytes](int k) { return static_cast<int16_t>(bytes ? ((2 * k + 1) << 8 | 2 * k) : k); };
+  return _mm_setr_epi16(e(w0), e(w0), e(w0), e(w0), e(w1), e(w1), e(w1), e(w1));
+}
+
 // ------------------------------------------------------------------------------------------------------
 // Dot products.
 
@@ -114,12 +124,25 @@ float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
   const auto* a = static_cast<const uint8_t*>(act);
   const __m512i m4 = _mm512_set1_epi8(0x0F), k16 = _mm512_set1_epi8(16);
   const __m512i shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);
-  __m512i idx[4], bit[4];
+  __m512i bit[4];
+#if !FLASHRING_KQ_VNNI
+  __m512i idx[4];
+  for (int c = 0; c < 4; ++c) idx[c] = halvesWordIndex(2 * c, 2 * c + 1);
+#endif
   for (int c = 0; c < 4; ++c) {
-    idx[c] = halvesWordIndex(2 * c, 2 * c + 1);
     bit[c] = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_set1_epi8(static_cast<char>(1 << (2 * c)))),
                                 _mm256_set1_epi8(static_cast<char>(1 << (2 * c + 1))), 1);
   }
+#if FLASHRING_KQ_VNNI
+  // vpackssdw of chunks c, c+1 holds in 128-bit lane L: 4 words of chunk c's sub-block 2c + L/2, then 4 of
+  // chunk c+1's sub-block 2c + 2 + L/2. packed_idx[k] spreads those scales (c = 2k).
+  __m512i packed_idx[2];
+  for (int k = 0; k < 2; ++k) {
+    const int s0 = 4 * k;
+    packed_idx[k] = fromLanes(wordsLane(s0, s0 + 2, true), wordsLane(s0, s0 + 2, true), wordsLane(s0 + 1, s0 + 3, true),
+                              wordsLane(s0 + 1, s0 + 3, true));
+  }
+#endif
   __m512 acc = _mm512_setzero_ps();
   __m128 accm = _mm_setzero_ps();
   for (size_t b = 0; b < n / kQKK; ++b, w += kBytes, a += sizeof(BlockQ8K)) {
@@ -135,6 +158,20 @@ float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
     const int8_t* q8 = reinterpret_cast<const int8_t*>(a + offsetof(BlockQ8K, qs));
     __m512i qh = _mm512_setzero_si512();
     if constexpr (kFive) qh = broadcast256(w + offsetof(BlockQ5_K, qh));
+#if FLASHRING_KQ_VNNI
+    // vpdpbusd: sums of 4 code products per int32 lane (|.| <= 4 * 31 * 127, an int16), lanes 0-7 sub-block
+    // 2c, 8-15 sub-block 2c+1; two chunks packed to int16 and multiplied by their scales with vpdpwssd.
+    __m512i dp[4];
+    for (int c = 0; c < 4; ++c) {
+      __m512i v = nibblePair(qs + 32 * c, shift, m4);
+      if constexpr (kFive) v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit[c]), v, k16);
+      dp[c] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v, load512(q8 + 64 * c));
+    }
+    __m512i sumi = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_packs_epi32(dp[0], dp[1]),
+                                       _mm512_shuffle_epi8(sc, packed_idx[0]));
+    sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(dp[2], dp[3]), _mm512_shuffle_epi8(sc, packed_idx[1]));
+    acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(sumi), acc);
+#else
     __m512i sumi[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};  // two chains of accumulation
     for (int c = 0; c < 4; ++c) {
       __m512i v = nibblePair(qs + 32 * c, shift, m4);
@@ -143,6 +180,7 @@ float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
       sumi[c & 1] = maddAcc(sumi[c & 1], p, _mm512_shuffle_epi8(sc, idx[c]));
     }
     acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi[0], sumi[1])), acc);
+#endif
   }
   return _mm512_reduce_add_ps(acc) - hsum(accm);
 }
@@ -163,6 +201,7 @@ inline void codesQ6K(const uint8_t* ql, const uint8_t* qh, __m512i v[2]) {
 
 float dotQ6K(size_t n, const uint8_t* w, const void* act) {
   const auto* a = static_cast<const uint8_t*>(act);
+#if !FLASHRING_KQ_VNNI
   // vpermw indices: vector k of half h covers sub-blocks 8h + 4k + L in its 128-bit lanes L = 0..3
   __m512i perm[2][2];
   for (int h = 0; h < 2; ++h)
@@ -174,6 +213,14 @@ float dotQ6K(size_t n, const uint8_t* w, const void* act) {
           _mm256_setr_m128i(_mm_set1_epi16(static_cast<int16_t>(s + 2)), _mm_set1_epi16(static_cast<int16_t>(s + 3))),
           1);
     }
+#endif
+#if FLASHRING_KQ_VNNI
+  // vpackssdw of half h's two vectors holds in lane L 4 words of sub-block 8h + L, then 4 of 8h + 4 + L.
+  __m512i packed_perm[2];
+  for (int h = 0; h < 2; ++h)
+    packed_perm[h] = fromLanes(wordsLane(8 * h, 8 * h + 4, false), wordsLane(8 * h + 1, 8 * h + 5, false),
+                               wordsLane(8 * h + 2, 8 * h + 6, false), wordsLane(8 * h + 3, 8 * h + 7, false));
+#endif
   __m512 acc = _mm512_setzero_ps();
   for (size_t b = 0; b < n / kQKK; ++b, w += sizeof(BlockQ6_K), a += sizeof(BlockQ8K)) {
     const float ad = loadFloat(a + offsetof(BlockQ8K, d));
@@ -186,10 +233,18 @@ float dotQ6K(size_t n, const uint8_t* w, const void* act) {
     for (int h = 0; h < 2; ++h) {
       __m512i v[2];
       codesQ6K(w + offsetof(BlockQ6_K, ql) + 64 * h, w + offsetof(BlockQ6_K, qh) + 32 * h, v);
+#if FLASHRING_KQ_VNNI
+      // vpdpbusd: 4 code products per int32 lane (|.| <= 4 * 63 * 127, an int16), one sub-block a 128-bit
+      // lane; both vectors packed to int16 and multiplied by their scales with one vpdpwssd.
+      const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], load512(q8 + 128 * h));
+      const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[1], load512(q8 + 128 * h + 64));
+      sumi = _mm512_dpwssd_epi32(sumi, _mm512_packs_epi32(d0, d1), _mm512_permutexvar_epi16(packed_perm[h], sc));
+#else
       for (int k = 0; k < 2; ++k) {
         const __m512i p = _mm512_maddubs_epi16(v[k], load512(q8 + 128 * h + 64 * k));
         sumi = maddAcc(sumi, p, _mm512_permutexvar_epi16(perm[h][k], sc));
       }
+#endif
     }
     acc = _mm512_fmadd_ps(_mm512_set1_ps(half(w + offsetof(BlockQ6_K, d)) * ad), _mm512_cvtepi32_ps(sumi), acc);
   }
