@@ -1,7 +1,7 @@
 // AVX-512 (F, BW, VL, DQ) kernels of Q4_K, Q5_K, Q6_K and the Q8K activation quantizer, entered only when
 // the CPU has them (kquants.cc's kquantKernels). kquants_avx512vnni.cc compiles this file a second time
-// with -mavx512vnni and FLASHRING_KQ_VNNI = 1: the same kernels with vpdpwssd fusing the scale multiply
-// and the int32 accumulation (kquantKernelsAvx512Vnni, chosen when cpu::hasAvx512Vnni()).
+// with -mavx512vnni and FLASHRING_KQ_VNNI = 1 (kquantKernelsAvx512Vnni, chosen when cpu::hasAvx512Vnni()):
+// the same code extraction, another multiply-accumulate (below); dequantization is the same code.
 //
 // Dot products, one 512-bit vector = 64 values = two sub-blocks of 32 (Q4_K/Q5_K) or four of 16 (Q6_K),
 // matching 64 contiguous activation codes:
@@ -11,9 +11,14 @@
 //              broadcast qh against bit 2c / 2c+1 per half and a masked byte add of 16.
 //   Q6_K:      64 bytes of ql give the low 4 bits of 64 values (low or high nibbles); the 2 high bits come
 //              from the broadcast qh shifted per half (vpsllvq / vpsrlvq) to bits 4-5.
-// Then vpmaddubsw (unsigned codes x signed activation codes -> int16 pairs, no saturation: 2 * 63 * 127 <
-// 2^15) and vpmaddwd + vpaddd (or vpdpwssd) with the sub-block scales spread over their lanes (vpshufb /
-// vpermw): exact int32 sums, one conversion and FMA per block. Mins and Q6_K's -32 come from bsums.
+// Multiply-accumulate, exact in int32 (one conversion and FMA per block):
+//   AVX-512BW: vpmaddubsw (unsigned codes x signed activation codes -> int16 pairs, no saturation:
+//              2 * 63 * 127 < 2^15), then vpmaddwd + vpaddd with the sub-block scales spread over their
+//              lanes (vpshufb / vpermw).
+//   VNNI:      vpdpbusd sums 4 code products into each int32 lane (|.| <= 4 * 63 * 127, an int16 still), two
+//              such vectors are packed to int16 (vpackssdw, exact) and one vpdpwssd multiplies them by their
+//              scales and accumulates: 1.5 multiply uops per 64 values instead of 2 (+ the add).
+// Mins and Q6_K's -32 come from the activation's bsums.
 //
 // Dequantization and the quantizer do the scalar reference's operations in the same order (exact integer
 // to float conversions, _mm512_mul_ps / _mm512_sub_ps, never fused): bit for bit the scalar results.
@@ -65,15 +70,6 @@ inline float hsum(__m128 s) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
-}
-
-// acc + the int16 pair products p * s summed into int32 lanes.
-inline __m512i maddAcc(__m512i acc, __m512i p, __m512i s) {
-#if FLASHRING_KQ_VNNI
-  return _mm512_dpwssd_epi32(acc, p, s);
-#else
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(p, s));
-#endif
 }
 
 // get_scale_min_k4 of all 8 sub-blocks at once: bytes 0..7 of the result are the 6-bit scales, bytes 8..15
@@ -191,7 +187,7 @@ float dotScaleMin(size_t n, const uint8_t* w, const void* act) {
       __m512i v = nibblePair(qs + 32 * c, shift, m4);
       if constexpr (kFive) v = _mm512_mask_add_epi8(v, _mm512_test_epi8_mask(qh, bit[c]), v, k16);
       const __m512i p = _mm512_maddubs_epi16(v, load512(q8 + 64 * c));
-      sumi[c & 1] = maddAcc(sumi[c & 1], p, _mm512_shuffle_epi8(sc, idx[c]));
+      sumi[c & 1] = _mm512_add_epi32(sumi[c & 1], _mm512_madd_epi16(p, _mm512_shuffle_epi8(sc, idx[c])));
     }
     acc = _mm512_fmadd_ps(_mm512_broadcastss_ps(dd), _mm512_cvtepi32_ps(_mm512_add_epi32(sumi[0], sumi[1])), acc);
 #endif
@@ -257,7 +253,7 @@ float dotQ6K(size_t n, const uint8_t* w, const void* act) {
 #else
       for (int k = 0; k < 2; ++k) {
         const __m512i p = _mm512_maddubs_epi16(v[k], load512(q8 + 128 * h + 64 * k));
-        sumi = maddAcc(sumi, p, _mm512_permutexvar_epi16(perm[h][k], sc));
+        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, _mm512_permutexvar_epi16(perm[h][k], sc)));
       }
 #endif
     }
