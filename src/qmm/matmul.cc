@@ -13,7 +13,7 @@
 namespace flashring::qmm {
 namespace {
 
-std::atomic<int64_t> g_gemm_threshold{8};
+std::atomic<int64_t> g_gemm_threshold{16};
 
 // Panel rows for the dequantize + sgemm path: ~2 MB of fp32 (a few hundred rows of a 4096-wide matrix),
 // at least 64 rows so that sgemm gets a useful n.

@@ -118,7 +118,9 @@ Turns runTurns(const std::string& path, const EngineOptions& o, const std::vecto
                size_t p2, size_t p3) {
   Turns r;
   std::mutex mu;
-  testref::runGrid(path, o, [&](Communicator&, LlamaEngine& eng) {
+  EngineOptions keep = o;
+  keep.keep_logits = true;
+  testref::runGrid(path, keep, [&](Communicator&, LlamaEngine& eng) {
     const auto upto = [&](size_t n) { return std::vector<TokenId>(tokens.begin(), tokens.begin() + long(n)); };
     const TokenId a = eng.prefill(upto(p3));
     const std::vector<float> za = eng.lastLogits();
@@ -369,6 +371,7 @@ TEST(EngineTp, RefinementSumsTheFirstLayersErrorsAtOnce) {
     std::mutex mu;
     runThreadRanks(o.tp * o.sp, [&](Communicator& comm) {
       EngineOptions mine = o;
+      mine.keep_logits = true;
       const int rank = comm.rank();
       mine.on_allreduce = [&, rank](int layer, int which, std::span<const float> d) {
         std::lock_guard<std::mutex> lock(mu);

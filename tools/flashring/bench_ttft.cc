@@ -124,6 +124,7 @@ void run(const Config& cfg) {
       throw InvalidArgument(fmt::format("grid {} needs {} ranks; the job has {}", gs, tp * sp, comm.size()));
     EngineOptions eo = mo.engineOptions();
     eo.threads = 0;  // set once per process below
+    eo.keep_logits = true;  // the rows compare their logits with the exact baseline
     LlamaEngine eng(comm, shard(tp, comm.rank() % tp), eo);
     const bool owner = eng.spRank() == eng.ownerSpRank();
     // Reference: exact fp32 communication, untimed.

@@ -91,8 +91,37 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
   app.add_option("--layout", layout, "sequence layout under SP: zigzag or contiguous")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))
       ->capture_default_str();
-  app.add_option("-t,--threads", threads, "OpenBLAS threads per rank (0: 1 per rank, or all cores for one rank)")
+  app.add_option("-t,--threads", threads,
+                 "kernel (and OpenBLAS) threads per process (0: 1 when the process runs several ranks, else all "
+                 "cores)")
       ->check(CLI::Range(0, 256));
+  app.add_option("--weights", weights,
+                 "quant: weights stay in the file's GGUF types (integer dots for decode, dequantized panels for "
+                 "prefill); f32: dequantize every matrix at load (4 bytes per weight; the reference)")
+      ->check(CLI::IsMember({"quant", "f32"}))
+      ->capture_default_str();
+  app.add_option("--gemm-threshold", gemm_threshold,
+                 "batches of at least this many tokens run dequantized panels + sgemm, smaller ones integer dots "
+                 "on 8-bit activations (0: the default, 16)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  app.add_option("--oneshot", oneshot,
+                 "decode all-reduces as one-shot twins of --comm (one message round instead of two): auto (below "
+                 "32 KiB), on, off")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  app.add_option("--temp", sampling.temperature, "sampling temperature (0: greedy)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  app.add_option("--top-k", sampling.top_k, "keep the k most likely tokens (0: off)")
+      ->check(CLI::Range(0, 1 << 30))
+      ->capture_default_str();
+  app.add_option("--top-p", sampling.top_p, "keep the smallest set of most likely tokens with probability >= p (1: off)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--min-p", sampling.min_p, "keep tokens with p >= min_p * p(most likely) (0: off)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--seed", sampling.seed, "sampling seed: the same tokens on every rank and from run to run");
   app.add_option("--json", json, "write the figures to this JSON file");
   app.add_option("--transport", transport.transport,
                  "thread (tp x sp ranks as threads of this process) or mpi (run under mpirun -n tp*sp)")
@@ -109,6 +138,8 @@ EngineOptions ModelOptions::engineOptions() const {
   e.allreduce = commOptions(comm, group_size, spikes, rotate, clip);
   e.error_feedback = error_feedback;
   e.refine_layers = refine_layers;
+  e.oneshot = oneshot == "on" ? OneShotMode::On : oneshot == "off" ? OneShotMode::Off : OneShotMode::Auto;
+  e.sampling = sampling;
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
@@ -131,8 +162,9 @@ struct ModelCache {
   std::shared_ptr<const gguf::File> file;
   std::unique_ptr<Tokenizer> tokenizer;
   std::map<int, std::shared_ptr<const LlamaWeights>> shards;
+  LoadOptions load;
 
-  explicit ModelCache(const std::string& path) {
+  explicit ModelCache(const std::string& path, const LoadOptions& lo = {}) : load(lo) {
     if (!std::filesystem::exists(path)) {
       throw InvalidArgument(fmt::format(
           "model file '{}' not found; run `make deps` (it fetches the default model) or pass -m MODEL.gguf", path));
@@ -143,7 +175,7 @@ struct ModelCache {
   std::shared_ptr<const LlamaWeights> shard(int tp, int tp_rank) {
     std::lock_guard<std::mutex> lock(mu);
     auto& s = shards[tp_rank];
-    if (!s) s = LlamaWeights::load(file, tp, tp_rank);
+    if (!s) s = LlamaWeights::load(file, tp, tp_rank, load);
     return s;
   }
 };
@@ -151,7 +183,10 @@ struct ModelCache {
 int ModelOptions::ranks() const { return tp * sp; }
 
 void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body) {
-  auto cache = std::make_shared<ModelCache>(mo.modelPath());
+  LoadOptions lo;
+  lo.dequantize = mo.weights == "f32";
+  auto cache = std::make_shared<ModelCache>(mo.modelPath(), lo);
+  if (mo.gemm_threshold > 0) qmm::setGemmThreshold(mo.gemm_threshold);
   EngineOptions eo = mo.engineOptions();
   // The kernel thread count is process-wide: set it once here, not from every rank's thread.
   cpu::setThreads(eo.threads);

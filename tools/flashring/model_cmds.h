@@ -28,6 +28,10 @@ struct ModelOptions {
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
+  std::string weights = "quant";   // quant: the file's types; f32: dequantized at load (the reference)
+  int64_t gemm_threshold = 0;      // qmm::setGemmThreshold (0: the default)
+  std::string oneshot = "auto";    // EngineOptions::oneshot
+  SamplingOptions sampling;        // --temp --top-k --top-p --min-p --seed
   std::string json;
   TransportOptions transport;
   void add(CLI::App& app, bool grid_flags = true);  // grid_flags: --tp and --sp
