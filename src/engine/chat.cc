@@ -99,6 +99,9 @@ bool pySpace(uint32_t cp) {
          (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
+// The whitespace int() and float() skip around a number: str.isspace() but for U+001C..U+001F.
+std::string stripNumber(std::string_view s);
+
 // Python's str.strip/lstrip/rstrip: whitespace, or any code point of `chars` when given.
 std::string pyStrip(std::string_view s, const std::optional<std::string>& chars, bool left, bool right) {
   std::vector<uint32_t> set;
@@ -112,6 +115,19 @@ std::string pyStrip(std::string_view s, const std::optional<std::string>& chars,
     while (b < e && strip(utf8Decode(s, cps[b].first, cps[b].second))) ++b;
   if (right)
     while (e > b && strip(utf8Decode(s, cps[e - 1].first, cps[e - 1].second))) --e;
+  if (b == e) return {};
+  return std::string(s.substr(cps[b].first, cps[e - 1].first + cps[e - 1].second - cps[b].first));
+}
+
+std::string stripNumber(std::string_view s) {
+  const auto cps = codepoints(s);
+  auto space = [&](size_t k) {
+    const uint32_t cp = utf8Decode(s, cps[k].first, cps[k].second);
+    return pySpace(cp) && !(cp >= 0x1C && cp <= 0x1F);
+  };
+  size_t b = 0, e = cps.size();
+  while (b < e && space(b)) ++b;
+  while (e > b && space(e - 1)) --e;
   if (b == e) return {};
   return std::string(s.substr(cps[b].first, cps[e - 1].first + cps[e - 1].second - cps[b].first));
 }
@@ -647,7 +663,7 @@ void jsonString(std::string& out, std::string_view s, bool ensure_ascii) {
       default:
         if (cp < 0x20) {
           out += fmt::format("\\u{:04x}", cp);
-        } else if (ensure_ascii && cp >= 0x80) {
+        } else if (ensure_ascii && cp >= 0x7F) {  // json.dumps escapes all but printable ASCII
           if (cp >= 0x10000) {
             const uint32_t v = cp - 0x10000;
             out += fmt::format("\\u{:04x}\\u{:04x}", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
@@ -1568,7 +1584,8 @@ class Parser {
         }
         [[fallthrough]];
       default:
-        syntaxFail(t.line, "unexpected " + describe(t) + " in an expression");
+        syntaxFail(t.line, t.kind == Tok::End ? std::string("an expression is missing before the end of the tag")
+                                              : "unexpected " + describe(t) + " in an expression");
     }
   }
 
@@ -2317,7 +2334,7 @@ Value fInt(Interp&, const Value& v, Args& a) {
       if (!std::isfinite(v.f)) return def;
       return Value::integer(static_cast<int64_t>(v.f));
     case Value::Kind::String: {
-      const std::string s = pyStrip(v.s, std::nullopt, true, true);
+      const std::string s = stripNumber(v.s);
       int64_t x = 0;
       const char* b = s.data() + (!s.empty() && s[0] == '+' ? 1 : 0);
       auto r = std::from_chars(b, s.data() + s.size(), x);
@@ -2337,7 +2354,7 @@ Value fFloat(Interp&, const Value& v, Args& a) {
   const Value def = d ? *d : Value::real(0.0);
   if (v.isNumber()) return Value::real(asDouble(v));
   if (v.kind == Value::Kind::String) {
-    const std::string s = pyStrip(v.s, std::nullopt, true, true);
+    const std::string s = stripNumber(v.s);
     char* end = nullptr;
     const double f = std::strtod(s.c_str(), &end);
     if (!s.empty() && end == s.c_str() + s.size()) return Value::real(f);

@@ -18,7 +18,10 @@ raise_exception, whose message is then compared too).
   chat_reference.py --out FILE      JSON into FILE (regenerates tests/fixtures/chat/reference.json)
   chat_reference.py --check BINARY  renders into a temporary file and runs BINARY (flashring_unit_tests)
                                     --gtest_filter=ChatReference.* with FLASHRING_CHAT_REFERENCE naming
-                                    it, so that flashring's renderer is compared with this jinja2 now
+                                    it, so that flashring's renderer is compared with this jinja2 now;
+                                    --random N (default 40 with --check) adds N seeded random
+                                    conversations (odd roles, Unicode spaces and controls, template-like
+                                    text) to the fixture's
 
 Exit code 3 (4 with --check: 77, CTest's SKIP_RETURN_CODE) when jinja2 cannot be imported.
 """
@@ -72,12 +75,34 @@ def make_environment():
     return env, Raised
 
 
-def render_all(cases_path):
+def random_conversations(n, seed=20251202):
+    import random
+
+    rng = random.Random(seed)
+    pieces = list("abcXYZ 0129\n\t\r  ") + ["\u3000", "\u00a0", "\u2028", "\u0085", "\x1c", "é", "日本", "🙂", "'",
+                                             '"', "\\", "{", "}", "%}", "{{", "#", "<|im_end|>", "\x07", "\u200b",
+                                             "\ufeff", "\x7f", "\x80", "</think>", "/no_think"]
+    roles = ["user", "assistant", "system", "tool", "ipython", "narrator", ""]
+    convs = []
+    for k in range(n):
+        messages = []
+        for i in range(rng.randint(0, 6)):
+            role = rng.choice(roles) if rng.random() < 0.3 else ["user", "assistant"][i % 2]
+            if i == 0 and rng.random() < 0.4:
+                role = "system"
+            content = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 25)))
+            messages.append({"role": role, "content": content})
+        convs.append({"name": f"random{k}", "messages": messages})
+    return convs
+
+
+def render_all(cases_path, extra_conversations=()):
     import jinja2
 
     env, raised = make_environment()
     with open(cases_path, encoding="utf-8") as f:
         spec = json.load(f)
+    spec["conversations"] += list(extra_conversations)
     cases = []
     for t in spec["templates"]:
         path = os.path.join("templates", t["name"] + ".jinja")
@@ -121,6 +146,7 @@ def main():
     ap.add_argument("--cases", default=os.path.join(FIXTURES, "cases.json"))
     ap.add_argument("--out")
     ap.add_argument("--check", metavar="BINARY")
+    ap.add_argument("--random", type=int, metavar="N")
     args = ap.parse_args()
 
     try:
@@ -129,7 +155,8 @@ def main():
         print(f"skipped: jinja2 is not importable ({e}); scripts/install-deps.sh installs it (pip jinja2)")
         return 77 if args.check else 3
 
-    result = render_all(args.cases)
+    n_random = args.random if args.random is not None else (40 if args.check else 0)
+    result = render_all(args.cases, random_conversations(n_random))
     text = json.dumps(result, ensure_ascii=False, indent=1) + "\n"
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
