@@ -2889,22 +2889,22 @@ struct Builtin {
 
 // SmolLM2-135M/360M/1.7B-Instruct (the string in the default model's GGUF).
 constexpr std::string_view kSmolLM2 =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou "
-    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + "
-    "message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt "
-    "%}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
+    "are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + "
+    "message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt "
+    "%}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 // Plain ChatML (OpenHermes-2.5, transformers' former default ChatML template).
 constexpr std::string_view kChatML =
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + "
-    "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 // Qwen2-Instruct and Qwen1.5-Chat: ChatML with a default system message.
 constexpr std::string_view kQwen2 =
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou "
-    "are a helpful assistant.<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + "
-    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
-    "'<|im_start|>assistant\\n' }}{% endif %}";
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou "
+    "are a helpful assistant.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ "
+    "'<|im_start|>assistant\n' }}{% endif %}";
 
 // Qwen2.5-Instruct.
 constexpr std::string_view kQwen25 = R"JINJA({%- if tools %}
@@ -3122,6 +3122,44 @@ std::string builtinList() {
   return r;
 }
 
+// What a template means, independent of how it spells it: its pieces and tokens (string literals decoded),
+// so that '\n' written as an escape or as a newline inside a string literal are the same template.
+std::string signature(std::string_view source) {
+  std::string sig;
+  for (const Piece& p : Lexer(source).run()) {
+    if (p.kind == Piece::Kind::Text) {
+      sig += fmt::format("T{}:{}", p.text.size(), p.text);
+      continue;
+    }
+    sig += p.kind == Piece::Kind::Output ? "O" : "S";
+    for (const Token& t : p.tokens) {
+      switch (t.kind) {
+        case Tok::Int:
+          sig += fmt::format("i{};", t.ival);
+          break;
+        case Tok::Float:
+          sig += "f" + pyFloat(t.fval) + ";";
+          break;
+        case Tok::End:
+          sig += "e";
+          break;
+        default:
+          sig += fmt::format("{}{}:{}", static_cast<int>(t.kind), t.text.size(), t.text);
+      }
+    }
+  }
+  return sig;
+}
+
+const std::vector<std::pair<std::string_view, std::string>>& builtinSignatures() {
+  static const auto sigs = [] {
+    std::vector<std::pair<std::string_view, std::string>> r;
+    for (const auto& b : kBuiltins) r.emplace_back(b.name, signature(b.source));
+    return r;
+  }();
+  return sigs;
+}
+
 Value messagesValue(std::span<const ChatMessage> messages) {
   Items list;
   list.reserve(messages.size());
@@ -3144,8 +3182,9 @@ ChatTemplate::ChatTemplate(std::string source) {
   Lexer lexer(source);
   Parser parser(lexer.run());
   p->body = parser.parseTemplate();
-  for (const auto& b : kBuiltins)
-    if (b.source == source) p->family = std::string(b.name);
+  const std::string sig = signature(source);
+  for (const auto& b : builtinSignatures())
+    if (b.second == sig) p->family = std::string(b.first);
   p->source = std::move(source);
   program_ = std::move(p);
 }
