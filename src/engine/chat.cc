@@ -35,6 +35,14 @@ struct RaisedError {
 
 [[noreturn]] void evalFail(std::string msg) { throw EvalError{std::move(msg)}; }
 
+// Limits for untrusted templates (a GGUF's is one): nesting of tags and expressions, statements executed,
+// size of the text built. Real chat templates stay far below them.
+constexpr int kMaxNesting = 200;
+constexpr uint64_t kMaxSteps = 2'000'000;
+constexpr size_t kMaxBytes = size_t{64} << 20;
+constexpr int kMaxExprHeight = 500;
+constexpr uint32_t kMaxValueDepth = 500;
+
 // ---------------------------------------------------------------------------------------------------------
 // UTF-8 and Python string helpers
 // ---------------------------------------------------------------------------------------------------------
@@ -231,6 +239,7 @@ struct Value {
   enum class Kind : uint8_t { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Function };
   Kind kind = Kind::Undefined;
   bool tuple = false;  // a list written as a tuple (its repr uses parentheses)
+  uint32_t depth = 0;  // nesting of lists and dicts (bounded: printing, comparing and freeing recurse)
   bool b = false;
   int64_t i = 0;
   double f = 0;
@@ -277,15 +286,12 @@ struct Value {
     Value v;
     v.kind = Kind::List;
     v.tuple = is_tuple;
+    v.depth = nestedDepth(items);
     v.list = std::make_shared<const Items>(std::move(items));
     return v;
   }
-  static Value makeDict(std::shared_ptr<Map> d) {
-    Value v;
-    v.kind = Kind::Dict;
-    v.dict = std::move(d);
-    return v;
-  }
+  static Value makeDict(std::shared_ptr<Map> d);
+  static uint32_t nestedDepth(const Items& items);
   static Value function(std::shared_ptr<const Callable> f) {
     Value v;
     v.kind = Kind::Function;
@@ -314,6 +320,24 @@ struct Map {
     items.emplace_back(key, std::move(v));
   }
 };
+
+uint32_t Value::nestedDepth(const Items& items) {
+  uint32_t d = 0;
+  for (const auto& x : items) d = std::max(d, x.depth);
+  if (d + 1 > kMaxValueDepth) evalFail(fmt::format("values nested more than {} levels deep", kMaxValueDepth));
+  return d + 1;
+}
+
+Value Value::makeDict(std::shared_ptr<Map> d) {
+  uint32_t depth = 0;
+  for (const auto& kv : d->items) depth = std::max(depth, kv.second.depth);
+  if (depth + 1 > kMaxValueDepth) evalFail(fmt::format("values nested more than {} levels deep", kMaxValueDepth));
+  Value v;
+  v.kind = Kind::Dict;
+  v.dict = std::move(d);
+  v.depth = depth + 1;
+  return v;
+}
 
 struct Args {
   std::vector<Value> pos;
@@ -1074,6 +1098,7 @@ struct Expr {
   };
   Kind kind = Kind::Const;
   int line = 0;
+  int height = 1;                // of the tree below it (see Parser::sealed)
   Value value;                   // Const
   std::string name;              // Name, GetAttr, Filter, Test, Binary (operator)
   std::vector<ExprPtr> kids;     // operands; Slice: obj, start, stop, step (null when absent)
@@ -1142,6 +1167,7 @@ class Parser {
   // Parses statements into `body` until a statement tag named in `ends` (returned, its tokens positioned
   // after the name) or the end of the template (returns "").
   std::string parseBody(Body& body, std::initializer_list<std::string_view> ends) {
+    const Nest nest(nesting_, line_);
     while (pi_ < pieces_.size()) {
       Piece& p = pieces_[pi_++];
       line_ = p.line;
@@ -1349,6 +1375,18 @@ class Parser {
     }
   }
 
+  // Records a finished node's height; chains such as a.b.c... or a + b + c ... are built in loops, but
+  // evaluating (and destroying) them recurses, so their height is bounded like the nesting.
+  static ExprPtr sealed(ExprPtr e) {
+    int h = 0;
+    for (const auto& k : e->kids)
+      if (k) h = std::max(h, k->height);
+    e->height = h + 1;
+    if (e->height > kMaxExprHeight)
+      syntaxFail(e->line, fmt::format("expression nested more than {} levels deep", kMaxExprHeight));
+    return e;
+  }
+
   ExprPtr node(Expr::Kind k, int line) {
     auto e = std::make_unique<Expr>();
     e->kind = k;
@@ -1368,10 +1406,19 @@ class Parser {
         break;
       t->kids.push_back(parseExpression(condexpr));
     }
-    return t;
+    return sealed(std::move(t));
   }
 
+  struct Nest {
+    explicit Nest(int& d, int line) : depth(d) {
+      if (++depth > kMaxNesting) syntaxFail(line, fmt::format("nested more than {} levels deep", kMaxNesting));
+    }
+    ~Nest() { --depth; }
+    int& depth;
+  };
+
   ExprPtr parseExpression(bool condexpr) {
+    const Nest nest(nesting_, peek().line);
     ExprPtr e = parseOr();
     if (!condexpr) return e;
     while (peek().kind == Tok::Name && peek().text == "if") {
@@ -1382,7 +1429,7 @@ class Parser {
       c->kids.push_back(std::move(test));
       c->kids.push_back(std::move(e));
       c->kids.push_back(std::move(otherwise));
-      e = std::move(c);
+      e = sealed(std::move(c));
     }
     return e;
   }
@@ -1393,7 +1440,7 @@ class Parser {
       auto o = node(Expr::Kind::Or, next().line);
       o->kids.push_back(std::move(e));
       o->kids.push_back(parseAnd());
-      e = std::move(o);
+      e = sealed(std::move(o));
     }
     return e;
   }
@@ -1404,16 +1451,17 @@ class Parser {
       auto a = node(Expr::Kind::And, next().line);
       a->kids.push_back(std::move(e));
       a->kids.push_back(parseNot());
-      e = std::move(a);
+      e = sealed(std::move(a));
     }
     return e;
   }
 
   ExprPtr parseNot() {
     if (peek().kind == Tok::Name && peek().text == "not") {
+      const Nest nest(nesting_, peek().line);
       auto n = node(Expr::Kind::Not, next().line);
       n->kids.push_back(parseNot());
-      return n;
+      return sealed(std::move(n));
     }
     return parseCompare();
   }
@@ -1446,7 +1494,7 @@ class Parser {
       cmp->ops.push_back(op);
       cmp->kids.push_back(parseMath1());
     }
-    return cmp ? std::move(cmp) : std::move(first);
+    return cmp ? sealed(std::move(cmp)) : std::move(first);
   }
 
   ExprPtr binary(std::string op, ExprPtr l, ExprPtr r, int line) {
@@ -1454,7 +1502,7 @@ class Parser {
     b->name = std::move(op);
     b->kids.push_back(std::move(l));
     b->kids.push_back(std::move(r));
-    return b;
+    return sealed(std::move(b));
   }
 
   ExprPtr parseMath1() {
@@ -1504,7 +1552,9 @@ class Parser {
       const bool neg = t.text == "-";
       next();
       e = node(neg ? Expr::Kind::Neg : Expr::Kind::Pos, line);
+      const Nest nest(nesting_, line);
       e->kids.push_back(parseUnary(false));
+      e = sealed(std::move(e));
     } else {
       e = parsePrimary();
     }
@@ -1560,7 +1610,7 @@ class Parser {
             tup->kids.push_back(parseExpression(true));
           }
           expectOp(")");
-          return tup;
+          return sealed(std::move(tup));
         }
         if (t.text == "[") {
           auto l = node(Expr::Kind::ListLit, t.line);
@@ -1569,7 +1619,7 @@ class Parser {
             if (acceptOp("]")) break;
             l->kids.push_back(parseExpression(true));
           }
-          return l;
+          return sealed(std::move(l));
         }
         if (t.text == "{") {
           auto d = node(Expr::Kind::DictLit, t.line);
@@ -1580,7 +1630,7 @@ class Parser {
             expectOp(":");
             d->kids.push_back(parseExpression(true));
           }
-          return d;
+          return sealed(std::move(d));
         }
         [[fallthrough]];
       default:
@@ -1621,14 +1671,14 @@ class Parser {
           auto g = node(Expr::Kind::GetAttr, n.line);
           g->name = n.text;
           g->kids.push_back(std::move(e));
-          e = std::move(g);
+          e = sealed(std::move(g));
         } else if (n.kind == Tok::Int) {
           auto g = node(Expr::Kind::GetItem, n.line);
           auto c = node(Expr::Kind::Const, n.line);
           c->value = Value::integer(n.ival);
           g->kids.push_back(std::move(e));
           g->kids.push_back(std::move(c));
-          e = std::move(g);
+          e = sealed(std::move(g));
         } else {
           syntaxFail(n.line, "expected an attribute name after '.'");
         }
@@ -1651,19 +1701,19 @@ class Parser {
           auto g = node(Expr::Kind::GetItem, line);
           g->kids.push_back(std::move(e));
           g->kids.push_back(std::move(parts[0]));
-          e = std::move(g);
+          e = sealed(std::move(g));
         } else {
           auto sl = node(Expr::Kind::Slice, line);
           sl->kids.push_back(std::move(e));
           for (auto& p : parts) sl->kids.push_back(std::move(p));
-          e = std::move(sl);
+          e = sealed(std::move(sl));
         }
       } else if (t.kind == Tok::Op && t.text == "(") {
         const int line = next().line;
         auto c = node(Expr::Kind::Call, line);
         c->kids.push_back(std::move(e));
         parseCallArgs(*c);
-        e = std::move(c);
+        e = sealed(std::move(c));
       } else {
         return e;
       }
@@ -1683,7 +1733,7 @@ class Parser {
         if (!f->impl) syntaxFail(n.line, fmt::format("unsupported filter '{}'", n.text));
         f->kids.push_back(std::move(e));
         if (acceptOp("(")) parseCallArgs(*f);
-        e = std::move(f);
+        e = sealed(std::move(f));
       } else if (t.kind == Tok::Name && t.text == "is") {
         next();
         auto test = node(Expr::Kind::Test, t.line);
@@ -1705,13 +1755,13 @@ class Parser {
           if (a.kind == Tok::Name && a.text == "is") syntaxFail(a.line, "tests cannot be chained with 'is'");
           test->kids.push_back(parsePostfix(parsePrimary()));
         }
-        e = std::move(test);
+        e = sealed(std::move(test));
       } else if (t.kind == Tok::Op && t.text == "(") {
         const int line = next().line;
         auto c = node(Expr::Kind::Call, line);
         c->kids.push_back(std::move(e));
         parseCallArgs(*c);
-        e = std::move(c);
+        e = sealed(std::move(c));
       } else {
         return e;
       }
@@ -1724,6 +1774,7 @@ class Parser {
   size_t ti_ = 0;
   int line_ = 1;
   int loop_depth_ = 0;
+  int nesting_ = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1739,7 +1790,16 @@ struct Macro {
 struct Interp {
   std::vector<std::unordered_map<std::string, Value>> frames;
   std::string out;
-  int depth = 0;  // macro call depth
+  int depth = 0;                                 // macro call depth
+  uint64_t steps = 0;                            // statements executed and loop iterations
+  std::vector<std::shared_ptr<Map>> namespaces;  // emptied when done: `set ns.x = ns` makes a cycle, and a
+                                                 // chain of namespaces would be freed recursively
+  Interp() = default;
+  Interp(const Interp&) = delete;
+  Interp& operator=(const Interp&) = delete;
+  ~Interp() {
+    for (auto& n : namespaces) n->items.clear();
+  }
 
   Value lookup(const std::string& name) const {
     for (auto it = frames.rbegin(); it != frames.rend(); ++it) {
@@ -1851,7 +1911,10 @@ Value slice(const Value& obj, const Value& start, const Value& stop, const Value
   const int64_t b = clamp(bound(start, "start"), st > 0 ? 0 : len - 1);
   const int64_t e = clamp(bound(stop, "stop"), st > 0 ? len : -1);
   std::vector<size_t> idx;
-  for (int64_t k = b; st > 0 ? k < e : k > e; k += st) idx.push_back(static_cast<size_t>(k));
+  for (int64_t k = b; st > 0 ? k < e : k > e;) {
+    idx.push_back(static_cast<size_t>(k));
+    if (__builtin_add_overflow(k, st, &k)) break;  // past either end
+  }
   if (obj.kind == Value::Kind::List) {
     Items r;
     for (size_t k : idx) r.push_back((*obj.list)[k]);
@@ -1863,7 +1926,11 @@ Value slice(const Value& obj, const Value& start, const Value& stop, const Value
 }
 
 Value arith(const std::string& op, const Value& a, const Value& b) {
-  if (op == "~") return Value::string(toStr(a) + toStr(b));
+  if (op == "~") {
+    std::string r = toStr(a) + toStr(b);
+    if (r.size() > kMaxBytes) evalFail(fmt::format("a string exceeds {} MiB", kMaxBytes >> 20));
+    return Value::string(std::move(r));
+  }
   if (a.isUndefined()) failUndefined(a);
   if (b.isUndefined()) failUndefined(b);
   auto unsupported = [&]() -> Value {
@@ -1896,6 +1963,11 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
       }
       if (op == "//" || op == "%") {
         if (y == 0) evalFail("integer division or modulo by zero");
+        if (y == -1) {  // INT64_MIN / -1 traps
+          if (op == "%") return Value::integer(0);
+          if (x == std::numeric_limits<int64_t>::min()) evalFail("integer overflow");
+          return Value::integer(-x);
+        }
         int64_t q = x / y, m = x % y;
         if (m != 0 && ((m < 0) != (y < 0))) {
           --q;
@@ -1905,9 +1977,11 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
       }
       if (op == "**") {
         if (y < 0) return Value::real(std::pow(static_cast<double>(x), static_cast<double>(y)));
-        int64_t p = 1;
-        for (int64_t k = 0; k < y; ++k)
-          if (__builtin_mul_overflow(p, x, &p)) evalFail("integer overflow");
+        int64_t p = 1, base = x;  // by squaring: y may be huge when x is 0 or +-1
+        for (int64_t e = y; e > 0; e >>= 1) {
+          if ((e & 1) && __builtin_mul_overflow(p, base, &p)) evalFail("integer overflow");
+          if (e > 1 && __builtin_mul_overflow(base, base, &base)) evalFail("integer overflow");
+        }
         return Value::integer(p);
       }
     }
@@ -1935,7 +2009,10 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
     }
     if (op == "**") return Value::real(std::pow(x, y));
   }
-  if (op == "+" && a.kind == Value::Kind::String && b.kind == Value::Kind::String) return Value::string(a.s + b.s);
+  if (op == "+" && a.kind == Value::Kind::String && b.kind == Value::Kind::String) {
+    if (a.s.size() + b.s.size() > kMaxBytes) evalFail(fmt::format("a string exceeds {} MiB", kMaxBytes >> 20));
+    return Value::string(a.s + b.s);
+  }
   if (op == "+" && a.kind == Value::Kind::List && b.kind == Value::Kind::List) {
     Items r = *a.list;
     r.insert(r.end(), b.list->begin(), b.list->end());
@@ -1943,7 +2020,9 @@ Value arith(const std::string& op, const Value& a, const Value& b) {
   }
   if (op == "*" && ((a.kind == Value::Kind::String || a.kind == Value::Kind::List) && isIntLike(b))) {
     const int64_t n = std::max<int64_t>(0, asInt(b));
-    if (n > 1000000) evalFail("repetition count too large");
+    const size_t unit = a.kind == Value::Kind::String ? a.s.size() : a.list->size() * sizeof(Value);
+    if (n > 0 && unit > 0 && static_cast<uint64_t>(n) > kMaxBytes / unit)
+      evalFail(fmt::format("repetition result exceeds {} MiB", kMaxBytes >> 20));
     if (a.kind == Value::Kind::String) {
       std::string r;
       for (int64_t k = 0; k < n; ++k) r += a.s;
@@ -2116,7 +2195,9 @@ Flow Interp::exec(const Body& body) {
   for (const auto& s : body) {
     Flow flow = Flow::Normal;
     try {
+      if (++steps > kMaxSteps) evalFail(fmt::format("gave up after {} steps (a runaway loop?)", kMaxSteps));
       execStmt(*s, flow);
+      if (out.size() > kMaxBytes) evalFail(fmt::format("the rendering exceeds {} MiB", kMaxBytes >> 20));
     } catch (const EvalError& err) {
       throw InvalidArgument(fmt::format("chat template, line {}: {}", s->line, err.message));
     }
@@ -2182,6 +2263,7 @@ void Interp::execStmt(const Stmt& s, Flow& flow) {
         return a.pos[static_cast<size_t>(idx % static_cast<int64_t>(a.pos.size()))];
       });
       for (int64_t k = 0; k < n; ++k) {
+        if (++steps > kMaxSteps) evalFail(fmt::format("gave up after {} steps (a runaway loop?)", kMaxSteps));
         const auto uk = static_cast<size_t>(k);
         auto loop = std::make_shared<Map>();
         loop->items = {{"index", Value::integer(k + 1)},
@@ -2266,8 +2348,10 @@ Value attrPath(const Value& item, const std::string& path) {
     const size_t dot = path.find('.', pos);
     const std::string part = path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
     Value key = Value::string(part);
-    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; }))
-      key = Value::integer(std::stoll(part));
+    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      int64_t k = 0;
+      if (std::from_chars(part.data(), part.data() + part.size(), k).ec == std::errc()) key = Value::integer(k);
+    }
     cur = cur.isUndefined() ? cur : getItem(cur, key);
     if (dot == std::string::npos) return cur;
     pos = dot + 1;
@@ -2322,6 +2406,13 @@ Value fReplace(Interp&, const Value& v, Args& a) {
   return Value::string(pyReplace(toStr(v), toStr(*o), toStr(*n), optInt(a, 2, "count", -1, "replace")));
 }
 
+// int(x) of a finite float (toward zero); Python's ints are unbounded, ours are 64-bit.
+int64_t floatToInt(double f) {
+  const double t = std::trunc(f);
+  if (!(t >= -9223372036854775808.0 && t < 9223372036854775808.0)) evalFail("integer overflow");
+  return static_cast<int64_t>(t);
+}
+
 Value fInt(Interp&, const Value& v, Args& a) {
   const Value* d = arg(a, 0, "default");
   const Value def = d ? *d : Value::integer(0);
@@ -2332,7 +2423,7 @@ Value fInt(Interp&, const Value& v, Args& a) {
       return Value::integer(asInt(v));
     case Value::Kind::Float:
       if (!std::isfinite(v.f)) return def;
-      return Value::integer(static_cast<int64_t>(v.f));
+      return Value::integer(floatToInt(v.f));
     case Value::Kind::String: {
       const std::string s = stripNumber(v.s);
       int64_t x = 0;
@@ -2341,7 +2432,7 @@ Value fInt(Interp&, const Value& v, Args& a) {
       if (!s.empty() && r.ec == std::errc() && r.ptr == s.data() + s.size()) return Value::integer(x);
       char* end = nullptr;
       const double f = std::strtod(s.c_str(), &end);
-      if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(f)) return Value::integer(static_cast<int64_t>(f));
+      if (!s.empty() && end == s.c_str() + s.size() && std::isfinite(f)) return Value::integer(floatToInt(f));
       return def;
     }
     default:
@@ -2465,7 +2556,10 @@ Value fReverse(Interp&, const Value& v, Args&) {
 
 Value fAbs(Interp&, const Value& v, Args&) {
   if (v.kind == Value::Kind::Float) return Value::real(std::fabs(v.f));
-  if (isIntLike(v)) return Value::integer(asInt(v) < 0 ? -asInt(v) : asInt(v));
+  if (isIntLike(v)) {
+    if (asInt(v) == std::numeric_limits<int64_t>::min()) evalFail("integer overflow");
+    return Value::integer(asInt(v) < 0 ? -asInt(v) : asInt(v));
+  }
   evalFail(fmt::format("bad operand type for abs(): '{}'", typeName(v)));
 }
 
@@ -2603,7 +2697,8 @@ Value tEven(Interp&, const Value& v, Args&) { return Value::boolean(intForTest(v
 Value tDivisibleby(Interp&, const Value& v, Args& a) {
   const int64_t d = intForTest(testArg(a, "divisibleby"), "divisibleby");
   if (d == 0) evalFail("integer division or modulo by zero");
-  return Value::boolean(intForTest(v, "divisibleby") % d == 0);
+  const int64_t x = intForTest(v, "divisibleby");
+  return Value::boolean(d == -1 || x % d == 0);
 }
 // Python's str.islower/isupper on ASCII: some cased letter, and none of the other case.
 Value caseTest(const Value& v, bool lower) {
@@ -2828,8 +2923,9 @@ std::unordered_map<std::string, Value> makeGlobals() {
   g["raise_exception"] = makeFunction("raise_exception", [](Interp&, Args& a) -> Value {
     throw RaisedError{a.pos.empty() ? std::string() : toStr(a.pos[0])};
   });
-  g["namespace"] = makeFunction("namespace", [](Interp&, Args& a) {
+  g["namespace"] = makeFunction("namespace", [](Interp& in, Args& a) {
     auto d = std::make_shared<Map>();
+    in.namespaces.push_back(d);
     for (const auto& p : a.pos) {
       if (p.kind != Value::Kind::Dict) evalFail("namespace() takes a dict or keyword arguments");
       for (const auto& [k, v] : p.dict->items) d->set(k, v);
@@ -2860,9 +2956,10 @@ std::unordered_map<std::string, Value> makeGlobals() {
     }
     if (step == 0) evalFail("range() arg 3 must not be zero");
     Items r;
-    for (int64_t k = start; step > 0 ? k < stop : k > stop; k += step) {
+    for (int64_t k = start; step > 0 ? k < stop : k > stop;) {
       if (r.size() >= 100000) evalFail("range too big (jinja2's sandbox allows 100000 items)");
       r.push_back(Value::integer(k));
+      if (__builtin_add_overflow(k, step, &k)) break;
     }
     return Value::makeList(std::move(r));
   });

@@ -275,6 +275,43 @@ TEST(ChatTemplate, RuntimeErrorsNameTheLine) {
             "chat template refused the conversation: nope 1");
 }
 
+TEST(ChatTemplate, HostileTemplatesFailCleanly) {
+  // A GGUF's template is untrusted input: nesting, value depth, sizes and integer edge cases are bounded
+  // and end in InvalidArgument, never in a crash or a hang.
+  auto rep = [](const std::string& s, int n) {
+    std::string r;
+    for (int i = 0; i < n; ++i) r += s;
+    return r;
+  };
+  EXPECT_EQ(parseError("{{ " + rep("(", 5000) + "1" + rep(")", 5000) + " }}"),
+            "chat template, line 1: nested more than 200 levels deep");
+  EXPECT_EQ(parseError(rep("{% if true %}", 5000) + rep("{% endif %}", 5000)),
+            "chat template, line 1: nested more than 200 levels deep");
+  EXPECT_EQ(parseError("{{ a" + rep(".b", 100000) + " }}"),
+            "chat template, line 1: expression nested more than 500 levels deep");
+  EXPECT_EQ(parseError("{{ 1" + rep(" + 1", 100000) + " }}"),
+            "chat template, line 1: expression nested more than 500 levels deep");
+  EXPECT_EQ(errorOf([] { jinja("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"); }),
+            "chat template, line 1: macros nested too deeply");
+  EXPECT_EQ(errorOf([] {
+              jinja("{% set ns = namespace(x=[]) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}");
+            }),
+            "chat template, line 1: values nested more than 500 levels deep");
+  EXPECT_EQ(jinja("{% set ns = namespace(x=none) %}{% for i in range(20000) %}{% set ns.x = namespace(y=ns.x) %}"
+                  "{% endfor %}{% set ns.x = ns %}{{ ns.x.x is defined }}"),
+            "True");
+  EXPECT_EQ(errorOf([] { jinja("{{ ('a' * 1000000) * 1000000 }}"); }),
+            "chat template, line 1: repetition result exceeds 64 MiB");
+  EXPECT_EQ(errorOf([] { jinja("{{ (-9223372036854775807 - 1) // -1 }}"); }),
+            "chat template, line 1: integer overflow");
+  EXPECT_EQ(
+      jinja("{{ (-9223372036854775807 - 1) % -1 }} {{ 1 ** 9223372036854775807 }} {{ (-1) ** 9223372036854775807 }}"
+            " {{ range(-9223372036854775807, 9223372036854775807, 4611686018427387904)|list|length }}"
+            " {{ 'abc'[::9223372036854775807] }}"),
+      "0 1 -1 4 a");
+  EXPECT_EQ(errorOf([] { jinja("{{ 1e300|int }}"); }), "chat template, line 1: integer overflow");
+}
+
 TEST(ChatTemplate, ManyMessagesRenderQuickly) {
   std::vector<ChatMessage> m;
   for (int i = 0; i < 2000; ++i) m.push_back({i % 2 ? "assistant" : "user", std::string(200, 'x')});
