@@ -7,13 +7,13 @@
 // globals raise_exception and strftime_now), so that the text it renders is byte for byte the text HF
 // renders; tests/tools/chat_reference.py checks that against jinja2 itself.
 //
-// Supported Jinja (the subset the chat templates of the LLaMA, Qwen, SmolLM, Mistral and similar families
-// use; anything else is refused when the template is parsed, with the line and the name of what is not
-// supported):
+// Supported Jinja (the subset the chat templates of the LLaMA, Qwen, SmolLM, Mistral, DeepSeek, Phi and
+// similar families use; anything else is refused when the template is parsed, naming the line and what is
+// not supported):
 //   tags        {{ }}, {% %}, {# #}, whitespace control (-, +), if/elif/else, for (several targets,
 //               `if` filter, else, loop.index/index0/revindex/revindex0/first/last/length/previtem/
-//               nextitem/cycle), break, continue, set (name, name.attr on a namespace, a, b = ..., block
-//               form), macro (positional and keyword arguments with defaults), generation (HF's
+//               nextitem/depth/cycle), break, continue, set (name, name.attr on a namespace, a, b = ...,
+//               block form), macro (positional and keyword arguments with defaults), generation (HF's
 //               extension: renders its body)
 //   expressions literals (strings with Python escapes, ints, floats, true/false/none in either case,
 //               lists, tuples, dicts), a.b, a[b], a[i:j:k], calls with keyword arguments, + - * / // % **,
@@ -22,22 +22,33 @@
 //               reject rejectattr replace reverse safe select selectattr string title tojson trim unique
 //               upper
 //   tests       defined undefined none boolean true false integer float number string mapping iterable
-//               sequence callable sameas equalto eq == ne != lt < le <= gt > ge >= in odd even
-//               divisibleby lower upper
+//               sequence callable sameas equalto eq == ne != lt lessthan < le <= gt greaterthan > ge >=
+//               in odd even divisibleby lower upper
 //   methods     str: strip lstrip rstrip split startswith endswith upper lower title capitalize replace
 //               find count join; dict: items keys values get
 //   globals     messages, add_generation_prompt, bos_token, eos_token, tools (none), documents (none),
 //               the caller's extra variables, raise_exception, namespace, range, dict, strftime_now
-// Not supported: extends/include/import/block/call/filter/with/raw/do tags, recursive loops, `%` string
-// formatting, str.format. Case mapping (upper, lower, title, capitalize) maps ASCII letters only, and
-// Python's repr of a string (what printing a list of strings shows) escapes only ASCII controls, C1
-// controls and Unicode spaces; every other part follows Python for any Unicode text.
+// Scoping is jinja2's: a for loop's body is a new scope on every iteration (a `set` there is gone after the
+// iteration), `if` is not a scope, a namespace() carries values out of loops, a macro sees the template's
+// top-level variables and its arguments.
+// Not supported: extends/include/import/block/call/filter/with/raw/do tags, recursive loops, *args and
+// **kwargs, `%` string formatting, str.format, dict keys other than strings. Integers are 64-bit (Python's
+// are unbounded: an overflow is an error here). Case mapping (upper, lower, title, capitalize) maps ASCII
+// letters only, and Python's repr of a string (what printing a list of strings shows) escapes ASCII and C1
+// controls, Unicode spaces and the zero-width/BOM format characters but prints other non-printable code
+// points as they are; everything else follows Python for any Unicode text.
+// A GGUF's template is untrusted input: nesting (200 levels of tags or brackets, expression trees 500 high,
+// values 500 deep), work (2,000,000 statements and loop iterations) and size (64 MiB for a string or the
+// rendering) are bounded, and exceeding a bound is an InvalidArgument, never a crash or a hang.
 //
-// Messages carry a role and text content. Roles are not checked here: the template decides (ChatML and
-// Llama 3 print any role as given; Llama 2 refuses a conversation that does not alternate user/assistant
-// after an optional system message and drops other roles; Llama 3.1 renders role "tool"/"ipython" as a tool
-// result). A template that calls raise_exception(msg) fails with InvalidArgument "chat template refused
-// the conversation: msg".
+// Messages carry a role and text content. Roles are not checked here: the template decides, as under HF
+// (ChatML and Llama 3 print any role as given; Llama 2 refuses a conversation that does not alternate
+// user/assistant after an optional system message, and drops other roles silently; Mistral refuses roles
+// other than user/assistant; Llama 3.1 and Qwen2.5 render role "tool" as a tool result). A template that
+// calls raise_exception(msg) fails with InvalidArgument "chat template refused the conversation: msg".
+// Tool calling is out of reach of this API: tools is none, messages have no tool_calls, and extra variables
+// are strings, so the templates' tool branches (Llama 3.1's custom_tools/builtin_tools, Qwen2.5's <tools>)
+// are never taken; without tools they render exactly as HF does.
 #pragma once
 
 #include <memory>
@@ -91,7 +102,8 @@ class ChatTemplate {
   static ChatTemplate forModel(const gguf::File& file, std::string_view forced = {});
 
   const std::string& source() const;
-  // The builtin whose source this is exactly ("smollm2", "llama3", ...), or "" for any other template.
+  // The builtin this template is ("smollm2", "llama3", ...), or "" for any other template. Templates are
+  // compared as token streams, so spelling a newline in a string literal as \n or as a newline is the same.
   std::string_view family() const;
 
   // Renders the conversation. Throws InvalidArgument when the template refuses it (raise_exception) or
