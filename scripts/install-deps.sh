@@ -20,8 +20,9 @@ APT_PACKAGES=(
 )
 # pip name:import name. matplotlib: bench/plot.py. gguf (+numpy): the tests write tiny GGUF models with
 # it and check our reader and forward pass against its readers and a numpy reference. tokenizers: the
-# reference byte-level BPE the tokenizer test compares with.
-PIP_PACKAGES=(matplotlib:matplotlib numpy:numpy gguf:gguf tokenizers:tokenizers)
+# reference byte-level BPE the tokenizer test compares with. jinja2: renders chat templates the way
+# transformers does, the reference the chat template test (chat.jinja2_reference) compares with.
+PIP_PACKAGES=(matplotlib:matplotlib numpy:numpy gguf:gguf tokenizers:tokenizers jinja2:jinja2)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
