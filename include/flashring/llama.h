@@ -176,6 +176,7 @@ struct EngineStats {
   double attn_s = 0;        // attention compute (block kernel and merges)
   uint64_t wire_bytes = 0;  // payload bytes this rank sent
   int64_t allreduces = 0;
+  int64_t allreduce_rounds = 0;  // message rounds of those (one-shot 1, two-step 2, ring 2(N-1); Native counts 2)
   uint64_t choice_bytes = 0;  // of wire_bytes: the token choices (sampling.h)
   int64_t choice_rounds = 0;  // message rounds of the token choices
   SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)

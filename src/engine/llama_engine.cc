@@ -132,6 +132,9 @@ struct LlamaEngine::Impl {
     st.quant_s += as.codec_s;
     st.comm_s += as.wait_s;
     ++st.allreduces;
+    // Message rounds of the all-reduce that ran (decode-sized buffers are one chunk).
+    const AllreduceAlgorithm a = as.algorithm;
+    if (opts.tp > 1) st.allreduce_rounds += a == AllreduceAlgorithm::OneShot ? 1 : a == AllreduceAlgorithm::Ring ? 2 * (opts.tp - 1) : 2;
   }
 
   // The all-reduce options for a buffer of n floats: the user's, or in append mode (decode, short turns)
