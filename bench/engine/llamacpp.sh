@@ -246,8 +246,13 @@ if skip_ppl == "0":
     log = "".join(open(f"{out}/lcpp_ppl.{x}", errors="replace").read() for x in ("out", "err"))
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)
     lc_ppl = float(m.group(1)) if m else None
-    m = re.search(r"prompt eval time =\s*([0-9.]+) ms /\s*(\d+) tokens", log)
-    lc_tps = int(m.group(2)) / (float(m.group(1)) / 1e3) if m else None
+    # Its log lines start with a timestamp (minutes.seconds.ms.us): the evaluation runs from "calculating
+    # perplexity over N chunks" to "Final estimate".
+    ts = r"(\d+)\.(\d+)\.(\d+)\.(\d+) I "
+    m0 = re.search(ts + r"perplexity: calculating perplexity over (\d+) chunks, n_ctx=(\d+)", log)
+    m1 = re.search(ts + r"Final estimate", log)
+    sec = lambda m: int(m.group(1)) * 60 + int(m.group(2)) + int(m.group(3)) / 1e3 + int(m.group(4)) / 1e6
+    lc_tps = int(m0.group(5)) * int(m0.group(6)) / (sec(m1) - sec(m0)) if m0 and m1 and sec(m1) > sec(m0) else None
     fr = json.load(open(f"{out}/fr_ppl.json"))
     add("perplexity (GPL-3, c 512)", tppl, "ppl", lc_ppl, fr["ppl"], f"flashring {fr['chunks']} windows")
     add("perplexity eval tok/s", tppl, "tok/s", lc_tps, fr["chunks"] * fr["ctx"] / fr["seconds"])
@@ -255,7 +260,7 @@ if skip_ppl == "0":
 
 lb0 = json.load(open(f"{out}/lcpp_bench_t{threads[0]}.out"))[0]
 print(f"\nmodel: {model} ({lb0.get('model_type', '?')}, {lb0.get('model_size', 0) / 2**20:.0f} MiB); "
-      f"llama.cpp {lb0.get('build_commit', '?')} ({lb0.get('cpu_info', '?')}); {reps} reps, means")
+      f"llama.cpp of llama-cpp-python 0.3.36 ({lb0.get('cpu_info', '?')}); {reps} reps, means")
 w = max(len(f"{r['metric']} t={r['threads']}") for r in rows)
 
 
