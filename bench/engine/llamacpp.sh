@@ -129,6 +129,7 @@ fi
 if [ -z "$out" ]; then out=$(mktemp -d "${TMPDIR:-/tmp}/llamacpp-bench.XXXXXX"); fi
 mkdir -p "$out"
 note "model $model; threads ${tlist[*]}; raw results in $out"
+cut -d' ' -f1-3 /proc/loadavg >"$out/loadavg_start" 2>/dev/null || : >"$out/loadavg_start"
 
 # run NAME CMD...: CMD under timeout and GNU time; stdout -> OUT/NAME.out, stderr -> OUT/NAME.err, peak RSS
 # (KiB) -> OUT/NAME.rss.
@@ -202,6 +203,7 @@ if [ "$skip_ppl" = 0 ]; then
 fi
 
 # ---------------------------------------------------------------- table and JSON
+cut -d' ' -f1-3 /proc/loadavg >"$out/loadavg_end" 2>/dev/null || : >"$out/loadavg_end"
 python3 - "$out" "$model" "$prompt_tokens" "$decode_tokens" "$reps" "$skip_ppl" "$tppl" "$json" "${tlist[@]}" <<'EOF'
 import glob, json, os, re, statistics, sys
 
@@ -216,10 +218,14 @@ def rss_mib(name):
         return int(f.read().strip()) / 1024
 
 
-def add(metric, t, unit, lc, fr, note=""):
+load = [open(f"{out}/loadavg_{k}").read().strip() for k in ("start", "end")]
+
+
+def add(metric, t, unit, lc, fr, note="", lc_samples=None, fr_samples=None):
     ratio = fr / lc if lc and fr is not None and lc is not None else None
     rows.append({"bench": "engine_vs_llamacpp", "metric": metric, "threads": t, "unit": unit, "llama_cpp": lc,
-                 "flashring": fr, "ratio": ratio, "note": note, "model": model})
+                 "flashring": fr, "ratio": ratio, "note": note, "model": model, "llama_cpp_samples": lc_samples,
+                 "flashring_samples": fr_samples, "loadavg_start": load[0], "loadavg_end": load[1]})
 
 
 def mean(xs):
@@ -234,10 +240,12 @@ for t in threads:
     dec = [json.load(open(f"{out}/fr_decode_t{t}_r{r}.json")) for r in range(1, reps + 1)]
     seen = sorted({j["prompt_tokens"] for j in pre})
     gen = sorted({j["generated_tokens"] for j in dec})
-    add(f"prefill pp{P} tok/s", t, "tok/s", pp and pp["avg_ts"], mean([j["prefill_tok_s"] for j in pre]),
-        f"flashring prompt {'/'.join(map(str, seen))} tokens")
-    add(f"decode tg{N} tok/s", t, "tok/s", tg and tg["avg_ts"], mean([j["decode_tok_s"] for j in dec]),
-        f"flashring generated {'/'.join(map(str, gen))}" + ("" if gen == [N] else f" (< {N}: end of generation)"))
+    frp, frd = [j["prefill_tok_s"] for j in pre], [j["decode_tok_s"] for j in dec]
+    add(f"prefill pp{P} tok/s", t, "tok/s", pp and pp["avg_ts"], mean(frp),
+        f"flashring prompt {'/'.join(map(str, seen))} tokens", pp and pp.get("samples_ts"), frp)
+    add(f"decode tg{N} tok/s", t, "tok/s", tg and tg["avg_ts"], mean(frd),
+        f"flashring generated {'/'.join(map(str, gen))}" + ("" if gen == [N] else f" (< {N}: end of generation)"),
+        tg and tg.get("samples_ts"), frd)
     fr_rss = max(rss_mib(f"fr_{k}_t{t}_r{r}") for k in ("prefill", "decode") for r in range(1, reps + 1))
     add("peak RSS MiB (bench)", t, "MiB", rss_mib(f"lcpp_bench_t{t}"), fr_rss,
         "llama-bench: whole run (mmapped weights count); flashring: max over its runs")
@@ -272,7 +280,8 @@ print(f"{'metric':<{w}}  {'llama.cpp':>10}  {'flashring':>10}  {'ratio':>6}")
 for r in rows:
     print(f"{r['metric'] + ' t=' + str(r['threads']):<{w}}  {f(r['llama_cpp']):>10}  {f(r['flashring']):>10}  "
           f"{'-' if r['ratio'] is None else format(r['ratio'], '.3f'):>6}" + (f"  ({r['note']})" if r["note"] and "RSS" not in r["metric"] else ""))
-print(f"(ratio = flashring / llama.cpp; raw results in {out})")
+print(f"(ratio = flashring / llama.cpp; load average {load[0]} at the start, {load[1]} at the end; "
+      f"raw results in {out})")
 if json_path:
     json.dump(rows, open(json_path, "w"), indent=1)
     print(f"wrote {json_path}")
