@@ -224,6 +224,7 @@ class LlamaEngine {
   // Sampling for the following tokens; restarts the sampler from options.seed. Same on every rank.
   void setSampling(const SamplingOptions& options);
   void setKeepLogits(bool keep);
+  void setOneShot(OneShotMode mode);  // EngineOptions::oneshot
   // Likewise EngineOptions::error_feedback and ::refine_layers (benchmarks keep their exact baselines plain).
   void setErrorCorrection(bool error_feedback, int refine_layers);
 

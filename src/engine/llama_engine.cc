@@ -539,6 +539,7 @@ void LlamaEngine::setSampling(const SamplingOptions& options) {
   impl_->sampler = Sampler(options);
 }
 void LlamaEngine::setKeepLogits(bool keep) { impl_->opts.keep_logits = keep; }
+void LlamaEngine::setOneShot(OneShotMode mode) { impl_->opts.oneshot = mode; }
 void LlamaEngine::setErrorCorrection(bool error_feedback, int refine_layers) {
   impl_->checkRefineLayers(refine_layers);
   impl_->opts.error_feedback = error_feedback;

@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
   cli::addBenchAllreduce(*bench);
   cli::addBenchAttention(*bench);
   cli::addBenchTtft(*bench);
+  cli::addBenchDecode(*bench);
   cli::addRun(app);
   cli::addPerplexity(app);
   cli::addDemo(app);

@@ -77,5 +77,6 @@ PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_c
 void addRun(CLI::App& app);
 void addPerplexity(CLI::App& app);
 void addBenchTtft(CLI::App& bench);
+void addBenchDecode(CLI::App& bench);
 
 }  // namespace flashring::cli
