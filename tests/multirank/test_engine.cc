@@ -439,6 +439,83 @@ TEST(EngineTp, RefinementSumsTheFirstLayersErrorsAtOnce) {
 }
 
 // Prompts shorter than the number of SP ranks leave some ranks without tokens; decode still works.
+// Seeded sampling (EngineOptions::sampling): every rank of every grid draws the same tokens, and a second run
+// with the same seed draws them again; another seed draws others.
+std::vector<std::vector<TokenId>> sampledTokens(const std::string& path, EngineOptions o, int steps) {
+  std::vector<std::vector<TokenId>> per(static_cast<size_t>(o.tp * o.sp));
+  std::mutex mu;
+  testref::runGrid(path, o, [&](Communicator& comm, LlamaEngine& eng) {
+    std::vector<TokenId> got;
+    TokenId t = eng.prefill(std::vector<TokenId>{1, 2, 3, 4, 5, 6, 7});
+    got.push_back(t);
+    for (int i = 1; i < steps; ++i) got.push_back(t = eng.decode(t));
+    std::lock_guard<std::mutex> lock(mu);
+    per[static_cast<size_t>(comm.rank())] = got;
+  });
+  return per;
+}
+
+TEST(EngineSampling, SeededSamplingIsTheSameOnEveryRankAndEveryRun) {
+  const ModelFixture f = testref::tinyFixture("tiny-uneven");
+  if (!f.present) GTEST_SKIP() << f.missing;
+  for (const Grid& g : std::vector<Grid>{{1, 1, SpScheme::Auto}, {2, 1, SpScheme::Auto}, {2, 2, SpScheme::TokenRing},
+                                         {1, 3, SpScheme::RingKV}}) {
+    SCOPED_TRACE(gridName(g));
+    EngineOptions o = exactOptions(g);
+    // The tiny models' logits span ~40: a high temperature spreads the draws over the top-k.
+    o.sampling.temperature = 20.f;
+    o.sampling.top_k = 20;
+    o.sampling.top_p = 0.98f;
+    o.sampling.seed = 1234;
+    const auto a = sampledTokens(f.gguf_path, o, 12);
+    const auto b = sampledTokens(f.gguf_path, o, 12);
+    for (const auto& r : a) EXPECT_EQ(r, a[0]) << "ranks disagree";
+    EXPECT_EQ(b[0], a[0]) << "a second run with the same seed differs";
+    o.sampling.seed = 99;
+    EXPECT_NE(sampledTokens(f.gguf_path, o, 12)[0], a[0]) << "another seed drew the same 12 tokens";
+  }
+}
+
+// Decode all-reduces as one-shot twins (EngineOptions::oneshot): exact fp32 gives the bits of the two-step,
+// with one message round per all-reduce instead of two; a low-bit codec keeps the TP replicas identical.
+TEST(EngineTp, OneShotDecodeAllreduces) {
+  const ModelFixture f = testref::tinyFixture("tiny-uneven");
+  if (!f.present) GTEST_SKIP() << f.missing;
+  for (const char* comm : {"twostep-fp32", "flash-int8"}) {
+    SCOPED_TRACE(comm);
+    std::map<OneShotMode, std::vector<std::vector<float>>> logits;
+    std::map<OneShotMode, int64_t> rounds, allreduces;
+    for (OneShotMode m : {OneShotMode::Off, OneShotMode::On}) {
+      EngineOptions o;
+      o.tp = 3;
+      o.allreduce = allreduceOptionsFromName(comm);
+      o.oneshot = m;
+      o.keep_logits = true;
+      std::vector<std::vector<float>> per(3);
+      std::mutex mu;
+      testref::runGrid(f.gguf_path, o, [&](Communicator& c, LlamaEngine& eng) {
+        TokenId t = eng.prefill(std::vector<TokenId>(f.tokens.begin(), f.tokens.begin() + 9));
+        eng.resetStats();
+        for (int i = 0; i < 4; ++i) t = eng.decode(t);
+        std::lock_guard<std::mutex> lock(mu);
+        per[static_cast<size_t>(c.rank())] = eng.lastLogits();
+        if (c.rank() == 0) {
+          rounds[m] = eng.stats().allreduce_rounds;
+          allreduces[m] = eng.stats().allreduces;
+        }
+      });
+      for (const auto& z : per) EXPECT_EQ(z, per[0]) << "TP ranks differ";
+      logits[m] = per;
+    }
+    EXPECT_EQ(allreduces[OneShotMode::On], allreduces[OneShotMode::Off]);
+    EXPECT_EQ(rounds[OneShotMode::Off], 2 * allreduces[OneShotMode::Off]);
+    EXPECT_EQ(rounds[OneShotMode::On], allreduces[OneShotMode::On]);
+    if (std::string(comm) == "twostep-fp32") {
+      EXPECT_EQ(logits[OneShotMode::On][0], logits[OneShotMode::Off][0]);
+    }
+  }
+}
+
 TEST(EngineSp, PromptShorterThanTheRanks) {
   const ModelFixture f = testref::tinyFixture("tiny-uneven");
   if (!f.present) GTEST_SKIP() << f.missing;
