@@ -171,7 +171,7 @@ std::vector<Grid> tinyGrids() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, EngineGrid,
-                         ::testing::Combine(::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha"),
+                         ::testing::Combine(::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha", "tiny-q5", "tiny-kquant"),
                                             ::testing::ValuesIn(tinyGrids())),
                          [](const auto& param_info) {
                            std::string n =

@@ -3,7 +3,7 @@
 
   make_tiny_models.py OUTDIR
 
-For each variant NAME (tiny-f32, tiny-quant, tiny-uneven, tiny-mha):
+For each variant NAME (tiny-f32, tiny-quant, tiny-uneven, tiny-mha, tiny-q5, tiny-kquant):
   OUTDIR/NAME.gguf          arch "llama", byte-level BPE ("gpt2") tokenizer metadata
   OUTDIR/NAME.logits.f32    raw little-endian float32 [37, n_vocab]: logits at every position of the
                             fixed 37-token sequence, from llama_reference.py's float64 forward pass on the
@@ -68,7 +68,52 @@ VARIANTS = {
     "tiny-mha": dict(n_layer=2, n_embd=128, n_head=4, n_head_kv=4, head_dim=32, n_ff=256, n_vocab=300,
                      rope_base=10000.0, eps=1e-5, default=QT.F16, types={"embd": QT.F16}, output=None,
                      gain=6.0, out_gain=1.0, seed=1),
+    # The other 32-value types the engine runs: Q5_0 / Q5_1 / Q8_0 / BF16 (quantized by gguf).
+    "tiny-q5": dict(n_layer=2, n_embd=64, n_head=4, n_head_kv=2, head_dim=16, n_ff=96, n_vocab=300,
+                    rope_base=10000.0, eps=1e-5, default=QT.Q5_0,
+                    types={"embd": QT.BF16, "attn_v": QT.Q5_1, "ffn_down": QT.Q8_0, "attn_output": QT.Q5_1},
+                    output=QT.Q5_1, gain=3.0, out_gain=8.0, seed=0),
+    # K-quants as Q4_K_M files mix them (rows of 256). gguf cannot quantize K-quants, so their blocks are
+    # crafted: random codes and sub-block scales, the fp16 super-block scales set so that the dequantized
+    # weights have the RMS of the float weights (craft_kquant). With 4 heads of 64 the row-parallel
+    # slices of TP >= 2 do not fall on 256-value blocks: the loader's f32 repacking runs.
+    "tiny-kquant": dict(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=512, n_vocab=300,
+                        rope_base=10000.0, eps=1e-5, default=QT.Q4_K,
+                        types={"embd": QT.Q6_K, "attn_v": QT.Q6_K, "ffn_down": QT.Q5_K}, output=QT.Q6_K,
+                        gain=3.0, out_gain=8.0, seed=13),
+    # A type the engine does not run (Q2_K, random blocks) in one matrix: loading must fail naming it.
+    "tiny-badtype": dict(n_layer=1, n_embd=256, n_head=4, n_head_kv=2, head_dim=64, n_ff=256, n_vocab=300,
+                         rope_base=10000.0, eps=1e-5, default=QT.F16, types={"attn_q": QT.Q2_K}, output=None,
+                         gain=3.0, out_gain=1.0, seed=0),
 }
+
+KQUANTS = (QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q2_K)
+
+
+def craft_kquant(a: np.ndarray, qtype, rng) -> np.ndarray:
+    """Random K-quant blocks for a (rows, cols) weight whose dequantized RMS matches a's: uniform random bytes,
+    then every block's fp16 d (and dmin) set from a's RMS (dmin so that the mean is about 0)."""
+    from gguf.quants import dequantize
+    block, nbytes = gguf.GGML_QUANT_SIZES[qtype]
+    rows, cols = a.shape
+    nb = rows * cols // block
+    raw = rng.integers(0, 256, size=(nb, nbytes), dtype=np.uint8)
+    d_off = 208 if qtype == QT.Q6_K else 0  # Q6_K: ql, qh, scales, then d; Q4_K/Q5_K: d, dmin first
+    mean_code = {QT.Q4_K: 7.5, QT.Q5_K: 15.5}.get(qtype, 0.0)
+    if qtype == QT.Q2_K:
+        return raw.reshape(rows, -1)  # only for a file that must be refused
+
+    def set_scales(d):
+        raw[:, d_off:d_off + 2] = np.frombuffer(np.full(nb, d, np.float16).tobytes(), np.uint8).reshape(nb, 2)
+        if qtype != QT.Q6_K:
+            dm = np.full(nb, d * mean_code, np.float16)
+            raw[:, 2:4] = np.frombuffer(dm.tobytes(), np.uint8).reshape(nb, 2)
+
+    set_scales(1.0)
+    unit = np.asarray(dequantize(raw.reshape(rows, -1), qtype), dtype=np.float64)
+    target = float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
+    set_scales(target / max(float(np.std(unit)), 1e-30))
+    return raw.reshape(rows, -1)
 
 # Merged tokens after the 256 byte tokens and <s> </s>, each with the merge that makes it (in rank order);
 # both halves of every merge are tokens defined before it.
@@ -120,10 +165,12 @@ def role_type(v: dict, role: str):
     return v["types"].get(role, v["default"])
 
 
-def add_matrix(w: gguf.GGUFWriter, name: str, a: np.ndarray, qtype) -> None:
+def add_matrix(w: gguf.GGUFWriter, name: str, a: np.ndarray, qtype, rng=None) -> None:
     """a is numpy (rows=out, cols=in): GGUF dims {in, out}."""
     a = np.ascontiguousarray(a, dtype=np.float32)
-    if qtype == QT.F32:
+    if qtype in KQUANTS:
+        w.add_tensor(name, craft_kquant(a, qtype, rng), raw_dtype=qtype)
+    elif qtype == QT.F32:
         w.add_tensor(name, a)
     elif qtype == QT.F16:
         w.add_tensor(name, a.astype(np.float16))
@@ -197,8 +244,9 @@ def write_gguf(path: str, name: str, v: dict, ws: dict[str, np.ndarray]) -> None
     w.add_eos_token_id(EOS_ID)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    krng = np.random.default_rng(5000 + v["seed"])
     for tname, a in ws.items():
-        add_matrix(w, tname, a, tensor_type(v, tname))
+        add_matrix(w, tname, a, tensor_type(v, tname), krng)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

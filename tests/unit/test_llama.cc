@@ -3,6 +3,8 @@
 // model, greedy decoding, scoring, and bad input.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include <cmath>
 
 #include "common/engine_fixtures.h"
@@ -172,7 +174,7 @@ TEST_P(TinyModel, ScoreIsTheNegativeLogLikelihoodOfTheLogits) {
   EXPECT_GT(sc.nll_sq, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel, ::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel, ::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha", "tiny-q5", "tiny-kquant"),
                          [](const auto& param_info) {
                            std::string n = param_info.param;
                            std::replace(n.begin(), n.end(), '-', '_');
@@ -201,6 +203,21 @@ TEST(DefaultModel, IntegerPathStaysNearTheReference) {
   // Measured: 0.93 of 27.6 at the worst logit, while perplexity moves by +0.10% only (c 256, 6 chunks:
   // 19.4353 against 19.4157 in fp32; llama.cpp's 8-bit activations give 19.5180 on the same file).
   expectIntegerPathClose(f, 0.05);
+}
+
+TEST(Engine, AnUnsupportedTensorTypeIsAnErrorNamingTheTensorAndType) {
+  const std::string path = testref::fixtureDir() + "/tiny-badtype.gguf";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is missing (fixtures.models did not run)";
+  auto file = std::make_shared<const gguf::File>(gguf::File::open(path));
+  try {
+    LlamaWeights::load(file, 1, 0);
+    FAIL() << "loaded a model holding a q2_K matrix";
+  } catch (const gguf::FormatError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("blk.0.attn_q.weight"), std::string::npos) << m;
+    EXPECT_NE(m.find("type 10"), std::string::npos) << m;
+    EXPECT_NE(m.find("supported: f32"), std::string::npos) << m;
+  }
 }
 
 TEST(Engine, BadInputIsAnErrorNamingIt) {
