@@ -17,6 +17,14 @@ int main(int argc, char** argv) {
       "Flash Communication low-bit all-reduce (arXiv 2412.04964) and TokenRing sequence parallelism (arXiv "
       "2412.20501)."};
   app.set_version_flag("--version", "flashring 0.1.0");
+  app.footer(
+      "Examples:\n"
+      "  flashring demo\n"
+      "  flashring run --chat -p \"What is the capital of France?\" --tp 2 --sp 2\n"
+      "  flashring run --interactive --temp 0.7 --seed 1      (a conversation on stdin; /exit ends it)\n"
+      "  flashring perplexity -c 512 --tp 4 --comm int4 --error-feedback --kl-divergence\n"
+      "  mpirun -n 4 flashring run --transport mpi --tp 4 --chat -p \"Hi!\"\n"
+      "`flashring SUBCOMMAND --help` describes each subcommand's flags.");
   app.require_subcommand(1);
   auto* bench = app.add_subcommand("bench", "benchmarks that put flashring beside its baselines in the same run");
   bench->require_subcommand(1);
