@@ -39,3 +39,20 @@ if(TARGET flashring_cli)
   set_tests_properties(cli.perplexity PROPERTIES FIXTURES_REQUIRED models LABELS cli TIMEOUT 300
                        SKIP_RETURN_CODE 77)
 endif()
+
+# `flashring run --chat` and `--interactive` end to end (test_cli_chat.py): on the default model when it is
+# installed (else the tiny fixture), and always on the tiny fixture; with MPI also under 2 MPI ranks.
+if(TARGET flashring_cli)
+  set(FLASHRING_CHAT_TEST_MPI)
+  if(FLASHRING_WITH_MPI AND MPIEXEC_EXECUTABLE)
+    set(FLASHRING_CHAT_TEST_MPI --mpiexec ${MPIEXEC_EXECUTABLE})
+  endif()
+  add_test(NAME cli.chat
+           COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_cli_chat.py $<TARGET_FILE:flashring_cli>
+                   ${FLASHRING_FIXTURE_DIR} ${CMAKE_BINARY_DIR}/cli-chat-test ${FLASHRING_CHAT_TEST_MPI})
+  add_test(NAME cli.chat.tiny
+           COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_cli_chat.py $<TARGET_FILE:flashring_cli>
+                   ${FLASHRING_FIXTURE_DIR} ${CMAKE_BINARY_DIR}/cli-chat-tiny-test --tiny ${FLASHRING_CHAT_TEST_MPI})
+  set_tests_properties(cli.chat cli.chat.tiny PROPERTIES FIXTURES_REQUIRED models LABELS cli TIMEOUT 600
+                       SKIP_RETURN_CODE 77)
+endif()

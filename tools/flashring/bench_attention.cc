@@ -1,13 +1,13 @@
 // flashring bench attention: the sequence-parallel schemes side by side on one shape grid, with the
 // error of each against single-rank attention and the cost model's prediction.
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -97,7 +97,8 @@ void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::s
       const SpShape shape{c.batch, S, c.heads, kvh, c.head_dim};
       const auto segs = localSegments(S, N, r, layout);
       const size_t qw = static_cast<size_t>(c.heads * c.head_dim), kw = static_cast<size_t>(kvh * c.head_dim);
-      const auto q = makeShard(0, shape, qw, segs), k = makeShard(1, shape, kw, segs), v = makeShard(2, shape, kw, segs);
+      const auto q = makeShard(0, shape, qw, segs), k = makeShard(1, shape, kw, segs),
+                 v = makeShard(2, shape, kw, segs);
       std::vector<float> out(q.size());
       // Reference: my query rows against the whole sequence, on this rank alone.
       std::vector<float> ref;
@@ -173,8 +174,8 @@ void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::s
       for (auto& row : rows) {
         row.speedup = rkv > 0 ? rkv / row.time_us : 0;
         const std::string name = row.scheme == "auto" ? "auto:" + row.ran : row.scheme;
-        fmt::print("{:>7} {:>4} {:<13} {:>11.0f} {:>10.0f} {:>10.0f} {:>12} {:>12} {:>10.2e} {:>11.0f} {:>7.2f}x\n", row.seq,
-                   row.kv_heads, name, row.time_us, row.step_compute_us, row.step_comm_us, row.bytes_fwd,
+        fmt::print("{:>7} {:>4} {:<13} {:>11.0f} {:>10.0f} {:>10.0f} {:>12} {:>12} {:>10.2e} {:>11.0f} {:>7.2f}x\n",
+                   row.seq, row.kv_heads, name, row.time_us, row.step_compute_us, row.step_comm_us, row.bytes_fwd,
                    row.bytes_bwd, row.max_err, row.predicted_us, row.speedup);
         if (row.scheme == "auto")
           fmt::print("{:>7} {:>4} auto chose {}; best fixed {} at {:.0f} us; auto/best = {:.3f}\n", "", "", row.ran,
@@ -190,8 +191,11 @@ void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::s
 
 void addBenchAttention(CLI::App& bench) {
   auto cfg = std::make_shared<Config>();
-  auto* app = bench.add_subcommand("attention", "compare sequence-parallel attention schemes (TokenRing and baselines)");
-  app->add_option("--seq", cfg->seqs, "global sequence length(s), comma-separated")->delimiter(',')->capture_default_str();
+  auto* app =
+      bench.add_subcommand("attention", "compare sequence-parallel attention schemes (TokenRing and baselines)");
+  app->add_option("--seq", cfg->seqs, "global sequence length(s), comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
   app->add_option("--heads", cfg->heads, "query heads")->check(CLI::PositiveNumber)->capture_default_str();
   app->add_option("--kv-heads", cfg->kv_heads, "key/value heads, comma-separated for a GQA sweep (default: = heads)")
       ->delimiter(',');
@@ -206,8 +210,12 @@ void addBenchAttention(CLI::App& bench) {
       ->check(CLI::IsMember({"star", "mesh"}));
   app->add_option("--calibration", cfg->calibration,
                   "cost-model cache: read it if the file exists, else calibrate and write it");
-  app->add_option("-n,--iters", cfg->iters, "timed iterations (median reported)")->check(CLI::Range(5, 10000))->capture_default_str();
-  app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")->check(CLI::Range(0, 100))->capture_default_str();
+  app->add_option("-n,--iters", cfg->iters, "timed iterations (median reported)")
+      ->check(CLI::Range(5, 10000))
+      ->capture_default_str();
+  app->add_option("-w,--warmup", cfg->warmup, "untimed iterations first")
+      ->check(CLI::Range(0, 100))
+      ->capture_default_str();
   app->add_flag("--check,!--no-check", cfg->check, "compare with single-rank attention (default on)");
   app->add_option("--json", cfg->json, "write one JSON object per (scheme, shape) row");
   cfg->transport.add(*app);
@@ -242,12 +250,27 @@ void addBenchAttention(CLI::App& bench) {
     if (!c.json.empty() && !rows.empty()) {
       nlohmann::json out = nlohmann::json::array();
       for (const auto& r : rows)
-        out.push_back({{"scheme", r.scheme}, {"ran", r.ran}, {"seq", r.seq}, {"heads", c.heads}, {"kv_heads", r.kv_heads},
-                       {"head_dim", c.head_dim}, {"batch", c.batch}, {"ranks", ranks}, {"causal", c.causal},
-                       {"layout", c.layout}, {"transport", transport}, {"time_us", r.time_us},
-                       {"compute_us", r.compute_us}, {"comm_us", r.comm_us}, {"step_compute_us", r.step_compute_us},
-                       {"step_comm_us", r.step_comm_us}, {"bytes_fwd", r.bytes_fwd}, {"bytes_bwd", r.bytes_bwd},
-                       {"max_abs_err", r.max_err}, {"predicted_us", r.predicted_us}, {"speedup_vs_ring_kv", r.speedup},
+        out.push_back({{"scheme", r.scheme},
+                       {"ran", r.ran},
+                       {"seq", r.seq},
+                       {"heads", c.heads},
+                       {"kv_heads", r.kv_heads},
+                       {"head_dim", c.head_dim},
+                       {"batch", c.batch},
+                       {"ranks", ranks},
+                       {"causal", c.causal},
+                       {"layout", c.layout},
+                       {"transport", transport},
+                       {"time_us", r.time_us},
+                       {"compute_us", r.compute_us},
+                       {"comm_us", r.comm_us},
+                       {"step_compute_us", r.step_compute_us},
+                       {"step_comm_us", r.step_comm_us},
+                       {"bytes_fwd", r.bytes_fwd},
+                       {"bytes_bwd", r.bytes_bwd},
+                       {"max_abs_err", r.max_err},
+                       {"predicted_us", r.predicted_us},
+                       {"speedup_vs_ring_kv", r.speedup},
                        {"cost_model", nlohmann::json::parse(model)},
                        {"link", std::getenv("FLASHRING_LINK") ? std::getenv("FLASHRING_LINK") : ""}});
       std::ofstream f(c.json);

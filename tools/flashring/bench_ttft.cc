@@ -12,13 +12,13 @@
 #include <random>
 #include <sstream>
 
-#include "flashring/cpu.h"
 #include "cli.h"
+#include "flashring/cpu.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
 #include "flashring/model_path.h"
 #include "flashring/tokenizer.h"
-#include "model_cmds.h"
+#include "model_options.h"
 
 namespace flashring::cli {
 
@@ -123,7 +123,7 @@ void run(const Config& cfg) {
     if (comm.size() != tp * sp)
       throw InvalidArgument(fmt::format("grid {} needs {} ranks; the job has {}", gs, tp * sp, comm.size()));
     EngineOptions eo = mo.engineOptions();
-    eo.threads = 0;  // set once per process below
+    eo.threads = 0;         // set once per process below
     eo.keep_logits = true;  // the rows compare their logits with the exact baseline
     LlamaEngine eng(comm, shard(tp, comm.rank() % tp), eo);
     const bool owner = eng.spRank() == eng.ownerSpRank();

@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "cli.h"
-#include "model_cmds.h"
+#include "model_options.h"
 
 namespace flashring::cli {
 
@@ -68,7 +68,7 @@ void addDemo(CLI::App& app) {
                                (row.refine_layers ? fmt::format("+R{}", row.refine_layers) : "");
       const RunResult g = runGenerate(mo, prompt512, 1, false);
       const PplResult p = runPerplexity(mo, text, 512, 2, false);
-      lines.push_back({name, g.ttft_s * 1e3, p.ppl, g.prefill_wire_bytes / 4e6});
+      lines.push_back({name, g.ttft_s * 1e3, p.r.ppl, g.prefill_wire_bytes / 4e6});
       fmt::print("   {} done\n", name);
       std::fflush(stdout);
     }

@@ -1,12 +1,22 @@
-// Shared pieces of the model subcommands (run, perplexity, demo).
+// What the model subcommands (run, perplexity, demo, bench ttft) share: the model and parallel-plan flags,
+// the model cache of a process, and the entry points that one subcommand borrows from another (the demo runs
+// generation and perplexity).
 #pragma once
 
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
 #include "cli.h"
 #include "flashring/llama.h"
+#include "flashring/perplexity.h"
+
+namespace flashring {
+namespace gguf {
+class File;
+}
+}  // namespace flashring
 
 namespace flashring::cli {
 
@@ -28,10 +38,10 @@ struct ModelOptions {
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;
-  std::string weights = "quant";   // quant: the file's types; f32: dequantized at load (the reference)
-  int64_t gemm_threshold = 0;      // qmm::setGemmThreshold (0: the default)
-  std::string oneshot = "auto";    // EngineOptions::oneshot
-  SamplingOptions sampling;        // --temp --top-k --top-p --min-p --seed
+  std::string weights = "quant";  // quant: the file's types; f32: dequantized at load (the reference)
+  int64_t gemm_threshold = 0;     // qmm::setGemmThreshold (0: the default)
+  std::string oneshot = "auto";   // EngineOptions::oneshot
+  SamplingOptions sampling;       // --temp --top-k --top-p --min-p --seed
   std::string json;
   TransportOptions transport;
   void add(CLI::App& app, bool grid_flags = true);  // grid_flags: --tp and --sp
@@ -42,9 +52,26 @@ struct ModelOptions {
   std::string codecDescription() const;
 };
 
-// Loads the model once per process and runs body on every rank with its engine.
+// What runModel() hands each rank.
+struct ModelRank {
+  Communicator& comm;
+  LlamaEngine& engine;
+  const Tokenizer& tok;
+  const gguf::File& file;  // the model file (metadata: chat template, special tokens)
+};
+
+// Loads the model once per process (one file, one tokenizer, one weight shard per TP rank, shared by the
+// thread ranks) and runs body on every rank with its engine.
+void runModel(const ModelOptions& mo, const std::function<void(ModelRank&)>& body);
 void runModel(const ModelOptions& mo, const std::function<void(Communicator&, LlamaEngine&, const Tokenizer&)>& body);
 
+// JSON fields every model subcommand writes: the model and the plan.
+nlohmann::json commonJson(const ModelOptions& mo);
+void writeJson(const std::string& path, const nlohmann::json& j);
+std::string readFile(const std::string& path);
+double seconds(Clock::time_point a, Clock::time_point b);
+
+// `flashring run` without --chat (run.cc). ctx_size: the context limit (0: the model's training context).
 struct RunResult {
   bool root = false;  // this process ran rank 0 (the one that reports; under MPI every process returns)
   std::string model, text;
@@ -53,24 +80,16 @@ struct RunResult {
   double prefill_wire_bytes = 0, wire_bytes = 0;
   SpScheme scheme = SpScheme::Auto;
 };
-RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_predict, bool stream);
+RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_predict, bool stream,
+                      int64_t ctx_size = 0);
 
+// `flashring perplexity` (perplexity_cmd.cc): perplexity() of the library on every rank; rank 0 prints the
+// running figures when `print`. kl: also run every window with exact communication and compare the two token
+// by token (the figures of llama-perplexity --kl-divergence).
 struct PplResult {
-  bool root = false;
-  double ppl = 0, ppl_err = 0, seconds = 0, comm_s = 0, quant_s = 0, wire_bytes = 0;
-  int64_t tokens = 0, text_tokens = 0, chunks = 0;
-  // With kl: the same windows with exact (fp32) communication beside them, token by token.
-  struct Kl {
-    double base_ppl = 0;
-    double kld = 0;           // mean KL(exact || this) of the next-token distributions, nats
-    double ln_ratio = 0;      // mean of nll(this) - nll(exact) = ln(ppl / base_ppl)
-    double ln_ratio_err = 0;  // its standard error (paired, over the scored tokens)
-    double same_top1 = 0;     // fraction of positions whose most likely token is the same
-  };
-  std::optional<Kl> kl;
+  bool root = false;  // this process ran rank 0
+  PerplexityResult r;
 };
-// kl: also run every window with exact communication and compare the two token by token (the figures of
-// llama-perplexity --kl-divergence); the perplexity is then computed from the gathered logits.
 PplResult runPerplexity(const ModelOptions& mo, const std::string& text, int n_ctx, int chunks, bool print,
                         bool kl = false);
 
