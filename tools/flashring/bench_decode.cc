@@ -14,7 +14,7 @@
 #include "flashring/cpu.h"
 #include "flashring/llama.h"
 #include "flashring/tokenizer.h"
-#include "model_cmds.h"
+#include "model_options.h"
 
 namespace flashring::cli {
 namespace {
