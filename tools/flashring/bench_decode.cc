@@ -175,7 +175,10 @@ void addBenchDecode(CLI::App& bench) {
   app->add_option("-w,--warmup", cfg->warmup, "untimed runs per row first")
       ->check(CLI::Range(0, 100))
       ->capture_default_str();
-  app->callback([cfg] { run(*cfg); });
+  app->callback([cfg] {
+    cfg->mo.resolve();
+    run(*cfg);
+  });
 }
 
 }  // namespace flashring::cli

@@ -137,7 +137,9 @@ void run(const Config& cfg) {
         eng.setAllreduceOptions(commOptions(cfg.comms[ci], mo.group_size, mo.spikes, mo.rotate, mo.clip));
         // Error feedback and refinement are for the low-bit rows; the exact and bf16 baselines run plain.
         const bool low_bit = cfg.comms[ci] != "exact" && cfg.comms[ci] != "bf16";
-        eng.setErrorCorrection(low_bit && mo.error_feedback, low_bit ? mo.refine_layers : 0);
+        // Error feedback by default on these rows (as the model commands do for low-bit codecs), unless
+        // --no-error-feedback.
+        eng.setErrorCorrection(low_bit && mo.error_feedback_flag != 0, low_bit ? mo.refine_layers : 0);
         barrier(comm);
         eng.resetStats();
         const auto t0 = Clock::now();
@@ -308,7 +310,10 @@ void addBenchTtft(CLI::App& bench) {
   app->add_option("-w,--warmup", cfg->warmup, "untimed prefills per codec first")
       ->check(CLI::Range(0, 100))
       ->capture_default_str();
-  app->callback([cfg] { run(*cfg); });
+  app->callback([cfg] {
+    cfg->mo.resolve();
+    run(*cfg);
+  });
 }
 
 }  // namespace flashring::cli

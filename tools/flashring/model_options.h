@@ -31,7 +31,10 @@ struct ModelOptions {
   std::string comm = "exact";
   int group_size = 128;
   int spikes = 2;               // spike reserving on by default for models: their massive activations need it (README)
-  bool error_feedback = false;  // EngineOptions::error_feedback
+  // EngineOptions::error_feedback. Default (error_feedback_flag < 0): on for the low-bit codecs (INT8 and
+  // below), off for exact and bf16; --error-feedback / --no-error-feedback set the flag. resolve() decides.
+  bool error_feedback = false;
+  int error_feedback_flag = -1;
   bool rotate = false;          // quant::Config::rotate of the low-bit all-reduces
   bool clip = false;            // quant::Config::clip
   int refine_layers = 0;        // EngineOptions::refine_layers
@@ -50,7 +53,13 @@ struct ModelOptions {
   int ranks() const;
   // "group 128, spikes 2, rotate, clip, error feedback, refine 1": the low-bit options, for the reports.
   std::string codecDescription() const;
+  // After parsing: the --comm presets (int4-refined) and the error-feedback default. Idempotent.
+  void resolve();
+  ModelOptions resolved() const;
 };
+// Whether `comm` (a --comm name) quantizes below 16 bits: int8, int6, int5, int4, int4-int8, int8-int4, and
+// the flash-* / oneshot-int* all-reduce names.
+bool lowBitComm(const std::string& comm);
 
 // What runModel() hands each rank.
 struct ModelRank {

@@ -85,6 +85,7 @@ void addPerplexity(CLI::App& app) {
                 "errors), the mean KL divergence and top-1 agreement, as llama-perplexity --kl-divergence "
                 "reports; about twice the time, the logits of a window gathered on every rank");
   cmd->callback([=] {
+    mo->resolve();
     const PplResult res = runPerplexity(*mo, readFile(*file), *n_ctx, *chunks, true, *kl);
     if (!res.root) return;
     const PerplexityResult& r = res.r;

@@ -520,6 +520,7 @@ void addRun(CLI::App& app) {
                   "with --chat: a JSON file of earlier messages, [{\"role\": \"user\", \"content\": \"...\"}, "
                   "{\"role\": \"assistant\", ...}, ...] (\"content_hex\": the bytes in hex), continued by -p");
   cmd->callback([=] {
+    mo->resolve();
     const bool given = cmd->count("--prompt") > 0 || !prompt_file->empty();
     const std::string text = prompt_file->empty() ? *prompt : readFile(*prompt_file);
     const bool chat_mode = *chat || co->interactive;
