@@ -167,9 +167,23 @@ inline __m512 pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0
   }
 }
 
+// Software prefetch of the weight bytes kPrefetchAhead past the blocks being read (as kquants_avx512.cc): a
+// GEMV streams the matrix once, row after row, and the hardware prefetcher stops at 4 KiB pages. Without it
+// a Q4_1 GEMV on 184320 x 576 (66 MB: the default model's Q4_1 weights, out of cache) read ~6 GB/s of
+// weights, with it ~10.5 (bench_qmatmul); 3 KiB measured as good as 4.5, 6 and 8 KiB, better than 1.5.
+// One prefetch per 64 bytes of a pair of blocks covers every line (consecutive pairs' windows leave gaps
+// < 64 bytes); prefetches never fault, past the end of the matrix included.
+constexpr size_t kPrefetchAhead = 3072;
+template <size_t kBytes>
+inline void prefetchWeights(const uint8_t* w) {
+  for (size_t o = 0; o < kBytes; o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchAhead + o), _MM_HINT_T0);
+}
+
 template <TT T, bool kVnni>
 inline void pairStep(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m512* acc,
                      __m128* macc) {
+  prefetchWeights<2 * bytesOfBlock(T)>(b0);
   __m128 ms;
   const __m512 s = pairScales<T>(b0, b1, a0, a1, &ms);
   *acc = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(pairDot<T, kVnni>(b0, b1, act2(a0, a1))), *acc);
@@ -195,7 +209,8 @@ float dotBlocks(size_t n, const uint8_t* w, const void* act) {
     b += 2;
   }
   if (b < nb) {
-    // The last block paired with an all-zero one (scale 0, codes 0 and activation codes 0: adds exactly 0).
+    // The last block paired with an all-zero one (scale 0, codes 0 and activation codes 0: adds exactly 0;
+    // the prefetch of the pair then reaches past zero_w on the stack: harmless).
     uint8_t zero_w[kBytes] = {};
     const BlockQ8 zero_a{};
     pairStep<T, kVnni>(w + b * kBytes, zero_w, a[b], zero_a, &acc1, &macc1);
