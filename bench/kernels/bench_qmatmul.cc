@@ -7,6 +7,9 @@
 //   qmm/dequant/<type>/<isa>/1536x576     dequantization to fp32 (the DequantGemm panels), Out_GB/s written
 //   qmm/matmul/q4_1/1536x576/<path>/m:M   qmm::matmul at batch M through the Dot and the DequantGemm path
 //                                         (the crossover sets gemmThreshold())
+//   qmm/decode_layer/q4_1/smollm2/t:T     the 7 matmuls of one SmolLM2-135M layer at m = 1 on T threads (wall
+//                                         time: the pool's hand-off per call counts)
+//   qmm/parallel_for/t:T                  one cpu::parallelFor call with a trivial body (the hand-off alone)
 //
 // W_GB/s counts the weight bytes read per second in the type's own encoding (fp32 for sgemv), so it compares
 // with the machine's memory bandwidth; the CPU time column is the decode cost of one linear layer. 4096 x 4096 is a
@@ -170,6 +173,39 @@ void BM_Matmul(benchmark::State& state, qmm::MatmulPath path, int64_t m) {
   state.SetLabel(std::string(cpu::isaName(cpu::activeIsa())));
 }
 
+// One decode step of a SmolLM2-135M layer: its seven Q4_1 matmuls at m = 1 through qmm::matmul (q, k, v, o,
+// gate, up 576 wide; down 1536 wide), on `threads` threads: the pool's hand-off per call shows against the
+// one-thread time (30 layers make ~210 such calls a token).
+void BM_DecodeLayer(benchmark::State& state, int threads) {
+  cpu::setThreads(threads);
+  const int64_t shapes[][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
+  std::vector<Weights> ws;
+  for (const auto& s : shapes) ws.push_back(makeWeights(TensorType::Q4_1, s[0], s[1]));
+  const std::vector<float> x = randomVector(1536, 4);
+  std::vector<float> y(1536);
+  qmm::Workspace work;
+  size_t bytes = 0;
+  for (const Weights& w : ws) bytes += w.data.size();
+  for (auto _ : state) {
+    for (const Weights& w : ws) qmm::matmul(w.matrix(), x.data(), 1, y.data(), work);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  setCounters(state, bytes);
+  cpu::setThreads(1);
+}
+
+// The pool's cost per parallelFor call: `threads` ranges of a trivial body.
+void BM_ParallelFor(benchmark::State& state, int threads) {
+  cpu::setThreads(threads);
+  std::vector<int64_t> sums(64);
+  for (auto _ : state) {
+    cpu::parallelFor(1024, 16, [&](int64_t b, int64_t e) { sums[static_cast<size_t>(b / 16)] += e - b; });
+    benchmark::ClobberMemory();
+  }
+  cpu::setThreads(1);
+}
+
 std::string typeName(TensorType t) { return gguf::typeName(static_cast<uint32_t>(t)); }
 
 // Registered at static-initialisation time, only for the ISAs this CPU runs.
@@ -216,6 +252,15 @@ const int kRegistered = [] {
                                    v.isa, int64_t{1536}, int64_t{576})
           ->Unit(benchmark::kMicrosecond);
     }
+  }
+  for (int threads : {1, 2}) {
+    benchmark::RegisterBenchmark(("qmm/decode_layer/q4_1/smollm2/t:" + std::to_string(threads)).c_str(), BM_DecodeLayer,
+                                 threads)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("qmm/parallel_for/t:" + std::to_string(threads)).c_str(), BM_ParallelFor, threads)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
   }
   for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 512}) {
     for (const auto& p :

@@ -42,8 +42,8 @@ void matmulF32(const Matrix& w, const float* x, int64_t m, float* y) {
   const auto* a = reinterpret_cast<const float*>(w.data);
   const auto ld = static_cast<blasint>(w.row_bytes / sizeof(float));
   if (m == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(w.rows), static_cast<blasint>(w.cols), 1.f, a, ld,
-                x, 1, 0.f, y, 1);
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<blasint>(w.rows), static_cast<blasint>(w.cols), 1.f, a, ld, x,
+                1, 0.f, y, 1);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(w.rows),
@@ -64,11 +64,26 @@ void matmulDot(const Matrix& w, const float* x, int64_t m, float* y, Workspace& 
     for (int64_t i = 0; i < m; ++i) q(x + i * w.cols, n, ws.act.data() + ab * static_cast<size_t>(i));
   }
   const uint8_t* act = ws.act.data();
-  cpu::parallelFor(w.rows, 16, [&](int64_t begin, int64_t end) {
+  const auto rows = [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
       for (int64_t i = 0; i < m; ++i) y[i * w.rows + r] = k.dot(n, row, act + ab * static_cast<size_t>(i));
     }
+  };
+  const int t = cpu::threads();
+  if (t <= 1 || w.rows < 32) {
+    rows(0, w.rows);
+    return;
+  }
+  // Chunks of rows taken from a shared counter by every thread of the job (the caller included), so that a
+  // thread that starts late or is descheduled holds up at most the chunk it took.
+  const int64_t chunk = std::max<int64_t>(16, w.rows / (8 * t));
+  const int64_t chunks = (w.rows + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  cpu::parallelFor(std::min<int64_t>(t, chunks), 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
+         c = next.fetch_add(1, std::memory_order_relaxed))
+      rows(c * chunk, std::min(w.rows, (c + 1) * chunk));
   });
 }
 
@@ -85,8 +100,8 @@ void matmulDequantGemm(const Matrix& w, const float* x, int64_t m, float* y, Wor
                      static_cast<size_t>(w.cols));
     });
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(rows),
-                static_cast<blasint>(w.cols), 1.f, x, static_cast<blasint>(w.cols), panel,
-                static_cast<blasint>(w.cols), 0.f, y + p0, static_cast<blasint>(w.rows));
+                static_cast<blasint>(w.cols), 1.f, x, static_cast<blasint>(w.cols), panel, static_cast<blasint>(w.cols),
+                0.f, y + p0, static_cast<blasint>(w.rows));
   }
 }
 
