@@ -120,6 +120,49 @@ void BM_Gemv(benchmark::State& state, TensorType t, Isa isa, bool vnni, int64_t 
   setCounters(state, w.data.size());
 }
 
+// A GEMM of `acts` activation vectors through the variant's tiles of rows_per x acts_per dot products (1 x 1:
+// the single-row dot, what qmm::matmul's Dot path did for every output); the activation quantization of the
+// `acts` vectors included. Rows and vectors left over by the tile shape go through smaller tiles or dot.
+void BM_GemvTile(benchmark::State& state, TensorType t, Isa isa, bool vnni, int64_t rows, int64_t cols, int lr, int lm,
+                 int64_t acts) {
+  cpu::setThreads(1);
+  const Weights w = makeWeights(t, rows, cols);
+  const qmm::detail::TypeKernels* k = qmm::detail::legacyKernelsVariant(isa, t, vnni);
+  const qmm::detail::QuantizeFn q = qmm::detail::q8Quantizer(isa);
+  if (k == nullptr || q == nullptr || ((lr != 0 || lm != 0) && k->tiles[lr][lm] == nullptr)) {
+    state.SkipWithError("no such kernel at this ISA");
+    return;
+  }
+  const size_t n = static_cast<size_t>(cols);
+  const std::vector<float> x = randomVector(n * static_cast<size_t>(acts), 2);
+  const size_t ab = qmm::actBytes(t, n);
+  std::vector<uint8_t> act(ab * static_cast<size_t>(acts));
+  std::vector<float> y(static_cast<size_t>(rows * acts));
+  const int64_t tr = int64_t{1} << lr, tm = int64_t{1} << lm;
+  for (auto _ : state) {
+    for (int64_t i = 0; i < acts; ++i) q(x.data() + i * cols, n, act.data() + ab * static_cast<size_t>(i));
+    for (int64_t r = 0; r < rows; r += tr) {
+      const uint8_t* wr = w.data.data() + r * w.row_bytes;
+      for (int64_t i = 0; i < acts; i += tm) {
+        const uint8_t* ai = act.data() + ab * static_cast<size_t>(i);
+        float* yo = y.data() + i * rows + r;
+        if (r + tr <= rows && i + tm <= acts && (lr != 0 || lm != 0)) {
+          k->tiles[lr][lm](n, wr, w.row_bytes, ai, ab, yo, static_cast<size_t>(rows));
+        } else {
+          for (int64_t rr = 0; rr < std::min(tr, rows - r); ++rr)
+            for (int64_t ii = 0; ii < std::min(tm, acts - i); ++ii)
+              yo[ii * rows + rr] = k->dot(n, wr + rr * w.row_bytes, ai + ab * static_cast<size_t>(ii));
+        }
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  setCounters(state, w.data.size());
+  state.counters["us/vector"] = benchmark::Counter(
+      1e-6 * static_cast<double>(acts), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
 // Dequantization of the whole matrix row by row (the DequantGemm path's panels); Out_GB/s counts the fp32
 // written.
 void BM_Dequant(benchmark::State& state, TensorType t, Isa isa, int64_t rows, int64_t cols) {
@@ -242,6 +285,28 @@ const int kRegistered = [] {
         benchmark::RegisterBenchmark(("qmm/gemv/" + typeName(t) + "/" + v.name + "/" + shape).c_str(), BM_Gemv, t,
                                      v.isa, v.vnni, s[0], s[1])
             ->Unit(benchmark::kMicrosecond);
+      }
+    }
+  }
+  // Tiles: rows x vectors per call, at m = 1 (decode) and m = 4, 8 (short prompts), on the model's shapes.
+  for (TensorType t : {TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4_0}) {
+    for (const Variant& v : variants) {
+      if (!v.ok || v.isa == Isa::Scalar) continue;
+      for (const auto& s : {std::pair<int64_t, int64_t>{1536, 576}, std::pair<int64_t, int64_t>{184320, 576}}) {
+        for (int64_t acts : {1, 4, 8}) {
+          if (s.first == 184320 && acts != 1) continue;
+          for (int lr = 0; lr < 3; ++lr) {
+            for (int lm = 0; lm < 3; ++lm) {
+              if ((int64_t{1} << lm) > acts) continue;
+              benchmark::RegisterBenchmark(("qmm/tile/" + typeName(t) + "/" + v.name + "/" + std::to_string(s.first) +
+                                            "x" + std::to_string(s.second) + "/m:" + std::to_string(acts) + "/" +
+                                            std::to_string(1 << lr) + "x" + std::to_string(1 << lm))
+                                               .c_str(),
+                                           BM_GemvTile, t, v.isa, v.vnni, s.first, s.second, lr, lm, acts)
+                  ->Unit(benchmark::kMicrosecond);
+            }
+          }
+        }
       }
     }
   }
