@@ -7,10 +7,15 @@
 //   qmm/dequant/<type>/<isa>/1536x576     dequantization to fp32 (the DequantGemm panels), Out_GB/s written
 //   qmm/matmul/q4_1/1536x576/<path>/m:M   qmm::matmul at batch M through the Dot and the DequantGemm path
 //                                         (the crossover sets gemmThreshold())
+//   qmm/decode_layer/q4_1/smollm2/t:T     the 7 matmuls of one SmolLM2-135M layer at m = 1 on T threads (wall
+//                                         time: the pool's hand-off per call counts)
+//   qmm/parallel_for/t:T                  one cpu::parallelFor call with a trivial body (the hand-off alone)
 //
 // W_GB/s counts the weight bytes read per second in the type's own encoding (fp32 for sgemv), so it compares
 // with the machine's memory bandwidth; the CPU time column is the decode cost of one linear layer. 4096 x 4096 is a
-// 7B-class projection (its Q4_0 weights, 9 MiB, may stay in a large L3), 576 x 1536 SmolLM2-135M's MLP (L2).
+// 7B-class projection (its Q4_0 weights, 9 MiB, may stay in a large L3), 576 x 1536 SmolLM2-135M's MLP (L2),
+// 49152 x 576 its output head (Q8_0, 30 MB), and 184320 x 576 (block types only) as many 576-wide rows as
+// the model's 30 layers hold (66 MB in Q4_1): a decode's stream of weights, out of cache.
 //
 //   flashring_kernel_bench --benchmark_filter=qmm/ --benchmark_min_time=0.2
 #include <benchmark/benchmark.h>
@@ -115,6 +120,49 @@ void BM_Gemv(benchmark::State& state, TensorType t, Isa isa, bool vnni, int64_t 
   setCounters(state, w.data.size());
 }
 
+// A GEMM of `acts` activation vectors through the variant's tiles of rows_per x acts_per dot products (1 x 1:
+// the single-row dot, what qmm::matmul's Dot path did for every output); the activation quantization of the
+// `acts` vectors included. Rows and vectors left over by the tile shape go through smaller tiles or dot.
+void BM_GemvTile(benchmark::State& state, TensorType t, Isa isa, bool vnni, int64_t rows, int64_t cols, int lr, int lm,
+                 int64_t acts) {
+  cpu::setThreads(1);
+  const Weights w = makeWeights(t, rows, cols);
+  const qmm::detail::TypeKernels* k = qmm::detail::legacyKernelsVariant(isa, t, vnni);
+  const qmm::detail::QuantizeFn q = qmm::detail::q8Quantizer(isa);
+  if (k == nullptr || q == nullptr || ((lr != 0 || lm != 0) && k->tiles[lr][lm] == nullptr)) {
+    state.SkipWithError("no such kernel at this ISA");
+    return;
+  }
+  const size_t n = static_cast<size_t>(cols);
+  const std::vector<float> x = randomVector(n * static_cast<size_t>(acts), 2);
+  const size_t ab = qmm::actBytes(t, n);
+  std::vector<uint8_t> act(ab * static_cast<size_t>(acts));
+  std::vector<float> y(static_cast<size_t>(rows * acts));
+  const int64_t tr = int64_t{1} << lr, tm = int64_t{1} << lm;
+  for (auto _ : state) {
+    for (int64_t i = 0; i < acts; ++i) q(x.data() + i * cols, n, act.data() + ab * static_cast<size_t>(i));
+    for (int64_t r = 0; r < rows; r += tr) {
+      const uint8_t* wr = w.data.data() + r * w.row_bytes;
+      for (int64_t i = 0; i < acts; i += tm) {
+        const uint8_t* ai = act.data() + ab * static_cast<size_t>(i);
+        float* yo = y.data() + i * rows + r;
+        if (r + tr <= rows && i + tm <= acts && (lr != 0 || lm != 0)) {
+          k->tiles[lr][lm](n, wr, w.row_bytes, ai, ab, yo, static_cast<size_t>(rows));
+        } else {
+          for (int64_t rr = 0; rr < std::min(tr, rows - r); ++rr)
+            for (int64_t ii = 0; ii < std::min(tm, acts - i); ++ii)
+              yo[ii * rows + rr] = k->dot(n, wr + rr * w.row_bytes, ai + ab * static_cast<size_t>(ii));
+        }
+      }
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  setCounters(state, w.data.size());
+  state.counters["us/vector"] = benchmark::Counter(
+      1e-6 * static_cast<double>(acts), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
 // Dequantization of the whole matrix row by row (the DequantGemm path's panels); Out_GB/s counts the fp32
 // written.
 void BM_Dequant(benchmark::State& state, TensorType t, Isa isa, int64_t rows, int64_t cols) {
@@ -168,6 +216,39 @@ void BM_Matmul(benchmark::State& state, qmm::MatmulPath path, int64_t m) {
   state.SetLabel(std::string(cpu::isaName(cpu::activeIsa())));
 }
 
+// One decode step of a SmolLM2-135M layer: its seven Q4_1 matmuls at m = 1 through qmm::matmul (q, k, v, o,
+// gate, up 576 wide; down 1536 wide), on `threads` threads: the pool's hand-off per call shows against the
+// one-thread time (30 layers make ~210 such calls a token).
+void BM_DecodeLayer(benchmark::State& state, int threads) {
+  cpu::setThreads(threads);
+  const int64_t shapes[][2] = {{576, 576}, {192, 576}, {192, 576}, {576, 576}, {1536, 576}, {1536, 576}, {576, 1536}};
+  std::vector<Weights> ws;
+  for (const auto& s : shapes) ws.push_back(makeWeights(TensorType::Q4_1, s[0], s[1]));
+  const std::vector<float> x = randomVector(1536, 4);
+  std::vector<float> y(1536);
+  qmm::Workspace work;
+  size_t bytes = 0;
+  for (const Weights& w : ws) bytes += w.data.size();
+  for (auto _ : state) {
+    for (const Weights& w : ws) qmm::matmul(w.matrix(), x.data(), 1, y.data(), work);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  setCounters(state, bytes);
+  cpu::setThreads(1);
+}
+
+// The pool's cost per parallelFor call: `threads` ranges of a trivial body.
+void BM_ParallelFor(benchmark::State& state, int threads) {
+  cpu::setThreads(threads);
+  std::vector<int64_t> sums(64);
+  for (auto _ : state) {
+    cpu::parallelFor(1024, 16, [&](int64_t b, int64_t e) { sums[static_cast<size_t>(b / 16)] += e - b; });
+    benchmark::ClobberMemory();
+  }
+  cpu::setThreads(1);
+}
+
 std::string typeName(TensorType t) { return gguf::typeName(static_cast<uint32_t>(t)); }
 
 // Registered at static-initialisation time, only for the ISAs this CPU runs.
@@ -187,19 +268,45 @@ const int kRegistered = [] {
       {Isa::Avx512, false, "avx512", cpu::isaSupported(Isa::Avx512)},
       {Isa::Avx512, true, "avx512+vnni", cpu::isaSupported(Isa::Avx512) && cpu::hasAvx512Vnni()},
   };
-  const int64_t shapes[][2] = {{4096, 4096}, {576, 1536}};
+  const int64_t shapes[][2] = {{4096, 4096}, {576, 1536}, {49152, 576}, {184320, 576}};
   for (const auto& s : shapes) {
     const std::string shape = std::to_string(s[0]) + "x" + std::to_string(s[1]);
-    benchmark::RegisterBenchmark(("qmm/gemv/sgemv/" + shape).c_str(), BM_Sgemv, s[0], s[1])
-        ->Unit(benchmark::kMicrosecond);
+    const bool stream = s[0] == 184320;  // block types only (the fp32 copy would be 425 MB)
+    if (!stream) {
+      benchmark::RegisterBenchmark(("qmm/gemv/sgemv/" + shape).c_str(), BM_Sgemv, s[0], s[1])
+          ->Unit(benchmark::kMicrosecond);
+    }
     for (TensorType t : types) {
       for (const Variant& v : variants) {
         if (!v.ok) continue;
         const bool is_float = gguf::blockSize(t) == 1;
+        if (stream && is_float) continue;
         if (is_float && v.vnni) continue;  // the VNNI variants differ in the integer dot products only
         benchmark::RegisterBenchmark(("qmm/gemv/" + typeName(t) + "/" + v.name + "/" + shape).c_str(), BM_Gemv, t,
                                      v.isa, v.vnni, s[0], s[1])
             ->Unit(benchmark::kMicrosecond);
+      }
+    }
+  }
+  // Tiles: rows x vectors per call, at m = 1 (decode) and m = 4, 8 (short prompts), on the model's shapes.
+  for (TensorType t : {TensorType::Q4_1, TensorType::Q8_0, TensorType::Q4_0}) {
+    for (const Variant& v : variants) {
+      if (!v.ok || v.isa == Isa::Scalar) continue;
+      for (const auto& s : {std::pair<int64_t, int64_t>{1536, 576}, std::pair<int64_t, int64_t>{184320, 576}}) {
+        for (int64_t acts : {1, 4, 8}) {
+          if (s.first == 184320 && acts != 1) continue;
+          for (int lr = 0; lr < 3; ++lr) {
+            for (int lm = 0; lm < 3; ++lm) {
+              if ((int64_t{1} << lm) > acts) continue;
+              benchmark::RegisterBenchmark(("qmm/tile/" + typeName(t) + "/" + v.name + "/" + std::to_string(s.first) +
+                                            "x" + std::to_string(s.second) + "/m:" + std::to_string(acts) + "/" +
+                                            std::to_string(1 << lr) + "x" + std::to_string(1 << lm))
+                                               .c_str(),
+                                           BM_GemvTile, t, v.isa, v.vnni, s.first, s.second, lr, lm, acts)
+                  ->Unit(benchmark::kMicrosecond);
+            }
+          }
+        }
       }
     }
   }
@@ -210,6 +317,15 @@ const int kRegistered = [] {
                                    v.isa, int64_t{1536}, int64_t{576})
           ->Unit(benchmark::kMicrosecond);
     }
+  }
+  for (int threads : {1, 2}) {
+    benchmark::RegisterBenchmark(("qmm/decode_layer/q4_1/smollm2/t:" + std::to_string(threads)).c_str(), BM_DecodeLayer,
+                                 threads)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("qmm/parallel_for/t:" + std::to_string(threads)).c_str(), BM_ParallelFor, threads)
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
   }
   for (int64_t m : {1, 2, 4, 8, 16, 32, 64, 512}) {
     for (const auto& p :

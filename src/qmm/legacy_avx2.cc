@@ -176,6 +176,14 @@ inline void pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, 
   *s0 = _mm256_broadcastss_ps(p);
 }
 
+// Software prefetch of the weight bytes kPrefetchAhead past the blocks being read: see legacy_avx512.cc.
+constexpr size_t kPrefetchAhead = 3072;
+template <size_t kBytes>
+inline void prefetchWeights(const uint8_t* w) {
+  for (size_t o = 0; o < kBytes; o += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchAhead + o), _MM_HINT_T0);
+}
+
 template <TT T, bool kVnni>
 float dotBlocks(size_t n, const uint8_t* w, const void* act) {
   constexpr size_t kBytes = bytesOfBlock(T);
@@ -187,6 +195,7 @@ float dotBlocks(size_t n, const uint8_t* w, const void* act) {
   for (; b + 2 <= nb; b += 2) {
     const uint8_t* w0 = w + b * kBytes;
     const uint8_t* w1 = w0 + kBytes;
+    prefetchWeights<2 * kBytes>(w0);
     const __m256i i0 = blockDot<T, kVnni>(w0, load256(a[b].qs));
     const __m256i i1 = blockDot<T, kVnni>(w1, load256(a[b + 1].qs));
     __m256 s0, s1;
@@ -199,6 +208,7 @@ float dotBlocks(size_t n, const uint8_t* w, const void* act) {
   float r;
   if (b < nb) {
     const uint8_t* w0 = w + b * kBytes;
+    prefetchWeights<kBytes>(w0);
     const __m128 s = blockScales<T>(w0, a[b]);
     acc0 =
         _mm256_fmadd_ps(_mm256_broadcastss_ps(s), _mm256_cvtepi32_ps(blockDot<T, kVnni>(w0, load256(a[b].qs))), acc0);

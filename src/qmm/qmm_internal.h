@@ -28,7 +28,7 @@ struct BlockQ4_0 {
   uint8_t qs[kQK / 2];  // value j: low nibble of qs[j]; value j+16: high nibble; both minus 8
 };
 struct BlockQ4_1 {
-  uint16_t d, m;        // fp16 scale, fp16 minimum: value = q*d + m
+  uint16_t d, m;  // fp16 scale, fp16 minimum: value = q*d + m
   uint8_t qs[kQK / 2];
 };
 struct BlockQ5_0 {
@@ -57,8 +57,8 @@ struct BlockQ5_K {
   uint8_t qs[kQKK / 2];
 };
 struct BlockQ6_K {
-  uint8_t ql[kQKK / 2];     // low 4 bits
-  uint8_t qh[kQKK / 4];     // high 2 bits
+  uint8_t ql[kQKK / 2];      // low 4 bits
+  uint8_t qh[kQKK / 4];      // high 2 bits
   int8_t scales[kQKK / 16];  // 8-bit scales of 16 sub-blocks of 16
   uint16_t d;                // fp16 super-block scale
 };
@@ -68,11 +68,21 @@ static_assert(sizeof(BlockQ4_0) == 18 && sizeof(BlockQ4_1) == 20 && sizeof(Block
 static_assert(sizeof(BlockQ4_K) == 144 && sizeof(BlockQ5_K) == 176 && sizeof(BlockQ6_K) == 210,
               "ggml's K-quant block layouts");
 
+// A tile of dot products: R weight rows of n values (row r at w + r * row_bytes) by M activation vectors in
+// the type's ActFormat (vector i at act + i * act_bytes); out[i * ldo + r] = dot(n, row r, vector i).
+using TileFn = void (*)(size_t n, const uint8_t* w, size_t row_bytes, const void* act, size_t act_bytes, float* out,
+                        size_t ldo);
+
 struct TypeKernels {
   // n values (a multiple of the block size) of one row to fp32; bit-identical in every ISA.
   void (*dequantize)(const uint8_t* src, float* dst, size_t n);
   // Dot product of one row of n values with n activations in the type's ActFormat.
   float (*dot)(size_t n, const uint8_t* w_row, const void* act);
+  // Optional tiles: tiles[lr][lm] computes 2^lr rows x 2^lm activation vectors (nullptr: none; [0][0] is
+  // always nullptr, dot is the 1 x 1 tile). Each output is bit for bit this table's dot of its row and
+  // vector: a tile shares the activation loads across its rows and the weight decoding across its vectors,
+  // and nothing of the arithmetic. The matmul driver (matmul.cc) uses them where the table has them.
+  TileFn tiles[3][3] = {};
 };
 
 // Per-ISA tables (nullptr: no kernel for that type at that ISA). Defined in the files named above.

@@ -10,7 +10,11 @@
 //     extreme scales, lengths of 1, 3, 17, 129 blocks), and non-finite inputs staying non-finite.
 //  4. The scalar dot product against an exact double-precision sum over the layout-decoded weights and the
 //     dequantized activations, within float rounding.
-//  5. qmm::matmul through the public API (Dot and DequantGemm paths, m = 1, 3, 9) against double references.
+//  3b. Tiles (TypeKernels::tiles: several rows x several activation vectors a call): every output bit for bit
+//     the same table's dot (random and extreme blocks, odd block counts, padded strides), non-finite
+//     activations confined to their vector's outputs.
+//  5. qmm::matmul through the public API (Dot and DequantGemm paths, m = 1, 2, 3, 5, 9; 1 and 2 threads)
+//     against double references, and the Dot path bit for bit the dispatched dot product (whatever tiles).
 // Plus the argument errors (lengths that are not a multiple of the block size).
 #include <gtest/gtest.h>
 
@@ -605,6 +609,111 @@ TEST(QmmLegacyDot, NonFiniteInputsStayNonFinite) {
   }
 }
 
+// ---- 3b. tiles (several rows x several activation vectors per call) -------------------------------------------
+
+// Every tile of every variant against the same table's dot, bit for bit: random blocks (moderate and extreme
+// scales), lengths of 1, 3, 17, 129 blocks (an odd last block, a last pair), rows and vectors at strides
+// with padding, outputs at a leading dimension wider than the tile; and within the SIMD bound of the scalar
+// reference.
+TEST(QmmLegacyTile, EveryOutputIsTheTablesDot) {
+  std::mt19937 rng(21);
+  std::vector<std::string> skipped;
+  int compared = 0;
+  for (const Variant& v : variants(&skipped)) {
+    for (TensorType t : kTypes) {
+      const detail::TypeKernels& k = kernelsOf(v, t);
+      for (int lr = 0; lr < 3; ++lr) {
+        for (int lm = 0; lm < 3; ++lm) {
+          if (k.tiles[lr][lm] == nullptr) continue;
+          ASSERT_FALSE(lr == 0 && lm == 0) << "tiles[0][0] must be null (dot is the 1 x 1 tile)";
+          const size_t nr = size_t{1} << lr, nv = size_t{1} << lm;
+          SCOPED_TRACE(v.label + " " + name(t) + " tile " + std::to_string(nr) + "x" + std::to_string(nv));
+          for (size_t n : lengths(t)) {
+            for (int trial = 0; trial < 4; ++trial) {
+              const bool extreme = trial >= 2;
+              SCOPED_TRACE("n = " + std::to_string(n) + (extreme ? ", extreme" : ""));
+              const size_t rb = n / gguf::blockSize(t) * gguf::blockBytes(t) + 8 * static_cast<size_t>(trial % 2);
+              std::vector<uint8_t> w(rb * nr, 0xA5);
+              for (size_t r = 0; r < nr; ++r) {
+                const std::vector<uint8_t> row = randomRow(t, n, rng, extreme);
+                std::memcpy(&w[r * rb], row.data(), row.size());
+              }
+              const size_t ab = actBytes(t, n) + 40 * static_cast<size_t>(trial % 2);
+              std::vector<uint8_t> act(ab * nv, 0x5A);
+              for (size_t i = 0; i < nv; ++i) {
+                const std::vector<uint8_t> a = activationsFor(t, randomActivations(n, rng, extreme));
+                std::memcpy(&act[i * ab], a.data(), a.size());
+              }
+              const size_t ldo = nr + 3;
+              std::vector<float> out(ldo * nv, -9.f);
+              k.tiles[lr][lm](n, w.data(), rb, act.data(), ab, out.data(), ldo);
+              for (size_t i = 0; i < nv; ++i) {
+                for (size_t r = 0; r < ldo; ++r) {
+                  const float got = out[i * ldo + r];
+                  if (r >= nr) {
+                    ASSERT_EQ(got, -9.f) << "wrote outside the tile: vector " << i << ", row " << r;
+                    continue;
+                  }
+                  const float want = k.dot(n, &w[r * rb], &act[i * ab]);
+                  ASSERT_EQ(bitsOf(got), bitsOf(want))
+                      << "row " << r << ", vector " << i << ": " << got << " vs " << want;
+                  const std::vector<uint8_t> a1(act.begin() + static_cast<std::ptrdiff_t>(i * ab),
+                                                act.begin() + static_cast<std::ptrdiff_t>(i * ab + actBytes(t, n)));
+                  const float ref = kernelsOf(variants()[0], t).dot(n, &w[r * rb], a1.data());
+                  const DotRef dr = dotReference(t, decode(t, &w[r * rb], n), a1, n);
+                  ASSERT_LE(std::fabs(static_cast<double>(got) - ref), 1e-5 * dr.terms + 1e-35) << got << " vs " << ref;
+                }
+              }
+              ++compared;
+            }
+          }
+        }
+      }
+    }
+  }
+  reportSkipped(skipped);
+  if (cpu::isaSupported(Isa::Avx512)) {
+    EXPECT_GT(compared, 0) << "the AVX-512 tables have tiles";
+  }
+  if (compared == 0) GTEST_SKIP() << "no variant on this CPU has tiles";
+}
+
+// A non-finite activation block makes exactly the outputs of its vector NaN, in every tile.
+TEST(QmmLegacyTile, NonFiniteVectorStaysInItsOutputs) {
+  std::mt19937 rng(22);
+  for (const Variant& v : variants()) {
+    for (TensorType t : kTypes) {
+      if (!isBlockType(t)) continue;
+      const detail::TypeKernels& k = kernelsOf(v, t);
+      for (int lr = 0; lr < 3; ++lr) {
+        for (int lm = 0; lm < 3; ++lm) {
+          if (k.tiles[lr][lm] == nullptr) continue;
+          SCOPED_TRACE(v.label + " " + name(t) + " tile " + std::to_string(lr) + "," + std::to_string(lm));
+          const size_t nr = size_t{1} << lr, nv = size_t{1} << lm, n = 32 * 17;
+          const size_t rb = n / 32 * gguf::blockBytes(t), ab = actBytes(t, n);
+          std::vector<uint8_t> w;
+          for (size_t r = 0; r < nr; ++r) {
+            const std::vector<uint8_t> row = randomRow(t, n, rng, false);
+            w.insert(w.end(), row.begin(), row.end());
+          }
+          const size_t bad = nv - 1;
+          std::vector<uint8_t> act;
+          for (size_t i = 0; i < nv; ++i) {
+            std::vector<float> x = randomActivations(n, rng, false);
+            if (i == bad) x[16 * 32 + 3] = std::numeric_limits<float>::quiet_NaN();  // the last, odd block
+            const std::vector<uint8_t> a = activationsFor(t, x);
+            act.insert(act.end(), a.begin(), a.end());
+          }
+          std::vector<float> out(nr * nv);
+          k.tiles[lr][lm](n, w.data(), rb, act.data(), ab, out.data(), nr);
+          for (size_t i = 0; i < nv; ++i)
+            for (size_t r = 0; r < nr; ++r) EXPECT_EQ(std::isnan(out[i * nr + r]), i == bad) << r << " " << i;
+        }
+      }
+    }
+  }
+}
+
 // ---- 4. the scalar reference against an exact computation ---------------------------------------------------
 
 TEST(QmmLegacyDot, ScalarMatchesExactDoubleSum) {
@@ -661,7 +770,7 @@ TEST(QmmLegacyMatmul, DotAndDequantGemmMatchDoubleReference) {
     const Matrix mat{t, w.data(), rows, cols, row_bytes};
     std::vector<Decoded> dec;
     for (int64_t r = 0; r < rows; ++r) dec.push_back(decode(t, w.data() + r * row_bytes, static_cast<size_t>(cols)));
-    for (int64_t m : {1, 3, 9}) {
+    for (int64_t m : {1, 2, 3, 5, 9}) {
       const std::vector<float> x = randomActivations(static_cast<size_t>(m * cols), rng, false);
       // Double references: with the raw activations, and with the Q8-quantized ones (what Dot computes).
       // terms: sum of |terms| of the quantized dot; mag: sum (|code d| + |m|) |x| (|w x| for per-value types),
@@ -707,6 +816,19 @@ TEST(QmmLegacyMatmul, DotAndDequantGemmMatchDoubleReference) {
               ASSERT_LE(std::fabs(y[o] - exact[o]), tol + (quantized ? (0.5 + 1e-4) * qerr[o] : 0.0)) << o;
               if (quantized) {
                 ASSERT_LE(std::fabs(y[o] - quant_exact[o]), 1e-5 * terms[o] + 1e-30) << o;
+              }
+            }
+            // The integer path (tiles or not, any thread count) is exactly the dispatched dot product of
+            // every row with the dispatched quantizer's codes of every activation row.
+            if (path == MatmulPath::Dot || (path == MatmulPath::Auto && m < gemmThreshold() && t != TensorType::F32)) {
+              for (int64_t i = 0; i < m; ++i) {
+                std::vector<uint8_t> a(actBytes(t, static_cast<size_t>(cols)));
+                quantizeActivations(t, x.data() + i * cols, static_cast<size_t>(cols), a.data());
+                for (int64_t r = 0; r < rows; ++r) {
+                  const float want =
+                      dot(t, static_cast<size_t>(cols), w.data() + static_cast<size_t>(r) * row_bytes, a.data());
+                  ASSERT_EQ(bitsOf(y[static_cast<size_t>(i * rows + r)]), bitsOf(want)) << "row " << r << " col " << i;
+                }
               }
             }
           }
