@@ -60,23 +60,8 @@ void checkKernelArgs(TensorType t, const uint8_t* src, float* dst, size_t n, con
 
 }  // namespace
 
-bool supported(TensorType t) {
-  switch (t) {
-    case TensorType::F32:
-    case TensorType::F16:
-    case TensorType::Q4_0:
-    case TensorType::Q4_1:
-    case TensorType::Q8_0:
-    case TensorType::BF16:
-    case TensorType::Q5_0:
-    case TensorType::Q5_1:
-    case TensorType::Q4_K:
-    case TensorType::Q5_K:
-    case TensorType::Q6_K:
-      return true;
-  }
-  return false;
-}
+// Every type with quantized-matmul kernels can be dequantized (qmatmul.h keeps the one list).
+bool supported(TensorType t) { return qmm::hasKernels(t); }
 
 std::string typeName(uint32_t raw_type) {
   if (supported(static_cast<TensorType>(raw_type))) return infoOf(raw_type)->name;
