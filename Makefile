@@ -40,13 +40,17 @@ asan: deps
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=thread
-	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests
+	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests flashring_unit_tests
 	python3 tests/tools/make_tiny_models.py build-tsan/fixtures
 	# OPENBLAS_NUM_THREADS=1: OpenBLAS is not instrumented, so TSan cannot see its workers' own synchronization
 	# and reports their writes to sgemm outputs as races with the rank thread that reads them afterwards.
 	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
-	  --gtest_filter='ThreadComm.*:Allreduce.*:AllreduceWithError.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*'
+	  --gtest_filter='ThreadComm.*:Allreduce.*:AllreduceWithError.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*:EngineSampling.*:TokenChoiceTp.*'
+	# The kernel thread pool (lock-free hand-off) and the quantized matmuls on 1-3 threads.
+	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/bin/flashring_unit_tests \
+	  --gtest_brief=1 \
+	  --gtest_filter='CpuPool.*:*Qmm*Matmul*'
 
 sanitize: asan tsan
 

@@ -37,7 +37,8 @@ bool hasAvxVnni();
 
 // Threads for kernel calls (>= 1). Default: FLASHRING_THREADS if set, else 1.
 int threads();
-// Sets threads() and OpenBLAS's thread count. Throws InvalidArgument for n < 1.
+// Sets threads() and OpenBLAS's thread count (capped by OPENBLAS_NUM_THREADS when set). Throws
+// InvalidArgument for n < 1.
 void setThreads(int n);
 // Number of hardware threads of the machine (at least 1).
 int hardwareThreads();

@@ -224,6 +224,17 @@ class Pool {
 
 std::atomic<int> g_threads{0};
 
+// OpenBLAS follows threads(), capped by OPENBLAS_NUM_THREADS when the user set it (their word for the BLAS;
+// the TSan run keeps OpenBLAS, which is not instrumented, on one thread this way).
+void setBlasThreads(int n) {
+  static const int cap = [] {
+    const char* env = std::getenv("OPENBLAS_NUM_THREADS");
+    const int v = env != nullptr ? std::atoi(env) : 0;
+    return v > 0 ? v : 0;
+  }();
+  openblas_set_num_threads(cap > 0 ? std::min(n, cap) : n);
+}
+
 Pool& pool() {
   static Pool p;
   return p;
@@ -303,7 +314,7 @@ int threads() {
     const int init = initialThreads();
     if (g_threads.compare_exchange_strong(v, init, std::memory_order_acq_rel)) {
       v = init;
-      openblas_set_num_threads(init);
+      setBlasThreads(init);
     }
   }
   return v;
@@ -312,7 +323,7 @@ int threads() {
 void setThreads(int n) {
   if (n < 1 || n > 4096) throw InvalidArgument("cpu::setThreads: " + std::to_string(n) + " is not in [1, 4096]");
   g_threads.store(n, std::memory_order_release);
-  openblas_set_num_threads(n);
+  setBlasThreads(n);
 }
 
 int hardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
