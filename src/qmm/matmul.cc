@@ -51,24 +51,27 @@ void matmulF32(const Matrix& w, const float* x, int64_t m, float* y) {
               static_cast<blasint>(w.rows));
 }
 
-// The outputs of one R x M block (R = 2^lr rows from r, M = 2^lm activation vectors from i): the table's tile
-// of that shape, else two blocks of half the shape, down to single dot products. Every way gives the same
-// bits (a tile computes each output as dot does).
+// The outputs of one block of 2^lr rows (r, r + rs, r + 2 rs, ...) by 2^lm activation vectors (from i): the
+// table's tile of that shape, else two blocks of half the shape, down to single dot products. Every way gives
+// the same bits (a tile computes each output as dot does).
 void dotBlock(const detail::TypeKernels& k, size_t n, const Matrix& w, const uint8_t* act, size_t ab, float* y, int lr,
-              int lm, int64_t r, int64_t i) {
+              int lm, int64_t r, int64_t rs, int64_t i) {
   const uint8_t* row = w.data + static_cast<size_t>(r) * w.row_bytes;
   const uint8_t* a = act + ab * static_cast<size_t>(i);
-  float* out = y + i * w.rows + r;
   if (lr == 0 && lm == 0) {
-    *out = k.dot(n, row, a);
+    y[i * w.rows + r] = k.dot(n, row, a);
   } else if (k.tiles[lr][lm] != nullptr) {
-    k.tiles[lr][lm](n, row, w.row_bytes, a, ab, out, static_cast<size_t>(w.rows));
+    const int64_t nr = int64_t{1} << lr, nv = int64_t{1} << lm;
+    float out[16];
+    k.tiles[lr][lm](n, row, static_cast<size_t>(rs) * w.row_bytes, a, ab, out, static_cast<size_t>(nr));
+    for (int64_t v = 0; v < nv; ++v)
+      for (int64_t s = 0; s < nr; ++s) y[(i + v) * w.rows + r + s * rs] = out[v * nr + s];
   } else if (lm > 0) {
-    dotBlock(k, n, w, act, ab, y, lr, lm - 1, r, i);
-    dotBlock(k, n, w, act, ab, y, lr, lm - 1, r, i + (int64_t{1} << (lm - 1)));
+    dotBlock(k, n, w, act, ab, y, lr, lm - 1, r, rs, i);
+    dotBlock(k, n, w, act, ab, y, lr, lm - 1, r, rs, i + (int64_t{1} << (lm - 1)));
   } else {
-    dotBlock(k, n, w, act, ab, y, lr - 1, 0, r, i);
-    dotBlock(k, n, w, act, ab, y, lr - 1, 0, r + (int64_t{1} << (lr - 1)), i);
+    dotBlock(k, n, w, act, ab, y, lr - 1, 0, r, rs, i);
+    dotBlock(k, n, w, act, ab, y, lr - 1, 0, r + (rs << (lr - 1)), rs, i);
   }
 }
 
@@ -102,18 +105,29 @@ void matmulDot(const Matrix& w, const float* x, int64_t m, float* y, Workspace& 
   const uint8_t* act = ws.act.data();
   int lr, lm;
   tileShape(k, m, &lr, &lm);
-  // Rows [begin, end) x every vector: blocks of the tile shape, the rows and vectors left over in smaller
-  // powers of two. The vectors are the inner loop, so a block's weight rows are read from memory once.
+  // Rows [begin, end) x every vector, in blocks of the tile shape (the vectors left over in smaller powers of
+  // two). A tile of R rows takes them from R streams, R runs of (end - begin) / R
+  // consecutive rows, rather than from R consecutive rows: one core reads several streams of memory faster
+  // than one (a 96 MB read on this project's 2-core test machine: 12.4 GB/s as one stream, 14.4 as two,
+  // 15.8 as four), and the hardware prefetchers follow each. The default model decodes at 1.39x the tokens
+  // a second with 4 x 1 tiles on four streams than on four consecutive rows (8 and 16 streams: 1.2x). The
+  // rows left over (fewer than R) go through smaller tiles. The vectors are the inner loop, so a block's
+  // weight rows are read from memory once.
   const auto rows = [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end;) {
-      int br = lr;
-      while (r + (int64_t{1} << br) > end) --br;
+    const int64_t q = (end - begin) >> lr;
+    const auto vectors = [&](int br, int64_t r, int64_t rs) {
       for (int64_t i = 0; i < m;) {
         int bm = lm;
         while (i + (int64_t{1} << bm) > m) --bm;
-        dotBlock(k, n, w, act, ab, y, br, bm, r, i);
+        dotBlock(k, n, w, act, ab, y, br, bm, r, rs, i);
         i += int64_t{1} << bm;
       }
+    };
+    for (int64_t j = 0; j < q; ++j) vectors(lr, begin + j, q);
+    for (int64_t r = begin + (q << lr); r < end;) {
+      int br = lr;
+      while (r + (int64_t{1} << br) > end) --br;
+      vectors(br, r, 1);
       r += int64_t{1} << br;
     }
   };
@@ -122,9 +136,9 @@ void matmulDot(const Matrix& w, const float* x, int64_t m, float* y, Workspace& 
     rows(0, w.rows);
     return;
   }
-  // Chunks of rows (a multiple of 4: whole tiles) taken from a shared counter by every thread of the job,
+  // Chunks of rows (each read as streams, as above) taken from a shared counter by every thread of the job,
   // the caller included, so that a thread that starts late or is descheduled holds up at most its chunk.
-  const int64_t chunk = (std::max<int64_t>(16, w.rows / (8 * t)) + 3) / 4 * 4;
+  const int64_t chunk = std::max<int64_t>(64, (w.rows + 8 * t - 1) / (8 * t));
   const int64_t chunks = (w.rows + chunk - 1) / chunk;
   std::atomic<int64_t> next{0};
   cpu::parallelFor(std::min<int64_t>(t, chunks), 1, [&](int64_t, int64_t) {
