@@ -839,6 +839,45 @@ TEST(QmmLegacyMatmul, DotAndDequantGemmMatchDoubleReference) {
   reportSkipped(skipped);
 }
 
+// The Dot path at many shapes (rows read as streams of tiles, rows and vectors left over, chunks over 1 to 3
+// threads): every output bit for bit the dispatched dot product of its row and activation row, at every ISA.
+TEST(QmmLegacyMatmul, DotPathIsTheDotProductAtAnyShape) {
+  IsaGuard guard;
+  std::mt19937 rng(23);
+  for (const Variant& v : variants()) {
+    if (v.vnni) continue;
+    cpu::setActiveIsa(v.isa);
+    for (TensorType t : {TensorType::Q4_1, TensorType::Q8_0, TensorType::Q5_0, TensorType::F16}) {
+      for (int64_t rows : {int64_t{1}, int64_t{7}, int64_t{64}, int64_t{259}, int64_t{1003}}) {
+        const int64_t cols = 32 * 5;
+        const size_t row_bytes = static_cast<size_t>(cols) / gguf::blockSize(t) * gguf::blockBytes(t);
+        const std::vector<uint8_t> w = randomRow(t, static_cast<size_t>(rows * cols), rng, false);
+        const Matrix mat{t, w.data(), rows, cols, row_bytes};
+        for (int64_t m : {1, 2, 3, 4, 7}) {
+          const std::vector<float> x = randomActivations(static_cast<size_t>(m * cols), rng, false);
+          std::vector<float> want(static_cast<size_t>(m * rows));
+          for (int64_t i = 0; i < m; ++i) {
+            std::vector<uint8_t> a(actBytes(t, static_cast<size_t>(cols)));
+            quantizeActivations(t, x.data() + i * cols, static_cast<size_t>(cols), a.data());
+            for (int64_t r = 0; r < rows; ++r)
+              want[static_cast<size_t>(i * rows + r)] =
+                  dot(t, static_cast<size_t>(cols), w.data() + static_cast<size_t>(r) * row_bytes, a.data());
+          }
+          for (int threads : {1, 2, 3}) {
+            cpu::setThreads(threads);
+            SCOPED_TRACE(v.label + " " + name(t) + " rows " + std::to_string(rows) + " m " + std::to_string(m) +
+                         " threads " + std::to_string(threads));
+            Workspace ws;
+            std::vector<float> y(want.size(), -7.f);
+            matmul(mat, x.data(), m, y.data(), ws, MatmulPath::Dot);
+            for (size_t o = 0; o < y.size(); ++o) ASSERT_EQ(bitsOf(y[o]), bitsOf(want[o])) << o;
+          }
+        }
+      }
+    }
+  }
+}
+
 // ---- errors and tables ------------------------------------------------------------------------------------------
 
 template <class Fn>
