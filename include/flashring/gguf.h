@@ -56,8 +56,19 @@ size_t blockBytes(TensorType t);
 
 // GGUF metadata value types (gguf.h numbering).
 enum class ValueType : uint32_t {
-  UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7,
-  String = 8, Array = 9, UInt64 = 10, Int64 = 11, Float64 = 12,
+  UInt8 = 0,
+  Int8 = 1,
+  UInt16 = 2,
+  Int16 = 3,
+  UInt32 = 4,
+  Int32 = 5,
+  Float32 = 6,
+  Bool = 7,
+  String = 8,
+  Array = 9,
+  UInt64 = 10,
+  Int64 = 11,
+  Float64 = 12,
 };
 
 // One metadata value. Integers of every width are held as int64_t (uint64 values above INT64_MAX are
@@ -65,8 +76,8 @@ enum class ValueType : uint32_t {
 struct Value {
   ValueType type = ValueType::UInt8;
   ValueType array_type = ValueType::UInt8;  // element type when type == Array
-  std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<double>,
-               std::vector<std::string>, std::vector<bool>>
+  std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<double>, std::vector<std::string>,
+               std::vector<bool>>
       data;
 };
 
@@ -78,7 +89,7 @@ struct TensorInfo {
   uint64_t offset = 0;                // from the start of the data section
   uint64_t bytes = 0;                 // size of the data
   int64_t elements() const;
-  int64_t rows() const;               // elements() / dims[0]
+  int64_t rows() const;  // elements() / dims[0]
 };
 
 class File {
@@ -113,8 +124,8 @@ class File {
   double getFloat(std::string_view key, double def) const;
   std::string getString(std::string_view key, const std::string& def) const;
 
-  const TensorInfo* find(std::string_view name) const;  // nullptr when absent
-  const TensorInfo& tensor(std::string_view name) const;  // throws FormatError naming it when absent
+  const TensorInfo* find(std::string_view name) const;       // nullptr when absent
+  const TensorInfo& tensor(std::string_view name) const;     // throws FormatError naming it when absent
   std::span<const uint8_t> data(const TensorInfo& t) const;  // the raw bytes (bounds checked at open)
 
   // Dequantize rows [row_begin, row_begin + row_count) of `t` (a row is dims[0] values) into `out`

@@ -134,7 +134,7 @@ enum class OneShotMode { Auto, On, Off };
 struct EngineOptions {
   int tp = 1;
   int sp = 1;
-  AllreduceOptions allreduce;           // the TP all-reduces
+  AllreduceOptions allreduce;  // the TP all-reduces
   OneShotMode oneshot = OneShotMode::Auto;
   // How the next token is chosen (greedy by default), over the TP ranks' vocabulary slices without gathering
   // the logits (sampling.h); the same token on every rank, reproducible from the seed.
@@ -177,8 +177,8 @@ struct EngineStats {
   uint64_t wire_bytes = 0;  // payload bytes this rank sent
   int64_t allreduces = 0;
   int64_t allreduce_rounds = 0;  // message rounds of those (one-shot 1, two-step 2, ring 2(N-1); Native counts 2)
-  uint64_t choice_bytes = 0;  // of wire_bytes: the token choices (sampling.h)
-  int64_t choice_rounds = 0;  // message rounds of the token choices
+  uint64_t choice_bytes = 0;     // of wire_bytes: the token choices (sampling.h)
+  int64_t choice_rounds = 0;     // message rounds of the token choices
   SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)
   double computeSeconds() const { return wall_s - quant_s - comm_s; }
 };

@@ -47,17 +47,17 @@ struct SpAttentionOptions {
   SpScheme scheme = SpScheme::Auto;
   SeqLayout layout = SeqLayout::Zigzag;
   bool causal = true;
-  float scale = 0.f;                  // 0: 1/sqrt(head_dim)
-  const CostModel* model = nullptr;   // Auto: the calibrated model (nullptr: a default, uncalibrated one)
+  float scale = 0.f;                 // 0: 1/sqrt(head_dim)
+  const CostModel* model = nullptr;  // Auto: the calibrated model (nullptr: a default, uncalibrated one)
 };
 
 struct SpAttentionStats {
-  SpScheme scheme = SpScheme::Auto;   // what ran
-  double compute_s = 0;               // in the block kernel and merges
-  double comm_s = 0;                  // blocked waiting for messages
-  uint64_t bytes_fwd = 0;             // bytes this rank sent in the forward direction (Q / KV / all-to-all in)
-  uint64_t bytes_bwd = 0;             // bytes sent back (results / all-to-all out)
-  double predicted_s = 0;             // the cost model's prediction for the scheme that ran (0 if none)
+  SpScheme scheme = SpScheme::Auto;  // what ran
+  double compute_s = 0;              // in the block kernel and merges
+  double comm_s = 0;                 // blocked waiting for messages
+  uint64_t bytes_fwd = 0;            // bytes this rank sent in the forward direction (Q / KV / all-to-all in)
+  uint64_t bytes_bwd = 0;            // bytes sent back (results / all-to-all out)
+  double predicted_s = 0;            // the cost model's prediction for the scheme that ran (0 if none)
   std::vector<double> step_compute_s, step_comm_s;  // per step, for the ring schemes
 };
 

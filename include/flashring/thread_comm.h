@@ -29,7 +29,7 @@ class ThreadWorld {
   Communicator& communicator(int r);
   void abort(const std::string& reason);
 
- struct Impl;  // shared mailboxes; defined in thread_comm.cc
+  struct Impl;  // shared mailboxes; defined in thread_comm.cc
 
  private:
   std::unique_ptr<Impl> impl_;

@@ -91,7 +91,8 @@ CostModel CostModel::fromJson(const std::string& text) {
     p.bandwidth_Bps = j.at("bandwidth_Bps").get<double>();
     p.latency_s = j.at("latency_s").get<double>();
     const std::string t = j.at("topology").get<std::string>();
-    if (t != "star" && t != "mesh") throw InvalidArgument(fmt::format("cost model: topology '{}' is not star or mesh", t));
+    if (t != "star" && t != "mesh")
+      throw InvalidArgument(fmt::format("cost model: topology '{}' is not star or mesh", t));
     p.topology = t == "star" ? Topology::Star : Topology::Mesh;
     p.kernel_flops = j.at("kernel_flops").get<double>();
     if (!(p.bandwidth_Bps > 0) || !(p.kernel_flops > 0) || !(p.latency_s >= 0))
@@ -149,14 +150,14 @@ CostModel CostModel::calibrate(Communicator& comm, const std::string& topology) 
   double one = 1e30;
   for (int i = 0; i < 2; ++i)
     one = std::min(one, timed([&] {
-      if (r == 1) {
-        Request s = comm.isend(a.data(), bytes, 0, tag);
-        comm.wait(s, comm.deadline());
-      } else if (r == 0) {
-        Request q = comm.irecv(b.data(), bytes, 1, tag);
-        comm.wait(q, comm.deadline());
-      }
-    }));
+                     if (r == 1) {
+                       Request s = comm.isend(a.data(), bytes, 0, tag);
+                       comm.wait(s, comm.deadline());
+                     } else if (r == 0) {
+                       Request q = comm.irecv(b.data(), bytes, 1, tag);
+                       comm.wait(q, comm.deadline());
+                     }
+                   }));
   p.bandwidth_Bps = static_cast<double>(bytes) / std::max(one - p.latency_s, 1e-9);
   if (!topology.empty()) {
     p.topology = topology == "star" ? Topology::Star : Topology::Mesh;

@@ -380,9 +380,7 @@ void blockAttentionWith(KernelImpl impl, const float* q, const float* k, const f
   run(impl, q, k, v, shape, options, out, lse, tuning);
 }
 
-void setBlasThreads(int n) {
-  cpu::setThreads(n);
-}
+void setBlasThreads(int n) { cpu::setThreads(n); }
 
 int blasThreads() { return openblas_get_num_threads(); }
 

@@ -43,8 +43,8 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
   if (owner < 0 || owner >= S)
     throw InvalidArgument(fmt::format("spPassQAttention: owner {} outside [0, {})", owner, S), me);
   if (s.q_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.heads % s.kv_heads != 0)
-    throw InvalidArgument(fmt::format("spPassQAttention: bad shape q_len {} heads {} kv_heads {} head_dim {}",
-                                      s.q_len, s.heads, s.kv_heads, s.head_dim),
+    throw InvalidArgument(fmt::format("spPassQAttention: bad shape q_len {} heads {} kv_heads {} head_dim {}", s.q_len,
+                                      s.heads, s.kv_heads, s.head_dim),
                           me);
   if (kv_len < 0 || (me == owner && kv_len < s.q_len))
     throw InvalidArgument(

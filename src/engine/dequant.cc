@@ -46,7 +46,8 @@ const TypeInfo& knownInfo(TensorType t) {
 void checkKernelArgs(TensorType t, const uint8_t* src, float* dst, size_t n, const char* fn) {
   if (!supported(t)) {
     throw FormatError(std::string("gguf: ") + fn + ": cannot dequantize tensor type " +
-                      typeName(static_cast<uint32_t>(t)) + " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)");
+                      typeName(static_cast<uint32_t>(t)) +
+                      " (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)");
   }
   const size_t bs = blockSize(t);
   if (n % bs != 0) {

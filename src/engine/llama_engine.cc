@@ -134,7 +134,10 @@ struct LlamaEngine::Impl {
     ++st.allreduces;
     // Message rounds of the all-reduce that ran (decode-sized buffers are one chunk).
     const AllreduceAlgorithm a = as.algorithm;
-    if (opts.tp > 1) st.allreduce_rounds += a == AllreduceAlgorithm::OneShot ? 1 : a == AllreduceAlgorithm::Ring ? 2 * (opts.tp - 1) : 2;
+    if (opts.tp > 1)
+      st.allreduce_rounds += a == AllreduceAlgorithm::OneShot ? 1
+                             : a == AllreduceAlgorithm::Ring  ? 2 * (opts.tp - 1)
+                                                              : 2;
   }
 
   // The all-reduce options for a buffer of n floats: the user's, or in append mode (decode, short turns)
@@ -171,8 +174,7 @@ struct LlamaEngine::Impl {
         refined.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
         AllreduceStats rs;
         if (opts.error_feedback) {
-          allreduceWithError(*tp_comm, std::span<float>(refined.data(), n), std::span<float>(carry.data(), n),
-                             ao, &rs);
+          allreduceWithError(*tp_comm, std::span<float>(refined.data(), n), std::span<float>(carry.data(), n), ao, &rs);
         } else {
           allreduce(*tp_comm, std::span<float>(refined.data(), n), ao, &rs);
           std::fill(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n), 0.f);

@@ -52,9 +52,10 @@ void checkTensor(const gguf::File& f, const Expect& e) {
                                         fmt::join(t->dims, ", "), e.in, e.out));
   }
   if (!gguf::supported(t->type) || !qmm::hasKernels(t->type))
-    throw gguf::FormatError(fmt::format("{}: tensor '{}' has type {}, which flashring cannot run (supported: f32, "
-                                        "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)",
-                                        f.path(), e.name, gguf::typeName(t->raw_type)));
+    throw gguf::FormatError(
+        fmt::format("{}: tensor '{}' has type {}, which flashring cannot run (supported: f32, "
+                    "f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_K, q5_K, q6_K)",
+                    f.path(), e.name, gguf::typeName(t->raw_type)));
 }
 
 // Drops the file pages of `bytes` (those wholly inside it) from this process's resident set once they were
@@ -92,7 +93,8 @@ class Mapper {
     const qmm::Matrix m = whole(name);
     bool consecutive = true;
     for (size_t i = 1; i < which.size(); ++i) consecutive = consecutive && which[i] == which[i - 1] + 1;
-    if (consecutive) return finish(m.rowRange(which.empty() ? 0 : which[0] * block, int64_t(which.size()) * block), false);
+    if (consecutive)
+      return finish(m.rowRange(which.empty() ? 0 : which[0] * block, int64_t(which.size()) * block), false);
     std::vector<uint8_t>& buf = w_.owned.emplace_back(static_cast<size_t>(which.size() * block) * m.row_bytes);
     for (size_t i = 0; i < which.size(); ++i)
       std::memcpy(buf.data() + i * block * m.row_bytes, m.data + which[i] * block * m.row_bytes,

@@ -12,7 +12,7 @@ using cpu::Isa;
 
 const detail::TypeKernels* lookup(Isa isa, TensorType t) {
   return (t == TensorType::Q4_K || t == TensorType::Q5_K || t == TensorType::Q6_K) ? detail::kquantKernels(isa, t)
-                                                                                     : detail::legacyKernels(isa, t);
+                                                                                   : detail::legacyKernels(isa, t);
 }
 
 // The kernels of `t` at `isa`, or of the next lower ISA that has them ("a null entry means: fall back").

@@ -16,8 +16,8 @@
 
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
-#include "flashring/qmatmul.h"
 #include "flashring/model_path.h"
+#include "flashring/qmatmul.h"
 #include "flashring/thread_comm.h"
 
 namespace flashring::testref {

@@ -17,10 +17,7 @@ using testref::randn;
 using testref::shard;
 using namespace flashring::mpitest;
 
-namespace {
-
-
-}  // namespace
+namespace {}  // namespace
 
 class MpiSpAttention : public MpiTest, public ::testing::WithParamInterface<std::string> {};
 class MpiSpAttentionErrors : public MpiTest {};
@@ -32,7 +29,8 @@ TEST_P(MpiSpAttention, EqualsSingleRankAttention) {
     for (SeqLayout lay : {SeqLayout::Zigzag, SeqLayout::Contiguous}) {
       for (auto [h, hkv] : {std::pair{4, 4}, std::pair{8, 2}, std::pair{4, 1}}) {
         const SpShape s{2, 11 * N + 3, h, hkv, 64};
-        const size_t S = static_cast<size_t>(s.seq_len), qw = static_cast<size_t>(h * 64), kw = static_cast<size_t>(hkv * 64);
+        const size_t S = static_cast<size_t>(s.seq_len), qw = static_cast<size_t>(h * 64),
+                     kw = static_cast<size_t>(hkv * 64);
         const auto q = randn(2 * S * qw, 1), k = randn(2 * S * kw, 2), v = randn(2 * S * kw, 3);
         std::vector<float> ref(q.size()), lse(2 * S * static_cast<size_t>(h));
         BlockAttentionOptions bo;
@@ -48,15 +46,17 @@ TEST_P(MpiSpAttention, EqualsSingleRankAttention) {
         spAttention(comm(), ql.data(), kl.data(), vl.data(), s, o, out.data());
         const auto expect = shard(ref, s, qw, N, r, lay);
         double m = 0;
-        for (size_t i = 0; i < out.size(); ++i) m = std::max(m, std::isfinite(out[i]) ? std::fabs(out[i] - expect[i]) : 1e9);
-        EXPECT_LE(m, 1e-5) << GetParam() << " causal=" << causal << " zigzag=" << (lay == SeqLayout::Zigzag) << " h=" << h
-                           << " hkv=" << hkv;
+        for (size_t i = 0; i < out.size(); ++i)
+          m = std::max(m, std::isfinite(out[i]) ? std::fabs(out[i] - expect[i]) : 1e9);
+        EXPECT_LE(m, 1e-5) << GetParam() << " causal=" << causal << " zigzag=" << (lay == SeqLayout::Zigzag)
+                           << " h=" << h << " hkv=" << hkv;
       }
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(All, MpiSpAttention, ::testing::Values("tokenring", "ring-kv", "ulysses", "allgather-kv", "auto"),
+INSTANTIATE_TEST_SUITE_P(All, MpiSpAttention,
+                         ::testing::Values("tokenring", "ring-kv", "ulysses", "allgather-kv", "auto"),
                          [](const ::testing::TestParamInfo<std::string>& i) {
                            std::string s = i.param;
                            for (auto& c : s) c = c == '-' ? '_' : c;

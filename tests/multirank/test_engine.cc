@@ -171,7 +171,8 @@ std::vector<Grid> tinyGrids() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, EngineGrid,
-                         ::testing::Combine(::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha", "tiny-q5", "tiny-kquant"),
+                         ::testing::Combine(::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha",
+                                                              "tiny-q5", "tiny-kquant"),
                                             ::testing::ValuesIn(tinyGrids())),
                          [](const auto& param_info) {
                            std::string n =
@@ -458,8 +459,8 @@ std::vector<std::vector<TokenId>> sampledTokens(const std::string& path, EngineO
 TEST(EngineSampling, SeededSamplingIsTheSameOnEveryRankAndEveryRun) {
   const ModelFixture f = testref::tinyFixture("tiny-uneven");
   if (!f.present) GTEST_SKIP() << f.missing;
-  for (const Grid& g : std::vector<Grid>{{1, 1, SpScheme::Auto}, {2, 1, SpScheme::Auto}, {2, 2, SpScheme::TokenRing},
-                                         {1, 3, SpScheme::RingKV}}) {
+  for (const Grid& g : std::vector<Grid>{
+           {1, 1, SpScheme::Auto}, {2, 1, SpScheme::Auto}, {2, 2, SpScheme::TokenRing}, {1, 3, SpScheme::RingKV}}) {
     SCOPED_TRACE(gridName(g));
     EngineOptions o = exactOptions(g);
     // The tiny models' logits span ~40: a high temperature spreads the draws over the top-k.

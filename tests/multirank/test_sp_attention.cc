@@ -21,7 +21,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-
 struct Case {
   SpShape shape;
   bool causal;
@@ -37,14 +36,16 @@ double maxError(const std::string& scheme, int N, const Case& c) {
   std::vector<float> ref(B * S * qw), lse(B * S * static_cast<size_t>(s.heads));
   BlockAttentionOptions bo;
   bo.causal = c.causal;
-  blockAttention(q.data(), k.data(), v.data(), {s.batch, static_cast<int>(S), static_cast<int>(S), s.heads, s.kv_heads, s.head_dim},
-                 bo, ref.data(), lse.data());
+  blockAttention(q.data(), k.data(), v.data(),
+                 {s.batch, static_cast<int>(S), static_cast<int>(S), s.heads, s.kv_heads, s.head_dim}, bo, ref.data(),
+                 lse.data());
   std::vector<double> err(static_cast<size_t>(N), 0);
   runThreadRanks(
       N,
       [&](Communicator& comm) {
         const int r = comm.rank();
-        auto ql = shard(q, s, qw, N, r, c.layout), kl = shard(k, s, kw, N, r, c.layout), vl = shard(v, s, kw, N, r, c.layout);
+        auto ql = shard(q, s, qw, N, r, c.layout), kl = shard(k, s, kw, N, r, c.layout),
+             vl = shard(v, s, kw, N, r, c.layout);
         std::vector<float> out(ql.size(), NAN);
         SpAttentionOptions o;
         o.scheme = spSchemeFromName(scheme);
@@ -54,7 +55,8 @@ double maxError(const std::string& scheme, int N, const Case& c) {
         spAttention(comm, ql.data(), kl.data(), vl.data(), s, o, out.data(), &st);
         const auto expect = shard(ref, s, qw, N, r, c.layout);
         double m = 0;
-        for (size_t i = 0; i < out.size(); ++i) m = std::max(m, std::isfinite(out[i]) ? std::fabs(out[i] - expect[i]) : 1e9);
+        for (size_t i = 0; i < out.size(); ++i)
+          m = std::max(m, std::isfinite(out[i]) ? std::fabs(out[i] - expect[i]) : 1e9);
         err[static_cast<size_t>(r)] = m;
         if (o.scheme != SpScheme::Auto) {
           EXPECT_EQ(st.scheme, o.scheme);
@@ -172,7 +174,8 @@ TEST(CostModel, PrefersTokenRingForMhaOnAMeshAndRingKvForGqaOnAStar) {
 
 TEST(CostModel, CalibrationAgreesOnEveryRank) {
   std::vector<std::string> js(3);
-  runThreadRanks(3, [&](Communicator& comm) { js[static_cast<size_t>(comm.rank())] = CostModel::calibrate(comm).toJson(); });
+  runThreadRanks(
+      3, [&](Communicator& comm) { js[static_cast<size_t>(comm.rank())] = CostModel::calibrate(comm).toJson(); });
   EXPECT_EQ(js[0], js[1]);
   EXPECT_EQ(js[0], js[2]);
   auto m = CostModel::fromJson(js[0]);

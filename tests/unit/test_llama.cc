@@ -3,9 +3,8 @@
 // model, greedy decoding, scoring, and bad input.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-
 #include <cmath>
+#include <filesystem>
 
 #include "common/engine_fixtures.h"
 #include "flashring/gguf.h"
@@ -129,8 +128,8 @@ void expectIntegerPathClose(const ModelFixture& f, double rel_tol) {
     ++checked;
     EXPECT_EQ(std::max_element(a, a + f.n_vocab) - a, std::max_element(b, b + f.n_vocab) - b) << "position " << t;
   }
-  std::printf("%s integer path: greedy choice checked at %d of %zu positions (margin > 2x the error)\n",
-              f.name.c_str(), checked, f.tokens.size());
+  std::printf("%s integer path: greedy choice checked at %d of %zu positions (margin > 2x the error)\n", f.name.c_str(),
+              checked, f.tokens.size());
   EXPECT_GT(checked, 0) << "no position with a clear margin";
 }
 
@@ -174,7 +173,9 @@ TEST_P(TinyModel, ScoreIsTheNegativeLogLikelihoodOfTheLogits) {
   EXPECT_GT(sc.nll_sq, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel, ::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha", "tiny-q5", "tiny-kquant"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel,
+                         ::testing::Values("tiny-f32", "tiny-quant", "tiny-uneven", "tiny-mha", "tiny-q5",
+                                           "tiny-kquant"),
                          [](const auto& param_info) {
                            std::string n = param_info.param;
                            std::replace(n.begin(), n.end(), '-', '_');

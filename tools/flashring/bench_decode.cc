@@ -79,8 +79,7 @@ void run(const Config& cfg) {
         const double comm_s = allreduceSumDouble(comm, st.comm_s) / n;
         const double quant_s = allreduceSumDouble(comm, st.quant_s) / n;
         const double wire = allreduceSumDouble(comm, static_cast<double>(st.wire_bytes)) / n;
-        const double rounds =
-            allreduceSumDouble(comm, static_cast<double>(st.allreduce_rounds + st.choice_rounds)) / n;
+        const double rounds = allreduceSumDouble(comm, static_cast<double>(st.allreduce_rounds + st.choice_rounds)) / n;
         const double ars = allreduceSumDouble(comm, static_cast<double>(st.allreduces)) / n;
         if (it < cfg.warmup) continue;
         std::lock_guard<std::mutex> lock(mu);
@@ -120,8 +119,8 @@ void run(const Config& cfg) {
     const bool same = r.same_tokens && r.tokens == first;
     const double vs = twostep.count(r.comm) ? twostep[r.comm] / t : 0;
     fmt::print("{:>8} {:>8} {:>10.2f} {:>9.1f} {:>9.2f} {:>9.2f} {:>10.2f} {:>7.1f} {:>11.1f} {:>7.2f}x {:>7}\n",
-               r.comm, r.mode, t * 1e3, 1.0 / t, r.comm_s * 1e3, r.quant_s * 1e3, r.wire / 1e3, r.rounds,
-               per_ar * 1e6, vs, same ? "same" : "DIFF");
+               r.comm, r.mode, t * 1e3, 1.0 / t, r.comm_s * 1e3, r.quant_s * 1e3, r.wire / 1e3, r.rounds, per_ar * 1e6,
+               vs, same ? "same" : "DIFF");
     out.push_back({{"bench", "decode"},
                    {"model", model_desc},
                    {"tp", cfg.mo.tp},
@@ -142,8 +141,9 @@ void run(const Config& cfg) {
                    {"speedup_vs_twostep", vs},
                    {"same_tokens_as_first_row", same}});
   }
-  fmt::print("# us/allred: codec + wait time per TP all-reduce; vs_2step: per-token speed-up over the same codec's "
-             "two-step row; tokens: greedy tokens equal to the first row's\n");
+  fmt::print(
+      "# us/allred: codec + wait time per TP all-reduce; vs_2step: per-token speed-up over the same codec's "
+      "two-step row; tokens: greedy tokens equal to the first row's\n");
   if (!cfg.mo.json.empty()) {
     std::ofstream f(cfg.mo.json);
     if (!f) throw InvalidArgument(fmt::format("cannot write --json {}", cfg.mo.json));
@@ -156,8 +156,7 @@ void run(const Config& cfg) {
 void addBenchDecode(CLI::App& bench) {
   auto cfg = std::make_shared<Config>();
   auto* app = bench.add_subcommand(
-      "decode",
-      "decode tokens/s of a GGUF model under TP, all-reduce codecs as two-step and one-shot side by side");
+      "decode", "decode tokens/s of a GGUF model under TP, all-reduce codecs as two-step and one-shot side by side");
   cfg->mo.add(*app);
   app->add_option("--comms", cfg->comms, "TP all-reduce per row (as run --comm)")
       ->delimiter(',')

@@ -8,9 +8,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <set>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -66,14 +66,15 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
                  "massive activations of LLaMA-family models); 0 = plain group-wise quantization")
       ->check(CLI::Range(0, 8))
       ->capture_default_str();
-  app.add_flag_callback("--no-error-feedback", [this] { error_feedback_flag = 0; },
-                        "no error feedback, also for the low-bit codecs");
-  app.add_flag_callback("--error-feedback", [this] { error_feedback_flag = 1; },
-               "carry each rank's quantization error of a TP all-reduce into its next one, and sum the last errors "
-               "with one more all-reduce after the last layer (the residual stream then holds one all-reduce's error "
-               "instead of the sum of all; INT8's perplexity change on the default model at TP 3 falls from +0.10% "
-               "to +0.01%, INT4's from ~11% to ~2%). Default: on for the low-bit codecs (INT8 and below), off for "
-               "exact and bf16");
+  app.add_flag_callback(
+      "--no-error-feedback", [this] { error_feedback_flag = 0; }, "no error feedback, also for the low-bit codecs");
+  app.add_flag_callback(
+      "--error-feedback", [this] { error_feedback_flag = 1; },
+      "carry each rank's quantization error of a TP all-reduce into its next one, and sum the last errors "
+      "with one more all-reduce after the last layer (the residual stream then holds one all-reduce's error "
+      "instead of the sum of all; INT8's perplexity change on the default model at TP 3 falls from +0.10% "
+      "to +0.01%, INT4's from ~11% to ~2%). Default: on for the low-bit codecs (INT8 and below), off for "
+      "exact and bf16");
   app.add_flag("--rotate", rotate,
                "rotate each group of the low-bit all-reduces by a randomized Hadamard transform before quantizing "
                "(spreads the error over the group; needs a power-of-two --group-size)");

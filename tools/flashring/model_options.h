@@ -30,14 +30,14 @@ struct ModelOptions {
   int tp = 1, sp = 1;
   std::string comm = "exact";
   int group_size = 128;
-  int spikes = 2;               // spike reserving on by default for models: their massive activations need it (README)
+  int spikes = 2;  // spike reserving on by default for models: their massive activations need it (README)
   // EngineOptions::error_feedback. Default (error_feedback_flag < 0): on for the low-bit codecs (INT8 and
   // below), off for exact and bf16; --error-feedback / --no-error-feedback set the flag. resolve() decides.
   bool error_feedback = false;
   int error_feedback_flag = -1;
-  bool rotate = false;          // quant::Config::rotate of the low-bit all-reduces
-  bool clip = false;            // quant::Config::clip
-  int refine_layers = 0;        // EngineOptions::refine_layers
+  bool rotate = false;    // quant::Config::rotate of the low-bit all-reduces
+  bool clip = false;      // quant::Config::clip
+  int refine_layers = 0;  // EngineOptions::refine_layers
   std::string attn = "auto";
   std::string layout = "zigzag";
   int threads = 0;

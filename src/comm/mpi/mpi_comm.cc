@@ -635,7 +635,8 @@ void MpiCommunicator::nativeAllreduceSum(float* data, size_t count, Deadline dea
   for (size_t off = 0; off < count; off += piece) {
     const size_t n = std::min(piece, count - off);
     if (blocking) {
-      d.check(MPI_Allreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_SUM, d.comm), "MPI_Allreduce");
+      d.check(MPI_Allreduce(MPI_IN_PLACE, data + off, static_cast<int>(n), MPI_FLOAT, MPI_SUM, d.comm),
+              "MPI_Allreduce");
       continue;
     }
     MPI_Request req = MPI_REQUEST_NULL;

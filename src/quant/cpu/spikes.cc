@@ -228,7 +228,6 @@ Config withoutSpikes(const Config& cfg) {
   return c;
 }
 
-
 }  // namespace
 
 void checkSpikeIndices(const uint8_t* idx, size_t n, const Config& cfg) {
