@@ -124,7 +124,7 @@ inline __m512i dotU8S8(__m512i u, __m512i s) {
 // < 64 bytes); prefetches never fault, past the end of the matrix included.
 constexpr size_t kPrefetchAhead = 3072;
 template <size_t kBytes>
-inline void prefetchWeights(const uint8_t* w) {
+__attribute__((always_inline)) inline void prefetchWeights(const uint8_t* w) {
   for (size_t o = 0; o < kBytes; o += 64)
     _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchAhead + o), _MM_HINT_T0);
 }
@@ -209,7 +209,8 @@ inline void pairStep(const WeightPair& w, const ActPair& a, __m512* acc, __m128*
 // Per output: blocks in groups of four, pairs (b, b+1) into acc0 and (b+2, b+3) into acc1, a last pair into
 // acc0, a last odd block paired with an all-zero one (scale 0, codes 0: adds exactly 0) into acc1.
 template <TT T, bool kVnni, int kRows, int kActs>
-void dotTile(size_t n, const uint8_t* w, size_t row_bytes, const void* act, size_t act_bytes, float* out, size_t ldo) {
+__attribute__((always_inline)) inline void dotTile(size_t n, const uint8_t* w, size_t row_bytes, const void* act,
+                                                   size_t act_bytes, float* out, size_t ldo) {
   constexpr size_t kBytes = bytesOfBlock(T);
   const size_t nb = n / kQK;
   const BlockQ8* a[kActs];
