@@ -7,6 +7,7 @@
 //   qmm/dequant/<type>/<isa>/1536x576     dequantization to fp32 (the DequantGemm panels), Out_GB/s written
 //   qmm/matmul/q4_1/1536x576/<path>/m:M   qmm::matmul at batch M through the Dot and the DequantGemm path
 //                                         (the crossover sets gemmThreshold())
+//   qmm/matmul_stream/<type>/<rows>x576/t:T  qmm::matmul (Dot path, m = 1) on a decode-sized stream of weights
 //   qmm/decode_layer/q4_1/smollm2/t:T     the 7 matmuls of one SmolLM2-135M layer at m = 1 on T threads (wall
 //                                         time: the pool's hand-off per call counts)
 //   qmm/parallel_for/t:T                  one cpu::parallelFor call with a trivial body (the hand-off alone)
@@ -216,6 +217,26 @@ void BM_Matmul(benchmark::State& state, qmm::MatmulPath path, int64_t m) {
   state.SetLabel(std::string(cpu::isaName(cpu::activeIsa())));
 }
 
+// qmm::matmul's Dot path at m = 1 on a decode-sized stream of weights (out of cache), on 1 or 2 threads: the
+// driver as the model runs it (tiles on four streams of rows, chunks over the threads), W_GB/s to compare
+// with the machine's read bandwidth.
+void BM_MatmulStream(benchmark::State& state, TensorType t, int64_t rows, int threads) {
+  cpu::setThreads(threads);
+  const Weights w = makeWeights(t, rows, 576);
+  const std::vector<float> x = randomVector(576, 4);
+  std::vector<float> y(static_cast<size_t>(rows));
+  qmm::Workspace ws;
+  const qmm::Matrix mat = w.matrix();
+  for (auto _ : state) {
+    qmm::matmul(mat, x.data(), 1, y.data(), ws, qmm::MatmulPath::Dot);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  setCounters(state, w.data.size());
+  state.SetLabel(std::string(cpu::isaName(cpu::activeIsa())));
+  cpu::setThreads(1);
+}
+
 // One decode step of a SmolLM2-135M layer: its seven Q4_1 matmuls at m = 1 through qmm::matmul (q, k, v, o,
 // gate, up 576 wide; down 1536 wide), on `threads` threads: the pool's hand-off per call shows against the
 // one-thread time (30 layers make ~210 such calls a token).
@@ -319,6 +340,16 @@ const int kRegistered = [] {
     }
   }
   for (int threads : {1, 2}) {
+    for (const auto& [t, rows] :
+         {std::pair{TensorType::Q4_1, int64_t{184320}}, std::pair{TensorType::Q8_0, int64_t{49152}},
+          std::pair{TensorType::Q8_0, int64_t{184320}}}) {
+      benchmark::RegisterBenchmark(
+          ("qmm/matmul_stream/" + typeName(t) + "/" + std::to_string(rows) + "x576/t:" + std::to_string(threads))
+              .c_str(),
+          BM_MatmulStream, t, rows, threads)
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
     benchmark::RegisterBenchmark(("qmm/decode_layer/q4_1/smollm2/t:" + std::to_string(threads)).c_str(), BM_DecodeLayer,
                                  threads)
         ->Unit(benchmark::kMicrosecond)

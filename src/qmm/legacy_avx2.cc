@@ -120,10 +120,10 @@ inline __m256i dotU8S8(__m256i u, __m256i s) {
   }
 }
 
-// 8 int32 lanes summing to the block's exact integer dot product with the activation codes a.
+// 8 int32 lanes summing to the block's exact integer dot product: weight codes w (as codes<T> gives them)
+// with activation codes a.
 template <TT T, bool kVnni>
-inline __m256i blockDot(const uint8_t* blk, __m256i a) {
-  const __m256i w = codes<T>(blk);
+inline __m256i blockDot(__m256i w, __m256i a) {
   if constexpr (T == TT::Q8_0) {
     // |w| x (a * sign(w)): |-128| = 128 is exact as an unsigned byte; a is never -128 (codes in [-127, 127]).
     return dotU8S8<kVnni>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
@@ -141,86 +141,141 @@ inline __m256i blockDot(const uint8_t* blk, __m256i a) {
   }
 }
 
-// Scales of one block: [d_w d_a, m_w s_a (Q4_1 / Q5_1), ., .].
-template <TT T>
-inline __m128 blockScales(const uint8_t* blk, const BlockQ8& a) {
-  if constexpr (isAffine(T)) {
-    const __m128 wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load32(blk))));                  // [d, m]
-    return _mm_mul_ps(wdm, _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a.d))));  // [d, s]
-  } else {
-    return _mm_mul_ss(_mm_cvtph_ps(_mm_cvtsi32_si128(loadU16(blk))), _mm_load_ss(&a.d));
-  }
-}
-
-// Scales of two blocks, their fp16 converted together: [d_w0 d_a0, d_w1 d_a1] as two broadcasts; for Q4_1 /
-// Q5_1 *ms gets [., m_w0 s_a0, ., m_w1 s_a1] (lanes 1 and 3 to be summed).
-template <TT T>
-inline void pairScales(const uint8_t* b0, const uint8_t* b1, const BlockQ8& a0, const BlockQ8& a1, __m256* s0,
-                       __m256* s1, __m128* ms) {
-  __m128 p;
-  if constexpr (isAffine(T)) {
-    const uint64_t dm = static_cast<uint64_t>(load32(b0)) | static_cast<uint64_t>(load32(b1)) << 32;
-    const __m128 w = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(dm)));  // [d0, m0, d1, m1]
-    const __m128 a = _mm_castsi128_ps(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a0.d)),
-                                                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a1.d))));
-    p = _mm_mul_ps(w, a);
-    *ms = p;
-    *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(2));
-  } else {
-    (void)ms;
-    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
-    const __m128 w = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));  // [d0, d1]
-    p = _mm_mul_ps(w, _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d)));
-    *s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(1));
-  }
-  *s0 = _mm256_broadcastss_ps(p);
-}
-
 // Software prefetch of the weight bytes kPrefetchAhead past the blocks being read: see legacy_avx512.cc.
 constexpr size_t kPrefetchAhead = 3072;
 template <size_t kBytes>
-inline void prefetchWeights(const uint8_t* w) {
+__attribute__((always_inline)) inline void prefetchWeights(const uint8_t* w) {
   for (size_t o = 0; o < kBytes; o += 64)
     _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchAhead + o), _MM_HINT_T0);
 }
 
+// The activation side of a pair of blocks: the codes of each, and the scales [d_a0, s_a0, d_a1, s_a1] (Q4_1 /
+// Q5_1) or [d_a0, d_a1, 0, 0].
+struct ActPair {
+  __m256i q0, q1;
+  __m128 ds;
+};
+template <TT T>
+inline ActPair actPair(const BlockQ8& a0, const BlockQ8& a1) {
+  ActPair p;
+  p.q0 = load256(a0.qs);
+  p.q1 = load256(a1.qs);
+  if constexpr (isAffine(T)) {
+    p.ds = _mm_castsi128_ps(_mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a0.d)),
+                                               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a1.d))));
+  } else {
+    p.ds = _mm_unpacklo_ps(_mm_load_ss(&a0.d), _mm_load_ss(&a1.d));
+  }
+  return p;
+}
+
+// The weight side of a pair of blocks: the codes of each, and their fp16 scales converted together,
+// [d0, m0, d1, m1] (Q4_1 / Q5_1) or [d0, d1, 0, 0].
+struct WeightPair {
+  __m256i q0, q1;
+  __m128 dm;
+};
+template <TT T>
+inline WeightPair weightPair(const uint8_t* b0, const uint8_t* b1) {
+  WeightPair p;
+  p.q0 = codes<T>(b0);
+  p.q1 = codes<T>(b1);
+  if constexpr (isAffine(T)) {
+    const uint64_t dm = static_cast<uint64_t>(load32(b0)) | static_cast<uint64_t>(load32(b1)) << 32;
+    p.dm = _mm_cvtph_ps(_mm_cvtsi64_si128(static_cast<long long>(dm)));
+  } else {
+    const uint32_t dd = static_cast<uint32_t>(loadU16(b0)) | static_cast<uint32_t>(loadU16(b1)) << 16;
+    p.dm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(dd)));
+  }
+  return p;
+}
+
+// One pair of blocks of one (weight row, activation vector): acc0 += d_w0 d_a0 * the integer lanes of block 0,
+// acc1 the same for block 1; for Q4_1 / Q5_1 macc += [., m_w0 s_a0, ., m_w1 s_a1] (lanes 1 and 3 summed at
+// the end).
 template <TT T, bool kVnni>
-float dotBlocks(size_t n, const uint8_t* w, const void* act) {
+inline void pairStep(const WeightPair& w, const ActPair& a, __m256* acc0, __m256* acc1, __m128* macc) {
+  const __m128 p = _mm_mul_ps(w.dm, a.ds);
+  const __m256 s1 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(p), _mm256_set1_epi32(isAffine(T) ? 2 : 1));
+  const __m256 s0 = _mm256_broadcastss_ps(p);
+  *acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(blockDot<T, kVnni>(w.q0, a.q0)), *acc0);
+  *acc1 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(blockDot<T, kVnni>(w.q1, a.q1)), *acc1);
+  if constexpr (isAffine(T)) *macc = _mm_add_ps(*macc, p);
+}
+
+// A tile of dot products: kRows weight rows (row r at w + r * row_bytes) by kActs activation vectors (vector
+// i at act + i * act_bytes), out[i * ldo + r] = the dot product of row r with vector i. Every output is
+// computed by exactly the operations of the single dot product (dotBlocks is the 1 x 1 tile), in the same
+// order: the tiles share the activation loads (over rows) and the weight decoding (over vectors) only.
+// Per output: pairs of blocks, block b into acc0 and b+1 into acc1 (two FMA chains), a last odd block into
+// acc0, then [m_w s_a terms] for Q4_1 / Q5_1.
+template <TT T, bool kVnni, int kRows, int kActs>
+__attribute__((always_inline)) inline void dotTile(size_t n, const uint8_t* w, size_t row_bytes, const void* act,
+                                                   size_t act_bytes, float* out, size_t ldo) {
   constexpr size_t kBytes = bytesOfBlock(T);
-  const auto* a = static_cast<const BlockQ8*>(act);
   const size_t nb = n / kQK;
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  __m128 macc = _mm_setzero_ps();  // Q4_1, Q5_1: lanes 1 and 3 sum m_w * s_a
+  const BlockQ8* a[kActs];
+  for (int i = 0; i < kActs; ++i)
+    a[i] = reinterpret_cast<const BlockQ8*>(static_cast<const uint8_t*>(act) + static_cast<size_t>(i) * act_bytes);
+  __m256 acc0[kRows][kActs], acc1[kRows][kActs];
+  __m128 macc[kRows][kActs];  // Q4_1, Q5_1: lanes 1 and 3 sum m_w * s_a
+  for (int r = 0; r < kRows; ++r)
+    for (int i = 0; i < kActs; ++i) {
+      acc0[r][i] = acc1[r][i] = _mm256_setzero_ps();
+      macc[r][i] = _mm_setzero_ps();
+    }
   size_t b = 0;
   for (; b + 2 <= nb; b += 2) {
-    const uint8_t* w0 = w + b * kBytes;
-    const uint8_t* w1 = w0 + kBytes;
-    prefetchWeights<2 * kBytes>(w0);
-    const __m256i i0 = blockDot<T, kVnni>(w0, load256(a[b].qs));
-    const __m256i i1 = blockDot<T, kVnni>(w1, load256(a[b + 1].qs));
-    __m256 s0, s1;
-    __m128 ms;
-    pairScales<T>(w0, w1, a[b], a[b + 1], &s0, &s1, &ms);
-    acc0 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), acc0);
-    acc1 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), acc1);
-    if constexpr (isAffine(T)) macc = _mm_add_ps(macc, ms);
+    ActPair ap[kActs];
+    for (int i = 0; i < kActs; ++i) ap[i] = actPair<T>(a[i][b], a[i][b + 1]);
+    for (int r = 0; r < kRows; ++r) {
+      const uint8_t* p = w + static_cast<size_t>(r) * row_bytes + b * kBytes;
+      prefetchWeights<2 * kBytes>(p);
+      const WeightPair wp = weightPair<T>(p, p + kBytes);
+      for (int i = 0; i < kActs; ++i) pairStep<T, kVnni>(wp, ap[i], &acc0[r][i], &acc1[r][i], &macc[r][i]);
+    }
   }
-  float r;
+  float tail[kRows][kActs] = {};  // Q4_1, Q5_1: m_w s_a of the last odd block
   if (b < nb) {
-    const uint8_t* w0 = w + b * kBytes;
-    prefetchWeights<kBytes>(w0);
-    const __m128 s = blockScales<T>(w0, a[b]);
-    acc0 =
-        _mm256_fmadd_ps(_mm256_broadcastss_ps(s), _mm256_cvtepi32_ps(blockDot<T, kVnni>(w0, load256(a[b].qs))), acc0);
-    r = hsum(_mm256_add_ps(acc0, acc1));
-    if constexpr (isAffine(T)) r += _mm_cvtss_f32(_mm_movehdup_ps(s));
-  } else {
-    r = hsum(_mm256_add_ps(acc0, acc1));
+    for (int r = 0; r < kRows; ++r) {
+      const uint8_t* p = w + static_cast<size_t>(r) * row_bytes + b * kBytes;
+      const __m256i q = codes<T>(p);
+      __m128 wdm;
+      if constexpr (isAffine(T)) {
+        wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(load32(p))));  // [d, m]
+      } else {
+        wdm = _mm_cvtph_ps(_mm_cvtsi32_si128(loadU16(p)));
+      }
+      for (int i = 0; i < kActs; ++i) {
+        __m128 s;
+        if constexpr (isAffine(T)) {
+          s = _mm_mul_ps(wdm, _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(&a[i][b].d))));
+          tail[r][i] = _mm_cvtss_f32(_mm_movehdup_ps(s));
+        } else {
+          s = _mm_mul_ss(wdm, _mm_load_ss(&a[i][b].d));
+        }
+        acc0[r][i] = _mm256_fmadd_ps(_mm256_broadcastss_ps(s),
+                                     _mm256_cvtepi32_ps(blockDot<T, kVnni>(q, load256(a[i][b].qs))), acc0[r][i]);
+      }
+    }
   }
-  if constexpr (isAffine(T)) {
-    const __m128 h = _mm_movehdup_ps(macc);
-    r += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  for (int r = 0; r < kRows; ++r) {
+    for (int i = 0; i < kActs; ++i) {
+      float v = hsum(_mm256_add_ps(acc0[r][i], acc1[r][i]));
+      if constexpr (isAffine(T)) {
+        if (b < nb) v += tail[r][i];
+        const __m128 h = _mm_movehdup_ps(macc[r][i]);
+        v += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+      }
+      out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
+    }
   }
+}
+
+template <TT T, bool kVnni>
+float dotBlocks(size_t n, const uint8_t* w, const void* act) {
+  float r;
+  dotTile<T, kVnni, 1, 1>(n, w, 0, act, 0, &r, 0);
   return r;
 }
 
@@ -353,7 +408,11 @@ void quantizeQ8(const float* x, size_t n, void* out) {
 }
 
 template <TT T, bool kVnni>
-constexpr TypeKernels kBlockKernels{dequantBlocks<T>, dotBlocks<T, kVnni>};
+constexpr TypeKernels kBlockKernels{dequantBlocks<T>,
+                                    dotBlocks<T, kVnni>,
+                                    {{nullptr, dotTile<T, kVnni, 1, 2>, dotTile<T, kVnni, 1, 4>},
+                                     {dotTile<T, kVnni, 2, 1>, dotTile<T, kVnni, 2, 2>, nullptr},
+                                     {nullptr, nullptr, nullptr}}};
 template <TT T>
 constexpr TypeKernels kFloatKernels{dequantFloat<T>, dotFloat<T>};
 
