@@ -4,8 +4,8 @@
 # a small main, replays the regression corpus (corpus/gguf: small valid and corrupt seeds plus every
 # crasher found so far) as CTest fuzz.gguf_corpus.
 # With FLASHRING_BUILD_FUZZ=ON (clang only; `make fuzz` configures build-fuzz that way): flashring_fuzz_gguf,
-# the libFuzzer binary, built from the GGUF sources themselves (not the whole library: clang 14 cannot
-# compile the codec dispatcher, see fuzz_isa.cc) with -fsanitize=fuzzer,address,undefined.
+# the libFuzzer binary, built from the GGUF sources and the dequantization kernels they reach (not the whole
+# library) with -fsanitize=fuzzer,address,undefined.
 option(FLASHRING_BUILD_FUZZ "Build the libFuzzer GGUF target (needs clang with libFuzzer)" OFF)
 
 set(FLASHRING_FUZZ_DIR ${CMAKE_CURRENT_LIST_DIR})
@@ -19,13 +19,26 @@ if(FLASHRING_BUILD_FUZZ)
     message(FATAL_ERROR "FLASHRING_BUILD_FUZZ needs clang (libFuzzer); configure with CXX=clang++ (see `make fuzz`)")
   endif()
   set(FLASHRING_FUZZ_SANITIZE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
-  add_executable(flashring_fuzz_gguf ${FLASHRING_FUZZ_DIR}/fuzz_gguf.cc ${FLASHRING_FUZZ_DIR}/fuzz_isa.cc
+  # The GGUF sources and what dequantization reaches: the CPU runtime (ISA choice) and the qmm kernels of
+  # the types beyond the first six (per-ISA files with their flags, as src/CMakeLists.txt sets them).
+  set(FLASHRING_FUZZ_AVX2 ${PROJECT_SOURCE_DIR}/src/engine/dequant_avx2.cc ${PROJECT_SOURCE_DIR}/src/qmm/legacy_avx2.cc
+      ${PROJECT_SOURCE_DIR}/src/qmm/kquants_avx2.cc)
+  set(FLASHRING_FUZZ_AVX512 ${PROJECT_SOURCE_DIR}/src/qmm/legacy_avx512.cc ${PROJECT_SOURCE_DIR}/src/qmm/kquants_avx512.cc)
+  add_executable(flashring_fuzz_gguf ${FLASHRING_FUZZ_DIR}/fuzz_gguf.cc
                  ${PROJECT_SOURCE_DIR}/src/engine/gguf.cc ${PROJECT_SOURCE_DIR}/src/engine/dequant.cc
-                 ${PROJECT_SOURCE_DIR}/src/engine/dequant_avx2.cc)
-  set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/dequant_avx2.cc TARGET_DIRECTORY flashring_fuzz_gguf
+                 ${PROJECT_SOURCE_DIR}/src/cpu/runtime.cc ${PROJECT_SOURCE_DIR}/src/qmm/dispatch.cc
+                 ${PROJECT_SOURCE_DIR}/src/qmm/legacy.cc ${PROJECT_SOURCE_DIR}/src/qmm/kquants.cc
+                 ${PROJECT_SOURCE_DIR}/src/qmm/kquants_avx512vnni.cc ${FLASHRING_FUZZ_AVX2} ${FLASHRING_FUZZ_AVX512})
+  set_source_files_properties(${FLASHRING_FUZZ_AVX2} TARGET_DIRECTORY flashring_fuzz_gguf
                               PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+  set_source_files_properties(${FLASHRING_FUZZ_AVX512} TARGET_DIRECTORY flashring_fuzz_gguf
+                              PROPERTIES COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx2;-mfma;-mf16c")
+  set_source_files_properties(${PROJECT_SOURCE_DIR}/src/qmm/kquants_avx512vnni.cc TARGET_DIRECTORY flashring_fuzz_gguf
+                              PROPERTIES COMPILE_OPTIONS
+                              "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mavx512vnni;-mavx2;-mfma;-mf16c")
   target_include_directories(flashring_fuzz_gguf PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/src)
-  target_link_libraries(flashring_fuzz_gguf PRIVATE flashring_flags)
+  target_link_libraries(flashring_fuzz_gguf PRIVATE flashring_flags Threads::Threads ${OpenBLAS_LIBRARIES})
+  target_include_directories(flashring_fuzz_gguf SYSTEM PRIVATE ${OpenBLAS_INCLUDE_DIRS})
   target_compile_options(flashring_fuzz_gguf PRIVATE ${FLASHRING_FUZZ_SANITIZE})
   target_link_options(flashring_fuzz_gguf PRIVATE ${FLASHRING_FUZZ_SANITIZE})
 endif()
