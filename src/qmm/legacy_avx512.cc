@@ -257,6 +257,45 @@ inline __m512i actCodes2(const BlockQ8& a0, const BlockQ8& a1) {
   return _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(load256(a0.qs)), 0xF0, load256(a1.qs));
 }
 
+// The sum of the 16 lanes of v: (hi 256 + lo 256), then (hi 128 + lo 128), then lanes (0 + 2) + (1 + 3).
+// Spelt out (the order of GCC's _mm512_reduce_add_ps; another compiler's may differ) because sum16x4 below
+// must give the same bits for each of its four vectors.
+inline float sum16(__m512 v) {
+  const __m256 t3 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+  const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+  const __m128 t8 = _mm_add_ps(t6, _mm_permute_ps(t6, 0x4E));
+  return _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)));
+}
+
+// The m_w s_a terms of an output: lanes 1 and 3 of (lo 128 + hi 128) of m, summed.
+inline float offsetTerms(__m256 m) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  const __m128 h = _mm_movehdup_ps(s);
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+}
+
+// sum16 of four vectors (and, with kOffset, plus offsetTerms of four more) at once, into out[0..3]: the same
+// additions of the same lanes in the same order, a quarter of the shuffles.
+template <bool kOffset>
+inline void sum16x4(const __m512* v, const __m256* m, float* out) {
+  // [hi 256 + lo 256 of v0 | of v1], [... of v2 | of v3]
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0xEE), _mm512_shuffle_f32x4(v[0], v[1], 0x44));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0xEE), _mm512_shuffle_f32x4(v[2], v[3], 0x44));
+  // hi 128 + lo 128 of each: one 128-bit lane per vector
+  const __m512 t6 = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0xDD), _mm512_shuffle_f32x4(s01, s23, 0x88));
+  const __m512 t8 = _mm512_add_ps(t6, _mm512_permute_ps(t6, 0x4E));
+  __m512 r = _mm512_add_ps(t8, _mm512_permute_ps(t8, 0x01));  // lane 0 of each 128: t8[0] + t8[1]
+  if constexpr (kOffset) {
+    const __m512 m01 = _mm512_insertf32x8(_mm512_castps256_ps512(m[0]), m[1], 1);
+    const __m512 m23 = _mm512_insertf32x8(_mm512_castps256_ps512(m[2]), m[3], 1);
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(m01, m23, 0x88), _mm512_shuffle_f32x4(m01, m23, 0xDD));
+    const __m512 h = _mm512_movehdup_ps(s);
+    r = _mm512_add_ps(r, _mm512_add_ps(h, _mm512_permute_ps(h, 0x0E)));  // + (h0 + h2)
+  }
+  _mm_storeu_ps(out, _mm512_castps512_ps128(
+                         _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), r)));
+}
+
 // dotTile (below) pair by pair of blocks. Per output: blocks in groups of four, pairs (b, b+1) into acc0 and
 // (b+2, b+3) into acc1, a last pair into acc0, a last odd block paired with an all-zero one (scale 0, codes 0:
 // adds exactly 0) into acc1; the m_w s_a terms (Q4_1 / Q5_1) of the acc0 pairs into macc0, of the others into
@@ -307,15 +346,21 @@ __attribute__((always_inline)) inline void dotTilePairs(size_t n, const uint8_t*
       for (int i = 0; i < kActs; ++i) pairStep<T, kVnni>(wp, ap[i], &acc[r][i][1], &macc[r][i][1]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kActs; ++i) {
-      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
-      if constexpr (isAffine(T)) {
-        const __m128 m = _mm_add_ps(macc[r][i][0], macc[r][i][1]);
-        const __m128 h = _mm_movehdup_ps(m);  // lanes 1 and 3 hold the sums of m_w s_a
-        v += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  const auto offsets = [&](int r, int i) __attribute__((always_inline)) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(macc[r][i][0]), macc[r][i][1], 1);
+  };
+  if constexpr (kRows == 4 && kActs == 1) {
+    const __m512 v[4] = {_mm512_add_ps(acc[0][0][0], acc[0][0][1]), _mm512_add_ps(acc[1][0][0], acc[1][0][1]),
+                         _mm512_add_ps(acc[2][0][0], acc[2][0][1]), _mm512_add_ps(acc[3][0][0], acc[3][0][1])};
+    const __m256 m[4] = {offsets(0, 0), offsets(1, 0), offsets(2, 0), offsets(3, 0)};
+    sum16x4<isAffine(T)>(v, m, out);
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kActs; ++i) {
+        float v = sum16(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+        if constexpr (isAffine(T)) v += offsetTerms(offsets(r, i));
+        out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
       }
-      out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
     }
   }
 }
@@ -398,15 +443,18 @@ __attribute__((always_inline)) inline void dotTileQuad(size_t n, const uint8_t* 
     const BlockQ8 zero_a[kActs] = {};
     tailPair(&zw, zero_a, 1);
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kActs; ++i) {
-      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
-      if constexpr (isAffine(T)) {
-        const __m128 m = _mm_add_ps(_mm256_castps256_ps128(macc[r][i]), _mm256_extractf128_ps(macc[r][i], 1));
-        const __m128 h = _mm_movehdup_ps(m);  // lanes 1 and 3 hold the sums of m_w s_a
-        v += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  if constexpr (kRows == 4 && kActs == 1) {
+    const __m512 v[4] = {_mm512_add_ps(acc[0][0][0], acc[0][0][1]), _mm512_add_ps(acc[1][0][0], acc[1][0][1]),
+                         _mm512_add_ps(acc[2][0][0], acc[2][0][1]), _mm512_add_ps(acc[3][0][0], acc[3][0][1])};
+    const __m256 m[4] = {macc[0][0], macc[1][0], macc[2][0], macc[3][0]};
+    sum16x4<isAffine(T)>(v, m, out);
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kActs; ++i) {
+        float v = sum16(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+        if constexpr (isAffine(T)) v += offsetTerms(macc[r][i]);
+        out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
       }
-      out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
     }
   }
 }
