@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -203,14 +204,13 @@ inline void pairStep(const WeightPair& w, const ActPair& a, __m512* acc, __m128*
 }
 
 // The scales of four consecutive blocks at g as fp32: [d0, m0, d1, m1, d2, m2, d3, m3] (Q4_1 / Q5_1) or
-// [d0, d1, d2, d3, 0, 0, 0, 0]: their fp16 words picked out of one or two vector loads by one word permute
-// and converted together (a load, a vpermw and a vcvtph2ps for four blocks, where a pair of blocks takes two
-// scalar loads, a shift, an or, a move and a vcvtph2ps). The second load is masked to the bytes the four
-// blocks hold, so nothing past them is read.
+// [d0, d1, d2, d3, 0, 0, 0, 0]: their fp16 words picked out of one 64-byte load (inside the group: 72 or 80
+// bytes) by one word permute and converted together (a load, a vpermw and a vcvtph2ps for four blocks, where
+// a pair of blocks takes two scalar loads, a shift, an or, a move and a vcvtph2ps).
 // Used where the four blocks' scales lie in their first 64 bytes (Q4_0, Q4_1) and by tiles of one activation
-// vector: the types whose words need a second load (Q8_0, Q5_0, Q5_1) measured slower this way than pair by
-// pair (Q8_0 4 x 1 tile 0.92x), Q4_1's 4 x 1 tile 1.1-1.15x faster; tiles of several vectors run out of
-// registers holding a group's activation codes (2 x 4: 0.95x).
+// vector: for the types whose words would need a second (masked) load, Q8_0, Q5_0 and Q5_1, it measured
+// slower than pair by pair (Q8_0 4 x 1 tile 0.92x), Q4_1's 4 x 1 tile 1.1-1.15x faster; tiles of several
+// vectors run out of registers holding a group's activation codes (2 x 4: 0.95x).
 template <TT T>
 constexpr size_t kQuadSpan = 3 * bytesOfBlock(T) + (isAffine(T) ? 4 : 2);
 template <TT T>
@@ -219,20 +219,21 @@ template <TT T>
 inline __m256 quadWeightScales(const uint8_t* g) {
   constexpr int kW = static_cast<int>(bytesOfBlock(T) / 2);  // words a block
   constexpr size_t kSpan = kQuadSpan<T>;
-  alignas(64) static constexpr uint16_t kIdx[32] = {
-      isAffine(T) ? uint16_t{0} : uint16_t{0},       isAffine(T) ? uint16_t{1} : uint16_t(kW),
-      isAffine(T) ? uint16_t(kW) : uint16_t(2 * kW), isAffine(T) ? uint16_t(kW + 1) : uint16_t(3 * kW),
-      isAffine(T) ? uint16_t(2 * kW) : uint16_t{0},  isAffine(T) ? uint16_t(2 * kW + 1) : uint16_t{0},
-      isAffine(T) ? uint16_t(3 * kW) : uint16_t{0},  isAffine(T) ? uint16_t(3 * kW + 1) : uint16_t{0}};
-  const __m512i idx = _mm512_load_si512(kIdx);
-  __m512i v;
-  if constexpr (kSpan <= 64) {
-    v = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(g));
-  } else {
-    static_assert(kSpan <= 128);
-    const __m512i hi = _mm512_maskz_loadu_epi8(~uint64_t{0} >> (128 - kSpan), g + 64);
-    v = _mm512_permutex2var_epi16(_mm512_loadu_si512(g), idx, hi);
-  }
+  // Word indices: [d0, m0, d1, m1, d2, m2, d3, m3] (Q4_1 / Q5_1) or [d0, d1, d2, d3] (the rest 0).
+  alignas(64) static constexpr std::array<uint16_t, 32> kIdx = [] {
+    std::array<uint16_t, 32> idx{};
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (isAffine(T)) {
+        idx[2 * k] = static_cast<uint16_t>(k * kW);
+        idx[2 * k + 1] = static_cast<uint16_t>(k * kW + 1);
+      } else {
+        idx[k] = static_cast<uint16_t>(k * kW);
+      }
+    }
+    return idx;
+  }();
+  static_assert(kSpan <= 64, "the four blocks' scales lie in their first 64 bytes");
+  __m512i v = _mm512_permutexvar_epi16(_mm512_load_si512(kIdx.data()), _mm512_loadu_si512(g));
   if constexpr (!isAffine(T)) v = _mm512_maskz_mov_epi16(0xF, v);
   return _mm256_cvtph_ps(_mm512_castsi512_si128(v));
 }
