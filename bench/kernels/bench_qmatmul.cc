@@ -1,9 +1,13 @@
-// Single-thread matmul on GGUF-typed weights (include/flashring/qmatmul.h), for the 32-value types.
+// Matmul on GGUF-typed weights (include/flashring/qmatmul.h), for the 32-value types; one thread unless a row
+// says t:T.
 //
 //   qmm/gemv/<type>/<isa>/<rows>x<cols>   y = W x (decode): the activations quantized for the type, then one
 //                                         dot product per weight row with the kernel of that ISA variant
 //                                         (avx2+avxvnni / avx512+vnni: the VNNI integer dot products)
 //   qmm/gemv/sgemv/<rows>x<cols>          the baseline: OpenBLAS sgemv on the dequantized fp32 matrix
+//   qmm/tile/<type>/<isa>/<rows>x576/m:M/RxV  M activation vectors through the variant's tiles of R rows x V
+//                                         vectors (TypeKernels::tiles; 1x1: the single-row dot, the baseline),
+//                                         consecutive rows, us/vector = time per activation vector
 //   qmm/dequant/<type>/<isa>/1536x576     dequantization to fp32 (the DequantGemm panels), Out_GB/s written
 //   qmm/matmul/q4_1/1536x576/<path>/m:M   qmm::matmul at batch M through the Dot and the DequantGemm path
 //                                         (the crossover sets gemmThreshold())

@@ -85,11 +85,13 @@ int initialThreads() {
 //  - Jobs are published through one atomic word, `claim_` = generation << 32 | parts << 16 | next part.
 //    Every thread, the caller included, takes parts by a compare-exchange on it that checks the generation,
 //    so a worker that wakes late can never run a part of a later job, and the caller itself runs every part
-//    no worker has claimed yet (a worker that is descheduled, as on a loaded machine, delays nobody).
-//  - Workers spin (pause) for kSpinMicros after their last job before they sleep on a condition variable;
+//    no worker has claimed yet (a worker descheduled before it claims a part, as on a loaded machine, delays
+//    nobody; one descheduled inside its part still does: qmm hands out a few chunks a thread for that).
+//  - Workers spin (yielding, see pause()) for kSpinMicros after their last job before they sleep on a
+//    condition variable;
 //    the caller takes the lock to notify only when a worker sleeps (`sleepers_`, a Dekker-style pairing of
 //    seq_cst operations with the workers' predicate check).
-//  - The caller waits for the parts workers run by spinning, then on a condition variable as well.
+//  - The caller waits for the parts workers run by spinning (kSpinMicros), then on a condition variable.
 // Ranges: part p of P is [n p / P, n (p + 1) / P), P <= threads(); the first exception is rethrown on the caller.
 class Pool {
  public:

@@ -18,6 +18,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -203,14 +204,13 @@ inline void pairStep(const WeightPair& w, const ActPair& a, __m512* acc, __m128*
 }
 
 // The scales of four consecutive blocks at g as fp32: [d0, m0, d1, m1, d2, m2, d3, m3] (Q4_1 / Q5_1) or
-// [d0, d1, d2, d3, 0, 0, 0, 0]: their fp16 words picked out of one or two vector loads by one word permute
-// and converted together (a load, a vpermw and a vcvtph2ps for four blocks, where a pair of blocks takes two
-// scalar loads, a shift, an or, a move and a vcvtph2ps). The second load is masked to the bytes the four
-// blocks hold, so nothing past them is read.
+// [d0, d1, d2, d3, 0, 0, 0, 0]: their fp16 words picked out of one 64-byte load (inside the group: 72 or 80
+// bytes) by one word permute and converted together (a load, a vpermw and a vcvtph2ps for four blocks, where
+// a pair of blocks takes two scalar loads, a shift, an or, a move and a vcvtph2ps).
 // Used where the four blocks' scales lie in their first 64 bytes (Q4_0, Q4_1) and by tiles of one activation
-// vector: the types whose words need a second load (Q8_0, Q5_0, Q5_1) measured slower this way than pair by
-// pair (Q8_0 4 x 1 tile 0.92x), Q4_1's 4 x 1 tile 1.1-1.15x faster; tiles of several vectors run out of
-// registers holding a group's activation codes (2 x 4: 0.95x).
+// vector: for the types whose words would need a second (masked) load, Q8_0, Q5_0 and Q5_1, it measured
+// slower than pair by pair (Q8_0 4 x 1 tile 0.92x), Q4_1's 4 x 1 tile 1.1-1.15x faster; tiles of several
+// vectors run out of registers holding a group's activation codes (2 x 4: 0.95x).
 template <TT T>
 constexpr size_t kQuadSpan = 3 * bytesOfBlock(T) + (isAffine(T) ? 4 : 2);
 template <TT T>
@@ -219,20 +219,21 @@ template <TT T>
 inline __m256 quadWeightScales(const uint8_t* g) {
   constexpr int kW = static_cast<int>(bytesOfBlock(T) / 2);  // words a block
   constexpr size_t kSpan = kQuadSpan<T>;
-  alignas(64) static constexpr uint16_t kIdx[32] = {
-      isAffine(T) ? uint16_t{0} : uint16_t{0},       isAffine(T) ? uint16_t{1} : uint16_t(kW),
-      isAffine(T) ? uint16_t(kW) : uint16_t(2 * kW), isAffine(T) ? uint16_t(kW + 1) : uint16_t(3 * kW),
-      isAffine(T) ? uint16_t(2 * kW) : uint16_t{0},  isAffine(T) ? uint16_t(2 * kW + 1) : uint16_t{0},
-      isAffine(T) ? uint16_t(3 * kW) : uint16_t{0},  isAffine(T) ? uint16_t(3 * kW + 1) : uint16_t{0}};
-  const __m512i idx = _mm512_load_si512(kIdx);
-  __m512i v;
-  if constexpr (kSpan <= 64) {
-    v = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(g));
-  } else {
-    static_assert(kSpan <= 128);
-    const __m512i hi = _mm512_maskz_loadu_epi8(~uint64_t{0} >> (128 - kSpan), g + 64);
-    v = _mm512_permutex2var_epi16(_mm512_loadu_si512(g), idx, hi);
-  }
+  // Word indices: [d0, m0, d1, m1, d2, m2, d3, m3] (Q4_1 / Q5_1) or [d0, d1, d2, d3] (the rest 0).
+  alignas(64) static constexpr std::array<uint16_t, 32> kIdx = [] {
+    std::array<uint16_t, 32> idx{};
+    for (int k = 0; k < 4; ++k) {
+      if constexpr (isAffine(T)) {
+        idx[2 * k] = static_cast<uint16_t>(k * kW);
+        idx[2 * k + 1] = static_cast<uint16_t>(k * kW + 1);
+      } else {
+        idx[k] = static_cast<uint16_t>(k * kW);
+      }
+    }
+    return idx;
+  }();
+  static_assert(kSpan <= 64, "the four blocks' scales lie in their first 64 bytes");
+  __m512i v = _mm512_permutexvar_epi16(_mm512_load_si512(kIdx.data()), _mm512_loadu_si512(g));
   if constexpr (!isAffine(T)) v = _mm512_maskz_mov_epi16(0xF, v);
   return _mm256_cvtph_ps(_mm512_castsi512_si128(v));
 }
@@ -255,6 +256,45 @@ inline __m256 quadActScales(const BlockQ8* a) {
 // The 64 activation codes of two blocks.
 inline __m512i actCodes2(const BlockQ8& a0, const BlockQ8& a1) {
   return _mm512_mask_broadcast_i64x4(_mm512_castsi256_si512(load256(a0.qs)), 0xF0, load256(a1.qs));
+}
+
+// The sum of the 16 lanes of v: (hi 256 + lo 256), then (hi 128 + lo 128), then lanes (0 + 2) + (1 + 3).
+// Spelt out (the order of GCC's _mm512_reduce_add_ps; another compiler's may differ) because sum16x4 below
+// must give the same bits for each of its four vectors.
+inline float sum16(__m512 v) {
+  const __m256 t3 = _mm256_add_ps(_mm512_extractf32x8_ps(v, 1), _mm512_castps512_ps256(v));
+  const __m128 t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+  const __m128 t8 = _mm_add_ps(t6, _mm_permute_ps(t6, 0x4E));
+  return _mm_cvtss_f32(_mm_add_ss(t8, _mm_movehdup_ps(t8)));
+}
+
+// The m_w s_a terms of an output: lanes 1 and 3 of (lo 128 + hi 128) of m, summed.
+inline float offsetTerms(__m256 m) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  const __m128 h = _mm_movehdup_ps(s);
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+}
+
+// sum16 of four vectors (and, with kOffset, plus offsetTerms of four more) at once, into out[0..3]: the same
+// additions of the same lanes in the same order, a quarter of the shuffles.
+template <bool kOffset>
+inline void sum16x4(const __m512* v, const __m256* m, float* out) {
+  // [hi 256 + lo 256 of v0 | of v1], [... of v2 | of v3]
+  const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(v[0], v[1], 0xEE), _mm512_shuffle_f32x4(v[0], v[1], 0x44));
+  const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(v[2], v[3], 0xEE), _mm512_shuffle_f32x4(v[2], v[3], 0x44));
+  // hi 128 + lo 128 of each: one 128-bit lane per vector
+  const __m512 t6 = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0xDD), _mm512_shuffle_f32x4(s01, s23, 0x88));
+  const __m512 t8 = _mm512_add_ps(t6, _mm512_permute_ps(t6, 0x4E));
+  __m512 r = _mm512_add_ps(t8, _mm512_permute_ps(t8, 0x01));  // lane 0 of each 128: t8[0] + t8[1]
+  if constexpr (kOffset) {
+    const __m512 m01 = _mm512_insertf32x8(_mm512_castps256_ps512(m[0]), m[1], 1);
+    const __m512 m23 = _mm512_insertf32x8(_mm512_castps256_ps512(m[2]), m[3], 1);
+    const __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(m01, m23, 0x88), _mm512_shuffle_f32x4(m01, m23, 0xDD));
+    const __m512 h = _mm512_movehdup_ps(s);
+    r = _mm512_add_ps(r, _mm512_add_ps(h, _mm512_permute_ps(h, 0x0E)));  // + (h0 + h2)
+  }
+  _mm_storeu_ps(out, _mm512_castps512_ps128(
+                         _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), r)));
 }
 
 // dotTile (below) pair by pair of blocks. Per output: blocks in groups of four, pairs (b, b+1) into acc0 and
@@ -307,15 +347,21 @@ __attribute__((always_inline)) inline void dotTilePairs(size_t n, const uint8_t*
       for (int i = 0; i < kActs; ++i) pairStep<T, kVnni>(wp, ap[i], &acc[r][i][1], &macc[r][i][1]);
     }
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kActs; ++i) {
-      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
-      if constexpr (isAffine(T)) {
-        const __m128 m = _mm_add_ps(macc[r][i][0], macc[r][i][1]);
-        const __m128 h = _mm_movehdup_ps(m);  // lanes 1 and 3 hold the sums of m_w s_a
-        v += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  const auto offsets = [&](int r, int i) __attribute__((always_inline)) {
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(macc[r][i][0]), macc[r][i][1], 1);
+  };
+  if constexpr (kRows == 4 && kActs == 1) {
+    const __m512 v[4] = {_mm512_add_ps(acc[0][0][0], acc[0][0][1]), _mm512_add_ps(acc[1][0][0], acc[1][0][1]),
+                         _mm512_add_ps(acc[2][0][0], acc[2][0][1]), _mm512_add_ps(acc[3][0][0], acc[3][0][1])};
+    const __m256 m[4] = {offsets(0, 0), offsets(1, 0), offsets(2, 0), offsets(3, 0)};
+    sum16x4<isAffine(T)>(v, m, out);
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kActs; ++i) {
+        float v = sum16(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+        if constexpr (isAffine(T)) v += offsetTerms(offsets(r, i));
+        out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
       }
-      out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
     }
   }
 }
@@ -398,15 +444,18 @@ __attribute__((always_inline)) inline void dotTileQuad(size_t n, const uint8_t* 
     const BlockQ8 zero_a[kActs] = {};
     tailPair(&zw, zero_a, 1);
   }
-  for (int r = 0; r < kRows; ++r) {
-    for (int i = 0; i < kActs; ++i) {
-      float v = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
-      if constexpr (isAffine(T)) {
-        const __m128 m = _mm_add_ps(_mm256_castps256_ps128(macc[r][i]), _mm256_extractf128_ps(macc[r][i], 1));
-        const __m128 h = _mm_movehdup_ps(m);  // lanes 1 and 3 hold the sums of m_w s_a
-        v += _mm_cvtss_f32(_mm_add_ss(h, _mm_movehl_ps(h, h)));
+  if constexpr (kRows == 4 && kActs == 1) {
+    const __m512 v[4] = {_mm512_add_ps(acc[0][0][0], acc[0][0][1]), _mm512_add_ps(acc[1][0][0], acc[1][0][1]),
+                         _mm512_add_ps(acc[2][0][0], acc[2][0][1]), _mm512_add_ps(acc[3][0][0], acc[3][0][1])};
+    const __m256 m[4] = {macc[0][0], macc[1][0], macc[2][0], macc[3][0]};
+    sum16x4<isAffine(T)>(v, m, out);
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      for (int i = 0; i < kActs; ++i) {
+        float v = sum16(_mm512_add_ps(acc[r][i][0], acc[r][i][1]));
+        if constexpr (isAffine(T)) v += offsetTerms(macc[r][i]);
+        out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
       }
-      out[static_cast<size_t>(i) * ldo + static_cast<size_t>(r)] = v;
     }
   }
 }

@@ -123,7 +123,19 @@ void matmulDot(const Matrix& w, const float* x, int64_t m, float* y, Workspace& 
         i += int64_t{1} << bm;
       }
     };
-    for (int64_t j = 0; j < q; ++j) vectors(kStreamsLog2, begin + j, q);
+    const detail::TileFn decode = m == 1 ? k.tiles[kStreamsLog2][0] : nullptr;
+    if (decode != nullptr) {
+      // m = 1 with a 4 x 1 tile (decode): the tile straight into y.
+      const size_t stride = static_cast<size_t>(q) * w.row_bytes;
+      for (int64_t j = 0; j < q; ++j) {
+        const int64_t r = begin + j;
+        float out[4];
+        decode(n, w.data + static_cast<size_t>(r) * w.row_bytes, stride, act, ab, out, 4);
+        for (int s = 0; s < 4; ++s) y[r + s * q] = out[s];
+      }
+    } else {
+      for (int64_t j = 0; j < q; ++j) vectors(kStreamsLog2, begin + j, q);
+    }
     for (int64_t r = begin + (q << kStreamsLog2); r < end;) {
       int lr = kStreamsLog2;
       while (r + (int64_t{1} << lr) > end) --lr;
