@@ -60,7 +60,6 @@ struct LlamaEngine::Impl {
   std::vector<float> refined;  // refinement: the summed errors (EngineOptions::refine_layers)
   bool appending = false;      // blocks() in append mode (decode, turns over the cache)
   AllreduceOptions oneshot_opts;
-  const AllreduceOptions* cur_allreduce = nullptr;  // the options of the all-reduce in progress
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
       : world(wc), w(std::move(weights)), opts(o_), cfg(w->cfg), shard(w->shard) {
@@ -120,8 +119,7 @@ struct LlamaEngine::Impl {
 
   // Whether the TP all-reduce makes errors worth carrying or refining (Ring and Native leave the error zero;
   // the fp32 two-step is exact).
-  bool allreduceErrs() const {
-    const AllreduceOptions& ao = cur_allreduce != nullptr ? *cur_allreduce : opts.allreduce;
+  bool allreduceErrs(const AllreduceOptions& ao) const {
     const AllreduceAlgorithm a = ao.algorithm;
     return opts.tp > 1 && a != AllreduceAlgorithm::Ring && a != AllreduceAlgorithm::Native &&
            !((a == AllreduceAlgorithm::TwoStep || (a == AllreduceAlgorithm::OneShot && !ao.oneshot_quantized)) &&
@@ -155,10 +153,9 @@ struct LlamaEngine::Impl {
   }
 
   void tpAllreduce(int layer, int which, float* data, size_t n) {
-    cur_allreduce = &allreduceFor(n);
-    const AllreduceOptions& ao = *cur_allreduce;
+    const AllreduceOptions& ao = allreduceFor(n);
     if (opts.tp > 1) {
-      const bool refine = layer < opts.refine_layers && allreduceErrs();
+      const bool refine = layer < opts.refine_layers && allreduceErrs(ao);
       AllreduceStats as;
       if (opts.error_feedback || refine) {
         // carry: this rank's share of the previous all-reduce's error in this forward pass (zeroed by blocks();
@@ -184,18 +181,14 @@ struct LlamaEngine::Impl {
       }
     }
     if (opts.on_allreduce) opts.on_allreduce(layer, which, std::span<const float>(data, n));
-    cur_allreduce = nullptr;
   }
 
   // Error feedback's last step: nothing follows the last all-reduce to take its error, so the ranks' carries
   // are summed by one more all-reduce (same options) and added to the residual stream. Its own error is that
   // of quantizing the (small) error, not the activations. Skipped where the algorithm makes no error to carry.
   void flushErrorFeedback(size_t n) {
-    cur_allreduce = &allreduceFor(n);
-    const AllreduceOptions& ao = *cur_allreduce;
-    const bool errs = allreduceErrs();
-    cur_allreduce = nullptr;
-    if (!opts.error_feedback || !errs) return;
+    const AllreduceOptions& ao = allreduceFor(n);
+    if (!opts.error_feedback || !allreduceErrs(ao)) return;
     o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
     AllreduceStats as;
     allreduce(*tp_comm, std::span<float>(o.data(), n), ao, &as);

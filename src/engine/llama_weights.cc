@@ -85,7 +85,7 @@ class Mapper {
 
   // Rows [begin, begin + count): a view (a copy as fp32 under LoadOptions::dequantize).
   qmm::Matrix rows(const std::string& name, int64_t begin, int64_t count) {
-    return finish(whole(name).rowRange(begin, count), false);
+    return finish(whole(name).rowRange(begin, count));
   }
 
   // Rows `block` at a time starting at which[i] * block: a view when they are consecutive, else a copy.
@@ -93,8 +93,7 @@ class Mapper {
     const qmm::Matrix m = whole(name);
     bool consecutive = true;
     for (size_t i = 1; i < which.size(); ++i) consecutive = consecutive && which[i] == which[i - 1] + 1;
-    if (consecutive)
-      return finish(m.rowRange(which.empty() ? 0 : which[0] * block, int64_t(which.size()) * block), false);
+    if (consecutive) return finish(m.rowRange(which.empty() ? 0 : which[0] * block, int64_t(which.size()) * block));
     std::vector<uint8_t>& buf = w_.owned.emplace_back(static_cast<size_t>(which.size() * block) * m.row_bytes);
     for (size_t i = 0; i < which.size(); ++i)
       std::memcpy(buf.data() + i * block * m.row_bytes, m.data + which[i] * block * m.row_bytes,
@@ -102,14 +101,14 @@ class Mapper {
     qmm::Matrix c = m;
     c.data = buf.data();
     c.rows = static_cast<int64_t>(which.size()) * block;
-    return finish(c, true);
+    return finish(c);
   }
 
   // Columns [begin, begin + count) of every row, repacked contiguously: in the file's type when the slice
   // falls on block boundaries, else as F32 (exact, 4 bytes per value; noted).
   qmm::Matrix columns(const std::string& name, int64_t begin, int64_t count) {
     const qmm::Matrix m = whole(name);
-    if (begin == 0 && count == m.cols) return finish(m, false);
+    if (begin == 0 && count == m.cols) return finish(m);
     const int64_t bs = static_cast<int64_t>(gguf::blockSize(m.type));
     qmm::Matrix c = m;
     c.cols = count;
@@ -143,7 +142,7 @@ class Mapper {
 
  private:
   // Under LoadOptions::dequantize, an fp32 copy of the view.
-  qmm::Matrix finish(const qmm::Matrix& m, bool copied) {
+  qmm::Matrix finish(const qmm::Matrix& m) {
     if (!o_.dequantize || m.type == gguf::TensorType::F32) return m;
     qmm::Matrix c = m;
     c.type = gguf::TensorType::F32;
@@ -153,7 +152,6 @@ class Mapper {
       gguf::dequantize(m.type, m.data + r * m.row_bytes, reinterpret_cast<float*>(buf.data() + r * c.row_bytes),
                        static_cast<size_t>(m.cols));
     c.data = buf.data();
-    (void)copied;
     return c;
   }
 
