@@ -118,6 +118,17 @@ class Communicator {
   uint64_t bytes_sent_ = 0;
 };
 
+// Interrupting long waits (the Python package ends a collective on Ctrl-C with it). While a wait blocks, every
+// transport calls the installed check about every kInterruptPeriod; a wait that completes sooner never calls
+// it, so the fast path does not pay for it. When the check returns true the wait aborts its communicator
+// ("interrupted on rank r": the other ranks' waits end too) and throws InterruptedError. One check per
+// process; nullptr (the default) removes it. It is called from whichever thread waits: keep it cheap and
+// thread-safe (it may return false on threads it does not care about).
+using InterruptCheck = bool (*)();
+inline constexpr std::chrono::milliseconds kInterruptPeriod{100};
+void setInterruptCheck(InterruptCheck check);
+InterruptCheck interruptCheck();
+
 // Small helpers built on point-to-point messages, for benchmarks and argument checks.
 // All ranks must call them in the same order.
 void barrier(Communicator& comm);

@@ -39,6 +39,13 @@ class AbortedError : public Error {
   using Error::Error;
 };
 
+// A wait was interrupted by the process's interrupt check (comm.h: setInterruptCheck; the Python package's
+// Ctrl-C). The communicator has been aborted, so the other ranks' waits end too (with AbortedError).
+class InterruptedError : public Error {
+ public:
+  using Error::Error;
+};
+
 // The transport itself failed (an MPI error code, a lost peer).
 class TransportError : public Error {
  public:

@@ -9,6 +9,7 @@
 // tensor-parallel all-reduce reaches every rank of the job, not just the group.
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "flashring/comm.h"
@@ -39,5 +40,11 @@ class GroupCommunicator final : public Communicator {
   std::vector<int> members_;
   int rank_ = -1;
 };
+
+// MPI_Comm_split on any transport. Collective over `parent`: every rank passes a color and a key; the ranks
+// with equal colors form one group, ordered by (key, parent rank). The groups of one split never share a pair
+// of ranks, as the tag rule above requires; two splits of one parent may (their callers must then keep them
+// apart in time, as the engine's grid rows and columns do by construction). Costs one all-gather of 16 bytes.
+std::unique_ptr<GroupCommunicator> split(Communicator& parent, int64_t color, int64_t key);
 
 }  // namespace flashring

@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "comm/interrupt.h"
 #include "comm/tags.h"
 
 namespace flashring {
@@ -44,7 +46,21 @@ std::vector<T> allgatherValue(Communicator& comm, T v) {
   comm.waitAll(reqs, comm.deadline());
   return all;
 }
+std::atomic<InterruptCheck> g_interrupt_check{nullptr};
 }  // namespace
+
+void setInterruptCheck(InterruptCheck check) { g_interrupt_check.store(check, std::memory_order_release); }
+InterruptCheck interruptCheck() { return g_interrupt_check.load(std::memory_order_acquire); }
+
+namespace detail {
+void pollInterrupt(Communicator& comm) {
+  const InterruptCheck check = interruptCheck();
+  if (check == nullptr || !check()) return;
+  const std::string reason = fmt::format("interrupted on rank {}", comm.rank());
+  comm.abort(reason);
+  throw InterruptedError(reason, comm.rank());
+}
+}  // namespace detail
 
 Communicator::Communicator() : timeout_(defaultTimeout()) {}
 

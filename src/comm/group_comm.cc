@@ -3,6 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
+#include <tuple>
+
+#include "flashring/allgather.h"
 
 namespace flashring {
 
@@ -32,6 +36,23 @@ Request GroupCommunicator::isend(const void* buf, size_t bytes, int peer, Tag ta
 Request GroupCommunicator::irecv(void* buf, size_t bytes, int peer, Tag tag) {
   checkArgs(buf, bytes, peer, tag, "irecv");
   return parent_.irecv(buf, bytes, members_[static_cast<size_t>(peer)], tag);
+}
+
+std::unique_ptr<GroupCommunicator> split(Communicator& parent, int64_t color, int64_t key) {
+  const int n = parent.size();
+  const int64_t mine[2] = {color, key};
+  const auto all = allgatherv(parent, mine, std::vector<size_t>(static_cast<size_t>(n), sizeof(mine)), 0);
+  std::vector<std::tuple<int64_t, int>> same;  // (key, parent rank) of the ranks with my color
+  for (int r = 0; r < n; ++r) {
+    int64_t v[2];
+    std::memcpy(v, all[static_cast<size_t>(r)].data(), sizeof(v));
+    if (v[0] == color) same.emplace_back(v[1], r);
+  }
+  std::sort(same.begin(), same.end());
+  std::vector<int> members;
+  members.reserve(same.size());
+  for (const auto& [k, r] : same) members.push_back(r);
+  return std::make_unique<GroupCommunicator>(parent, std::move(members));
 }
 
 }  // namespace flashring

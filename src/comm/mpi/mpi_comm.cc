@@ -78,6 +78,7 @@
 #include <utility>
 #include <vector>
 
+#include "comm/interrupt.h"
 #include "comm/mpi/mpi_internal.h"
 
 namespace flashring {
@@ -585,8 +586,14 @@ void MpiCommunicator::wait(Request& r, Deadline deadline) {
   if (q == nullptr) return;
   if (q->error) std::rethrow_exception(q->error);
   const auto start = Clock::now();
+  const bool interruptible = interruptCheck() != nullptr;
+  auto next_interrupt_check = start + kInterruptPeriod;
   for (int spins = 0;; ++spins) {
     const auto now = Clock::now();
+    if (interruptible && now >= next_interrupt_check) {
+      next_interrupt_check = now + kInterruptPeriod;
+      detail::pollInterrupt(*this);
+    }
     d.pollAbortSometimes(now);
     d.throwIfAborted();
     // Every queue, not only q's: a peer may be waiting for one of our other receives before it sends q.

@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -22,6 +23,8 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+
+#include "comm/interrupt.h"
 
 namespace flashring {
 
@@ -184,10 +187,19 @@ class ThreadCommunicator final : public Communicator {
     if (!r->complete.load(std::memory_order_acquire)) {
       Mailbox& box = world_->boxes[static_cast<size_t>(rank_)];
       std::unique_lock<std::mutex> lk(box.mu);
+      // With an interrupt check installed, wake every kInterruptPeriod to call it (outside the lock).
+      const bool interruptible = interruptCheck() != nullptr;
       while (!r->complete.load(std::memory_order_acquire)) {
         if (world_->aborted.load() && !r->matched.load()) break;
-        if (box.cv.wait_until(lk, deadline) == std::cv_status::timeout && Clock::now() >= deadline &&
-            !r->complete.load(std::memory_order_acquire)) {
+        const Deadline wake = interruptible ? std::min(deadline, Clock::now() + kInterruptPeriod) : deadline;
+        if (box.cv.wait_until(lk, wake) == std::cv_status::timeout && interruptible && Clock::now() < deadline &&
+            !r->complete.load(std::memory_order_acquire) && !r->matched.load()) {
+          lk.unlock();
+          detail::pollInterrupt(*this);
+          lk.lock();
+          continue;
+        }
+        if (Clock::now() >= deadline && !r->complete.load(std::memory_order_acquire)) {
           lk.unlock();
           throw TimeoutError(
               fmt::format("rank {}: timed out after {} ms waiting for the {} of {} bytes {} rank {} (tag {})", rank_,
