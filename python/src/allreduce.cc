@@ -1,9 +1,10 @@
 // All-reduce, the low-bit codecs and their wire sizes for Python (flashring/allreduce.h, flashring/quant.h).
+#include "flashring/allreduce.h"
+
 #include <fmt/format.h>
 #include <nanobind/stl/string.h>
 
 #include "common.h"
-#include "flashring/allreduce.h"
 #include "flashring/error.h"
 #include "flashring/quant.h"
 
@@ -68,10 +69,8 @@ void bindAllreduce(nb::module_& m) {
              o.link.bandwidth_Bps = bandwidth_Bps;
              o.link.mesh = mesh;
            })
-      .def("auto_choice",
-           [](const AllreduceOptions& o, size_t count, int ranks) {
-             return allreduceAlgorithmName(allreduceAutoChoice(count, ranks, o));
-           })
+      .def("auto_choice", [](const AllreduceOptions& o, size_t count,
+                             int ranks) { return allreduceAlgorithmName(allreduceAutoChoice(count, ranks, o)); })
       .def("wire_bytes",
            [](const AllreduceOptions& o, size_t count, int ranks) {
              if (ranks < 1) throw InvalidArgument("wire_bytes: ranks must be at least 1");
@@ -153,8 +152,8 @@ void bindAllreduce(nb::module_& m) {
         const FloatArray o = floatArray(out, "out");
         const size_t bytes = quant::encodedBytes(o.count, cfg);
         if (data.size() != bytes)
-          throw InvalidArgument(
-              fmt::format("data: {} bytes, but {} values take {} with {}", data.size(), o.count, bytes, quant::describe(cfg)));
+          throw InvalidArgument(fmt::format("data: {} bytes, but {} values take {} with {}", data.size(), o.count,
+                                            bytes, quant::describe(cfg)));
         nb::gil_scoped_release release;
         std::vector<float> scratch;
         const std::span<float> values = toF32(o, scratch);

@@ -55,9 +55,10 @@ std::string dlpackName(nb::dlpack::dtype t) {
 template <typename Array>
 FloatArray describe(const Array& a, const char* name) {
   if (a.device_type() != nb::device::cpu::value)
-    throw InvalidArgument(fmt::format("{}: a device array (DLPack device type {}); flashring was built for CPU "
-                                      "memory only: move it to the CPU first (.cpu())",
-                                      name, a.device_type()));
+    throw InvalidArgument(
+        fmt::format("{}: a device array (DLPack device type {}); flashring was built for CPU "
+                    "memory only: move it to the CPU first (.cpu())",
+                    name, a.device_type()));
   FloatArray out;
   const nb::dlpack::dtype t = a.dtype();
   if (t.lanes == 1 && t.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && t.bits == 32)
@@ -79,9 +80,10 @@ FloatArray describe(const Array& a, const char* name) {
   int64_t expect = 1;
   for (size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && out.count > 0 && a.stride(i) != expect)
-      throw InvalidArgument(fmt::format("{}: not C-contiguous (stride {} of dimension {}; expected {}); pass "
-                                        "a contiguous array (.contiguous() / np.ascontiguousarray)",
-                                        name, a.stride(i), i, expect));
+      throw InvalidArgument(
+          fmt::format("{}: not C-contiguous (stride {} of dimension {}; expected {}); pass "
+                      "a contiguous array (.contiguous() / np.ascontiguousarray)",
+                      name, a.stride(i), i, expect));
     expect *= static_cast<int64_t>(a.shape(i));
   }
   out.data = const_cast<void*>(static_cast<const void*>(a.data()));
@@ -130,7 +132,7 @@ uint16_t floatToHalf(float f) {
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
   if (a > 0x7F800000u) return static_cast<uint16_t>(sign | 0x7E00u | ((a >> 13) & 0x3FFu));  // NaN, quiet
-  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // rounds to >= 65520: Inf
+  if (a >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);                        // rounds to >= 65520: Inf
   if (a < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
     // Value in units of 2^-24, rounded to nearest even, via fp32 arithmetic with a magic addend.
     const float v = std::bit_cast<float>(a) + 0.5f;  // 0.5 = 2^-1: puts 2^-24 units in the low mantissa bits

@@ -15,6 +15,7 @@ NB_MODULE(_core, m) {
   flashring::py::bindAllreduce(m);
   flashring::py::bindAttention(m);
   flashring::py::bindEngine(m);
-  m.def("isa", [] { return std::string(flashring::cpu::isaName(flashring::cpu::activeIsa())); },
-        "The instruction set the kernels run with (FLASHRING_ISA overrides the CPU's best).");
+  m.def(
+      "isa", [] { return std::string(flashring::cpu::isaName(flashring::cpu::activeIsa())); },
+      "The instruction set the kernels run with (FLASHRING_ISA overrides the CPU's best).");
 }
