@@ -2,6 +2,10 @@
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BUILD ?= build
 CMAKE_FLAGS ?=
+# The venv scripts/install-deps.sh sets up: the Python package is built for it and its tests run in it.
+VENV ?= $(CURDIR)/.venv
+PY = $(VENV)/bin/python
+PY_FLAGS = -DFLASHRING_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(PY) -DPython3_EXECUTABLE=$(PY)
 
 .PHONY: deps build demo test sanitize asan tsan format format-check bench-kernels clean help
 
@@ -16,7 +20,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 $(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DFLASHRING_WERROR=ON $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DFLASHRING_WERROR=ON $(PY_FLAGS) $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
@@ -32,7 +36,7 @@ asan: deps
 	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=address,undefined
 	cmake --build build-asan -j $(JOBS) --target flashring_unit_tests flashring_multirank_tests
-	python3 tests/tools/make_tiny_models.py build-asan/fixtures  # the engine tests' tiny models (skips without gguf)
+	$(PY) tests/tools/make_tiny_models.py build-asan/fixtures  # the engine tests' tiny models (skips without gguf)
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
 	  build-asan/bin/flashring_unit_tests --gtest_brief=1
 	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 build-asan/bin/flashring_multirank_tests --gtest_brief=1
@@ -41,7 +45,7 @@ tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFLASHRING_WERROR=ON -DFLASHRING_WITH_MPI=OFF \
 	  -DFLASHRING_BUILD_BENCH=OFF -DFLASHRING_SANITIZE=thread
 	cmake --build build-tsan -j $(JOBS) --target flashring_multirank_tests flashring_unit_tests
-	python3 tests/tools/make_tiny_models.py build-tsan/fixtures
+	$(PY) tests/tools/make_tiny_models.py build-tsan/fixtures
 	# OPENBLAS_NUM_THREADS=1: OpenBLAS is not instrumented, so TSan cannot see its workers' own synchronization
 	# and reports their writes to sgemm outputs as races with the rank thread that reads them afterwards.
 	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \

@@ -16,13 +16,18 @@ APT_PACKAGES=(
   clang                                 # libFuzzer build of the GGUF reader's fuzz target
   iproute2                              # bench/netem: network namespaces, veth, tc shaping
   clang-format                          # style check in CI
-  python3 python3-pip                   # bench/plot.py
+  python3 python3-pip python3-venv python3-dev  # the venv (.venv) of the Python package, its tests and plots
 )
-# pip name:import name. matplotlib: bench/plot.py. gguf (+numpy): the tests write tiny GGUF models with
-# it and check our reader and forward pass against its readers and a numpy reference. tokenizers: the
-# reference byte-level BPE the tokenizer test compares with. jinja2: renders chat templates the way
-# transformers does, the reference the chat template test (chat.jinja2_reference) compares with.
-PIP_PACKAGES=(matplotlib:matplotlib numpy:numpy gguf:gguf tokenizers:tokenizers jinja2:jinja2)
+# Python: everything goes into the venv .venv at the repository root (Debian's python is externally managed),
+# which `make` configures CMake with. pip name:import name.
+#   nanobind, scikit-build-core: build the Python package (flashring._core, pyproject.toml); pytest runs its tests.
+#   numpy: the package's arrays; matplotlib: bench/plot.py. gguf: the tests write tiny GGUF models with it and
+#   check our reader and forward pass against its readers. tokenizers: the reference byte-level BPE of the
+#   tokenizer test. jinja2: renders chat templates as transformers does (chat.jinja2_reference).
+#   mpi4py: the Python package's MPI tests (built against the system OpenMPI; they skip without it).
+# torch is optional (its tests skip with a message): pip install torch into .venv to run them.
+PIP_PACKAGES=(nanobind:nanobind scikit-build-core:scikit_build_core pytest:pytest numpy:numpy matplotlib:matplotlib
+              gguf:gguf tokenizers:tokenizers jinja2:jinja2 mpi4py:mpi4py)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,16 +48,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python tools: use the python3 on PATH (it may be a pyenv or venv interpreter rather than Debian's).
-PY=${PYTHON:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VENV=${FLASHRING_VENV:-$ROOT/.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "install-deps: creating the venv $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+fi
+PY="$VENV/bin/python"
 for entry in "${PIP_PACKAGES[@]}"; do
   p=${entry%%:*} mod=${entry##*:}
   if ! "$PY" -c "import $mod" >/dev/null 2>&1; then
     echo "install-deps: pip install $p"
-    # Only plots and reference checks need them: a failure here must not stop the build; the tests that
-    # need a package skip with a message naming it.
-    "$PY" -m pip install -q "$p" 2>/dev/null || "$PY" -m pip install -q --break-system-packages "$p" ||
-      echo "install-deps: warning: could not install $p (plots / reference checks will skip)" >&2
+    case $p in
+      nanobind|scikit-build-core|pytest|numpy)  # the Python package cannot build or test without these
+        "$PY" -m pip install -q "$p" ;;
+      *)  # plots and reference checks: a failure must not stop the build; the tests that need it skip
+        "$PY" -m pip install -q "$p" || echo "install-deps: warning: could not install $p (its checks will skip)" >&2 ;;
+    esac
   fi
 done
 
