@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 #include <nanobind/stl/string.h>
 
+#include <chrono>
+
 #include "common.h"
 #include "flashring/error.h"
 #include "flashring/quant.h"
@@ -108,6 +110,21 @@ void bindAllreduce(nb::module_& m) {
         return stats;
       },
       nb::arg("comm"), nb::arg("x").noconvert(), nb::arg("options"));
+
+  // The C++ baseline of the Python-call overhead benchmark (bench/python/allreduce_overhead.py): `iters`
+  // all-reduces of the fp32 array x in a C++ loop, the GIL released once; returns the seconds they took.
+  m.def(
+      "allreduce_loop",
+      [](Comm& c, nb::ndarray<> x, const AllreduceOptions& o, int iters) {
+        Communicator& comm = c.get();
+        const FloatArray a = floatArray(x, "x");
+        if (a.dtype != DType::F32) throw InvalidArgument("x: allreduce_loop takes float32");
+        nb::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int i = 0; i < iters; ++i) allreduce(comm, {static_cast<float*>(a.data), a.count}, o);
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      },
+      nb::arg("comm"), nb::arg("x").noconvert(), nb::arg("options"), nb::arg("iters"));
 
   m.def(
       "all_reduce_with_error",

@@ -1,0 +1,33 @@
+"""The examples under examples/python run (small sizes), so they do not rot."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "python"
+
+
+def run(args, timeout=300, **kw):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+
+
+def test_allreduce_compare():
+    p = run([sys.executable, str(EXAMPLES / "allreduce_compare.py"), "--ranks", "3", "--mib", "0.25", "--iters", "1"])
+    assert p.returncode == 0, p.stderr
+    assert "flash-int4" in p.stdout and "twostep-fp32" in p.stdout
+
+
+def test_mpi4py_example():
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec is not on PATH")
+    p = run([mpiexec, "-n", "2", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader,tcp",
+             sys.executable, str(EXAMPLES / "mpi4py_allreduce.py"), "--mib", "0.25", "--iters", "1"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "mpi4py Allreduce" in p.stdout and "flashring flash-int4" in p.stdout
