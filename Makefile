@@ -7,12 +7,13 @@ VENV ?= $(CURDIR)/.venv
 PY = $(VENV)/bin/python
 PY_FLAGS = -DFLASHRING_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(PY) -DPython3_EXECUTABLE=$(PY)
 
-.PHONY: deps build demo test sanitize asan tsan format format-check bench-kernels clean help
+.PHONY: deps build demo test pip-check sanitize asan tsan format format-check bench-kernels clean help
 
 help:
 	@echo "make demo      install dependencies (and the default model), build, run SmolLM2-135M on 4 in-process ranks"
 	@echo "make test      install dependencies, build (warnings are errors), run every test with CTest"
 	@echo "make build     Release build; the tool is build/bin/flashring"
+	@echo "make pip-check pip install . into a fresh venv and run the Python tests against the installed package"
 	@echo "make sanitize  ASan+UBSan and TSan builds running the unit and thread-rank tests"
 	@echo "make format    apply clang-format;  make format-check  verify it"
 
@@ -30,6 +31,17 @@ demo: build
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+# `pip install .` from this checkout into a fresh venv, then the package's tests against the installed copy
+# (not the build tree's): what a user of the package gets. CI runs it after `make test`.
+pip-check: deps
+	rm -rf $(BUILD)/pip-venv
+	$(PY) -m venv $(BUILD)/pip-venv
+	$(BUILD)/pip-venv/bin/pip install -q ".[test]"
+	cd python/tests && ../../$(BUILD)/pip-venv/bin/python -c \
+	  "import flashring; assert 'site-packages' in flashring.__file__, flashring.__file__; print('pip-check: installed', flashring.__file__)"
+	cd python/tests && FLASHRING_PY_REFERENCE=$(CURDIR)/$(BUILD)/bin/flashring_py_reference \
+	  ../../$(BUILD)/pip-venv/bin/python -m pytest -q -p no:cacheprovider test_comm.py test_allreduce.py
 
 # Sanitizers. MPI tests are left out: OpenMPI's own allocations drown ASan's reports.
 asan: deps
