@@ -14,8 +14,22 @@
 //              raw input), and sums them in fp32 in rank order 0..N-1 starting from +0.0. N-1 times the
 //              buffer leaves each rank (the two-step: 2(N-1)/N), in one message round instead of two. Not
 //              chunked (chunk_elems does not apply). fp32 gives the same bits as TwoStep fp32.
+//   Hierarchical  for ranks spread over several nodes (Communicator::nodeIds(), or hier.ranks_per_node): an
+//              intra-node reduce-scatter (K ranks per node; each rank keeps the fp32 sum of its node for slice
+//              l = its index in the node), an all-reduce of that slice across the nodes among the ranks with the
+//              same index l (two-step, quantized two-step or one-shot), and an intra-node all-gather. The two
+//              intra-node stages send hier.intra's encoding (fp32, bf16 or a quantized codec), the inter-node
+//              stage hier.inter's, so the slow inter-node links carry each value once per node in the inter
+//              codec (a flat Flash all-reduce sends (N-1)/N of the buffer per rank, most of it between nodes).
+//              Sums: node-local rank order, then node order; the owner of a slice keeps the decoded bytes it
+//              sent, so every replica is bitwise identical. Every node must hold the same number of ranks
+//              (else InvalidArgument); one node runs the intra stages only, one rank per node the inter only.
+//              Quantized stages take group size, symmetry, spikes, rotate and clip from reduce_scatter.
 //   Native     the transport's own all-reduce (MPI_Allreduce), the baseline users have today
-//   Auto       exact fp32 below auto_threshold_bytes (latency-bound), Quantized at or above it. Below it,
+//   Auto       exact fp32 below auto_threshold_bytes (latency-bound), Quantized at or above it (Hierarchical
+//              with bf16 inside the nodes and the reduce_scatter codec between them when the ranks span
+//              several nodes of several ranks each: hier.ranks_per_node > 0, or allreduce()'s communicator
+//              says so). Below it,
 //              OneShot or TwoStep, from the link model when `link` is set, else a fixed size threshold:
 //                with a model (latency a, bandwidth b of one link direction, B = 4 * count bytes, N ranks):
 //                  star (one uplink per rank):  OneShot a + (N-1) B / b     TwoStep 2a + 2 (N-1)/N B / b
@@ -45,7 +59,7 @@
 
 namespace flashring {
 
-enum class AllreduceAlgorithm { Auto, Ring, TwoStep, Quantized, Native, OneShot };
+enum class AllreduceAlgorithm { Auto, Ring, TwoStep, Quantized, Native, OneShot, Hierarchical };
 enum class Payload { F32, BF16 };
 
 // The link Auto weighs OneShot against TwoStep with (CostModel::calibrate measures one: copy its params()'s
@@ -55,6 +69,21 @@ struct AllreduceLinkModel {
   double bandwidth_Bps = 0;  // one direction of one link, bytes/s
   bool mesh = false;         // a link per pair of ranks (NVLink bridges); false: a star (one uplink per rank)
   bool known() const { return bandwidth_Bps > 0; }
+};
+
+// One stage's encoding in the hierarchical all-reduce: bits 0 = the exact payload, else a quantized codec of
+// that many bits (8, 6, 5, 4) with the group settings of AllreduceOptions::reduce_scatter.
+struct StageCodec {
+  int bits = 0;
+  Payload payload = Payload::F32;
+};
+
+struct HierarchicalOptions {
+  StageCodec intra{0, Payload::BF16};  // the intra-node reduce-scatter and all-gather
+  StageCodec inter{4, Payload::F32};   // the all-reduce across nodes
+  bool inter_oneshot = false;          // across nodes: one-shot instead of the two-step
+  // > 0: nodes are consecutive blocks of this many ranks (emulated topologies); 0: Communicator::nodeIds().
+  int ranks_per_node = 0;
 };
 
 struct AllreduceOptions {
@@ -74,6 +103,8 @@ struct AllreduceOptions {
   size_t oneshot_threshold_bytes = size_t{32} << 10;
   // Auto: the link model; when known() it decides OneShot vs TwoStep instead of oneshot_threshold_bytes.
   AllreduceLinkModel link;
+  // Hierarchical (and Auto over several nodes): the stages' codecs and the node layout.
+  HierarchicalOptions hier;
   // Native: check that every rank passes the same count first (MPI would otherwise hang or corrupt). The
   // other algorithms detect a mismatch from their own messages at no extra cost.
   bool check_sizes = true;
@@ -107,16 +138,19 @@ void allreduceWithError(Communicator& comm, std::span<float> data, std::span<flo
 // Named configurations used by the CLI and benchmarks: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16,
 // mpi, auto, flash-int8, flash-int6, flash-int5, flash-int4, flash-int4-int8 (INT4 reduce-scatter, INT8
 // all-gather), flash-int8-int4, oneshot-fp32, oneshot-bf16, oneshot-int8, oneshot-int6, oneshot-int5,
-// oneshot-int4.
+// oneshot-int4, and hier-<intra>-<inter> / hier-<intra>-oneshot-<inter> with intra and inter each one of fp32,
+// bf16, int8, int6, int5, int4 (hier-bf16-int4: bf16 inside the nodes, the INT4 two-step between them).
 // Group size, symmetry and spikes (quant::Config::spikes) of both stages come from `base`. Throws
 // InvalidArgument listing the valid names.
 AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base = {});
 std::string allreduceAlgorithmName(AllreduceAlgorithm a);
 // What allreduce() runs for `count` floats on `ranks` ranks with these options: options.algorithm, or for
-// Auto its choice (see above).
+// Auto its choice (see above), the node layout taken from options.hier.ranks_per_node (0: one node).
 AllreduceAlgorithm allreduceAutoChoice(size_t count, int ranks, const AllreduceOptions& options);
 // Bytes one rank sends for an all-reduce of `count` fp32 values with these options on `ranks` ranks (the
-// quantized codecs' metadata and spike sections included).
+// quantized codecs' metadata and spike sections included). Hierarchical: both stages, the layout from
+// options.hier.ranks_per_node (0: one node). allreduceInterNodeBytes: of those, the bytes that leave the node.
+uint64_t allreduceInterNodeBytes(size_t count, int ranks, const AllreduceOptions& options);
 uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& options);
 
 }  // namespace flashring

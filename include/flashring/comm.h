@@ -18,6 +18,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "flashring/error.h"
 
@@ -97,6 +98,18 @@ class Communicator {
   virtual bool hasNativeAllreduce() const { return false; }
   virtual void nativeAllreduceSum(float* data, size_t count, Deadline deadline, bool blocking);
 
+  // The node (host) of every rank, in rank order: small integers, equal for ranks on one node, numbered in
+  // order of each node's lowest rank (so rank 0 is on node 0). The hierarchical all-reduce (allreduce.h) splits
+  // its stages by it. Thread ranks: all on node 0; MPI: MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), measured at
+  // construction; a GroupCommunicator: its parent's, for its members. setNodeIds() overrides it, e.g. for
+  // emulated topologies whose "nodes" share one host (bench/netem --topology nodes:RxK). Must be the same on
+  // every rank (setNodeIds: pass the same vector everywhere).
+  virtual std::vector<int> nodeIds() const;
+  // Throws InvalidArgument unless ids has size() entries; renumbers them in order of each node's lowest rank.
+  void setNodeIds(std::vector<int> ids);
+  // Consecutive blocks of `ranks_per_node` ranks (ranks_per_node must divide size()).
+  void setRanksPerNode(int ranks_per_node);
+
   // The timeout every collective applies to each of its waits. Default 120 s, or FLASHRING_TIMEOUT_MS.
   std::chrono::milliseconds timeout() const { return timeout_; }
   void setTimeout(std::chrono::milliseconds t) { timeout_ = t; }
@@ -116,6 +129,9 @@ class Communicator {
  private:
   std::chrono::milliseconds timeout_;
   uint64_t bytes_sent_ = 0;
+
+ protected:
+  std::vector<int> node_ids_;  // empty: all ranks on node 0 (unless a subclass's nodeIds() says otherwise)
 };
 
 // Interrupting long waits (the Python package ends a collective on Ctrl-C with it). While a wait blocks, every
@@ -128,6 +144,9 @@ using InterruptCheck = bool (*)();
 inline constexpr std::chrono::milliseconds kInterruptPeriod{100};
 void setInterruptCheck(InterruptCheck check);
 InterruptCheck interruptCheck();
+
+// ids renumbered in order of first appearance (0, 1, ...), so that equal layouts compare equal.
+std::vector<int> normalizeNodeIds(const std::vector<int>& ids);
 
 // Small helpers built on point-to-point messages, for benchmarks and argument checks.
 // All ranks must call them in the same order.

@@ -31,6 +31,7 @@ class GroupCommunicator final : public Communicator {
   void progress() override { parent_.progress(); }
   void abort(const std::string& reason) override { parent_.abort(reason); }
   bool aborted() const override { return parent_.aborted(); }
+  std::vector<int> nodeIds() const override;  // the parent's, for the members (unless setNodeIds)
 
   Communicator& parent() const { return parent_; }
   const std::vector<int>& members() const { return members_; }

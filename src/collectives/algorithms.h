@@ -2,6 +2,7 @@
 #pragma once
 
 #include <span>
+#include <vector>
 
 #include "flashring/allreduce.h"
 
@@ -16,6 +17,21 @@ void quantizedAllreduce(Communicator& comm, std::span<float> data, const Allredu
 // OneShot with options.payload, or the reduce_scatter codec when options.oneshot_quantized.
 void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats& stats,
                       float* error = nullptr);
+
+// Hierarchical all-reduce (hierarchical.cc): the node layout it runs on, the stage codecs, the inter-node options.
+struct NodeLayout {
+  int nodes = 1, per_node = 1;  // nodes, ranks in each
+  int node = 0, local = 0;      // this rank's node and its index there
+  std::vector<int> intra;       // parent ranks of this rank's node, in rank order
+  std::vector<int> inter;       // parent ranks with this rank's local index, in node order
+};
+// From options.hier.ranks_per_node, else the communicator's nodeIds(); InvalidArgument if nodes differ in size.
+NodeLayout nodeLayout(const Communicator& comm, const AllreduceOptions& options);
+struct Codec;
+Codec stageCodec(const StageCodec& stage, const quant::Config& group);
+AllreduceOptions interOptions(const AllreduceOptions& options);
+void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
+                           AllreduceStats& stats, float* error = nullptr);
 
 // Element alignment of slice boundaries for the exact algorithms (a cache line of fp32).
 inline constexpr size_t kSliceAlign = 16;

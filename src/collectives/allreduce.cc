@@ -5,8 +5,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "collectives/algorithms.h"
+#include "collectives/codec.h"
 #include "collectives/common.h"
 
 namespace flashring {
@@ -25,15 +28,41 @@ AllreduceAlgorithm exactChoice(const AllreduceOptions& o, size_t bytes, int rank
 // What Auto means for `count` floats on `ranks` ranks: exact fp32 below the threshold (one-shot or two-step),
 // quantized above. Returns the options that actually run (algorithm resolved, payload fp32 for Auto's exact
 // paths).
-AllreduceOptions resolve(const AllreduceOptions& o, size_t count, int ranks) {
+// multi_node: the ranks span several nodes of several ranks each (Auto then goes hierarchical above the
+// threshold, bf16 inside the nodes and the reduce_scatter codec between them).
+AllreduceOptions resolve(const AllreduceOptions& o, size_t count, int ranks, bool multi_node) {
   if (o.algorithm != AllreduceAlgorithm::Auto) return o;
   AllreduceOptions r = o;
   const size_t bytes = count * sizeof(float);
-  r.algorithm = bytes < o.auto_threshold_bytes ? exactChoice(o, bytes, ranks) : AllreduceAlgorithm::Quantized;
+  if (bytes < o.auto_threshold_bytes) {
+    r.algorithm = exactChoice(o, bytes, ranks);
+  } else if (multi_node) {
+    r.algorithm = AllreduceAlgorithm::Hierarchical;
+    r.hier.intra = StageCodec{0, Payload::BF16};
+    r.hier.inter = StageCodec{o.reduce_scatter.bits, Payload::F32};
+    r.hier.inter_oneshot = false;
+  } else {
+    r.algorithm = AllreduceAlgorithm::Quantized;
+  }
   r.payload = Payload::F32;
   r.oneshot_quantized = false;
   return r;
 }
+
+// From the options alone: hier.ranks_per_node > 0 dividing ranks into >= 2 nodes of >= 2 ranks.
+bool multiNodeFromOptions(const AllreduceOptions& o, int ranks) {
+  const int k = o.hier.ranks_per_node;
+  return k >= 2 && ranks % k == 0 && ranks / k >= 2;
+}
+
+bool multiNode(const Communicator& comm, const AllreduceOptions& o) {
+  if (o.hier.ranks_per_node > 0) return multiNodeFromOptions(o, comm.size());
+  const std::vector<int> ids = comm.nodeIds();
+  const int nodes = ids.empty() ? 1 : 1 + *std::max_element(ids.begin(), ids.end());
+  return nodes >= 2 && comm.size() / nodes >= 2 && comm.size() % nodes == 0;
+}
+
+bool validBits(int b) { return b == 0 || b == 8 || b == 6 || b == 5 || b == 4; }
 
 void validate(const AllreduceOptions& o, int rank) {
   try {
@@ -42,6 +71,13 @@ void validate(const AllreduceOptions& o, int rank) {
       quant::validate(o.all_gather);
     }
     if (o.algorithm == AllreduceAlgorithm::OneShot && o.oneshot_quantized) quant::validate(o.reduce_scatter);
+    if (o.algorithm == AllreduceAlgorithm::Hierarchical) {
+      if (!validBits(o.hier.intra.bits) || !validBits(o.hier.inter.bits))
+        throw InvalidArgument(fmt::format("hierarchical stage bits {} / {}: expected 0 (exact), 8, 6, 5 or 4",
+                                          o.hier.intra.bits, o.hier.inter.bits));
+      if (o.hier.intra.bits > 0 || o.hier.inter.bits > 0) quant::validate(o.reduce_scatter);
+      if (o.hier.ranks_per_node < 0) throw InvalidArgument("hier.ranks_per_node must be >= 0");
+    }
     if (o.algorithm == AllreduceAlgorithm::Auto && o.link.known() &&
         !(o.link.latency_s >= 0 && std::isfinite(o.link.latency_s) && std::isfinite(o.link.bandwidth_Bps)))
       throw InvalidArgument(fmt::format("link model: latency {} s must be finite and >= 0, bandwidth {} B/s finite",
@@ -59,7 +95,9 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
   validate(options, comm.rank());
   if (data.data() == nullptr && !data.empty())
     throw InvalidArgument(fmt::format("allreduce: null buffer of {} elements", data.size()), comm.rank());
-  const AllreduceOptions run = resolve(options, data.size(), comm.size());
+  const bool multi = options.algorithm == AllreduceAlgorithm::Auto &&
+                     data.size() * sizeof(float) >= options.auto_threshold_bytes && multiNode(comm, options);
+  const AllreduceOptions run = resolve(options, data.size(), comm.size(), multi);
   const AllreduceAlgorithm algo = run.algorithm;
   const Payload payload = run.payload;
   st.algorithm = algo;
@@ -83,6 +121,9 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
         break;
       case AllreduceAlgorithm::OneShot:
         detail::oneShotAllreduce(comm, data, run, st, error);
+        break;
+      case AllreduceAlgorithm::Hierarchical:
+        detail::hierarchicalAllreduce(comm, data, run, st, error);
         break;
       case AllreduceAlgorithm::Native: {
         if (options.check_sizes) checkSameOnAllRanks(comm, data.size(), "allreduce element count");
@@ -127,12 +168,14 @@ std::string allreduceAlgorithmName(AllreduceAlgorithm a) {
       return "native";
     case AllreduceAlgorithm::OneShot:
       return "oneshot";
+    case AllreduceAlgorithm::Hierarchical:
+      return "hierarchical";
   }
   return "?";
 }
 
 AllreduceAlgorithm allreduceAutoChoice(size_t count, int ranks, const AllreduceOptions& options) {
-  return resolve(options, count, ranks).algorithm;
+  return resolve(options, count, ranks, multiNodeFromOptions(options, ranks)).algorithm;
 }
 
 AllreduceOptions allreduceOptionsFromName(std::string_view name, const AllreduceOptions& base) {
@@ -183,14 +226,60 @@ AllreduceOptions allreduceOptionsFromName(std::string_view name, const Allreduce
     oneshot(5);
   } else if (name == "oneshot-int4") {
     oneshot(4);
+  } else if (name.substr(0, 5) == "hier-") {
+    // hier-<intra>-<inter> or hier-<intra>-oneshot-<inter>
+    auto stage = [&](std::string_view c, StageCodec& out) {
+      if (c == "fp32") return out = {0, Payload::F32}, true;
+      if (c == "bf16") return out = {0, Payload::BF16}, true;
+      if (c == "int8") return out = {8, Payload::F32}, true;
+      if (c == "int6") return out = {6, Payload::F32}, true;
+      if (c == "int5") return out = {5, Payload::F32}, true;
+      if (c == "int4") return out = {4, Payload::F32}, true;
+      return false;
+    };
+    std::string_view rest = name.substr(5);
+    const size_t dash = rest.find('-');
+    bool ok = dash != std::string_view::npos && stage(rest.substr(0, dash), o.hier.intra);
+    std::string_view inter = ok ? rest.substr(dash + 1) : std::string_view{};
+    o.hier.inter_oneshot = inter.substr(0, 8) == "oneshot-";
+    if (o.hier.inter_oneshot) inter = inter.substr(8);
+    ok = ok && stage(inter, o.hier.inter);
+    if (!ok)
+      throw InvalidArgument(
+          fmt::format("unknown hierarchical all-reduce '{}': expected hier-<intra>-<inter> or "
+                      "hier-<intra>-oneshot-<inter>, each of fp32, bf16, int8, int6, int5, int4 "
+                      "(e.g. hier-bf16-int4)",
+                      name));
+    o.algorithm = AllreduceAlgorithm::Hierarchical;
   } else {
     throw InvalidArgument(fmt::format(
         "unknown all-reduce algorithm '{}' (valid: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, "
         "flash-int8, flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4, oneshot-fp32, oneshot-bf16, "
-        "oneshot-int8, oneshot-int6, oneshot-int5, oneshot-int4)",
+        "oneshot-int8, oneshot-int6, oneshot-int5, oneshot-int4, hier-<intra>-<inter>, hier-<intra>-oneshot-<inter>)",
         name));
   }
   return o;
+}
+
+namespace {
+// Hierarchical: (intra-node bytes, inter-node bytes) of one rank, the layout from hier.ranks_per_node.
+std::pair<uint64_t, uint64_t> hierBytes(size_t count, int ranks, const AllreduceOptions& o) {
+  const int k = o.hier.ranks_per_node > 0 && ranks % o.hier.ranks_per_node == 0 ? o.hier.ranks_per_node : ranks;
+  const uint64_t K = static_cast<uint64_t>(k);
+  const detail::Codec ci = detail::stageCodec(o.hier.intra, o.reduce_scatter);
+  const uint64_t intra = k > 1 ? 2 * (K - 1) * ci.bytes(count / K) : 0;
+  const uint64_t inter = ranks / k > 1 ? allreduceWireBytes(count / K, ranks / k, detail::interOptions(o)) : 0;
+  return {intra, inter};
+}
+}  // namespace
+
+uint64_t allreduceInterNodeBytes(size_t count, int ranks, const AllreduceOptions& o) {
+  const AllreduceOptions r = resolve(o, count, ranks, multiNodeFromOptions(o, ranks));
+  if (r.algorithm == AllreduceAlgorithm::Hierarchical) return hierBytes(count, ranks, r).second;
+  const int k = o.hier.ranks_per_node > 0 && ranks % o.hier.ranks_per_node == 0 ? o.hier.ranks_per_node : ranks;
+  // A flat algorithm spreads its bytes evenly over the peers: those on other nodes get (N-K)/(N-1) of them.
+  const uint64_t all = allreduceWireBytes(count, ranks, r);
+  return ranks > 1 ? all * static_cast<uint64_t>(ranks - k) / static_cast<uint64_t>(ranks - 1) : 0;
 }
 
 uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& o) {
@@ -199,8 +288,12 @@ uint64_t allreduceWireBytes(size_t count, int ranks, const AllreduceOptions& o) 
   // The model figure (nccl-tests' busbw convention): each stage sends (N-1)/N of the buffer. A rank's
   // exact count differs by its slice's rounding; the benchmark reports the measured one beside it.
   auto exact = [&](uint64_t esize) { return 2 * (N - 1) * count * esize / N; };
-  const AllreduceOptions r = resolve(o, count, ranks);
+  const AllreduceOptions r = resolve(o, count, ranks, multiNodeFromOptions(o, ranks));
   switch (r.algorithm) {
+    case AllreduceAlgorithm::Hierarchical: {
+      const auto [intra, inter] = hierBytes(count, ranks, r);
+      return intra + inter;
+    }
     case AllreduceAlgorithm::Ring:
     case AllreduceAlgorithm::TwoStep:
       return exact(r.payload == Payload::BF16 ? 2 : 4);

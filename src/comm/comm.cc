@@ -64,6 +64,39 @@ void pollInterrupt(Communicator& comm) {
 
 Communicator::Communicator() : timeout_(defaultTimeout()) {}
 
+std::vector<int> normalizeNodeIds(const std::vector<int>& ids) {
+  std::vector<int> seen, out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = std::find(seen.begin(), seen.end(), ids[i]);
+    if (it == seen.end()) {
+      seen.push_back(ids[i]);
+      it = seen.end() - 1;
+    }
+    out[i] = static_cast<int>(it - seen.begin());
+  }
+  return out;
+}
+
+std::vector<int> Communicator::nodeIds() const {
+  if (!node_ids_.empty()) return node_ids_;
+  return std::vector<int>(static_cast<size_t>(size()), 0);
+}
+
+void Communicator::setNodeIds(std::vector<int> ids) {
+  if (ids.size() != static_cast<size_t>(size()))
+    throw InvalidArgument(fmt::format("setNodeIds: {} node ids for {} ranks", ids.size(), size()), rank());
+  node_ids_ = normalizeNodeIds(ids);
+}
+
+void Communicator::setRanksPerNode(int ranks_per_node) {
+  if (ranks_per_node < 1 || size() % ranks_per_node != 0)
+    throw InvalidArgument(
+        fmt::format("ranks per node: {} does not divide the communicator's {} ranks", ranks_per_node, size()), rank());
+  std::vector<int> ids(static_cast<size_t>(size()));
+  for (int r = 0; r < size(); ++r) ids[static_cast<size_t>(r)] = r / ranks_per_node;
+  node_ids_ = std::move(ids);
+}
+
 void Communicator::waitAll(std::span<Request> rs, Deadline deadline) {
   for (auto& r : rs) wait(r, deadline);
 }

@@ -38,6 +38,15 @@ Request GroupCommunicator::irecv(void* buf, size_t bytes, int peer, Tag tag) {
   return parent_.irecv(buf, bytes, members_[static_cast<size_t>(peer)], tag);
 }
 
+std::vector<int> GroupCommunicator::nodeIds() const {
+  if (!node_ids_.empty()) return node_ids_;
+  const std::vector<int> parent = parent_.nodeIds();
+  std::vector<int> ids;
+  ids.reserve(members_.size());
+  for (int m : members_) ids.push_back(parent[static_cast<size_t>(m)]);
+  return normalizeNodeIds(ids);
+}
+
 std::unique_ptr<GroupCommunicator> split(Communicator& parent, int64_t color, int64_t key) {
   const int n = parent.size();
   const int64_t mine[2] = {color, key};

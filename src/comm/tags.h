@@ -19,6 +19,8 @@ enum Space : Tag {
   kRingAllGather = 3 << kStepBits,
   kTwoStepScatter = 4 << kStepBits,
   kTwoStepGather = 5 << kStepBits,
+  kHierScatter = 6 << kStepBits,  // hierarchical all-reduce: the intra-node reduce-scatter
+  kHierGather = 7 << kStepBits,   // and all-gather
   kSpForward = 8 << kStepBits,   // sequence-parallel attention: Q / KV forward
   kSpBackward = 9 << kStepBits,  // sequence-parallel attention: results back
   kSpAllToAll = 10 << kStepBits,

@@ -133,9 +133,10 @@ struct LlamaEngine::Impl {
     // Message rounds of the all-reduce that ran (decode-sized buffers are one chunk).
     const AllreduceAlgorithm a = as.algorithm;
     if (opts.tp > 1)
-      st.allreduce_rounds += a == AllreduceAlgorithm::OneShot ? 1
-                             : a == AllreduceAlgorithm::Ring  ? 2 * (opts.tp - 1)
-                                                              : 2;
+      st.allreduce_rounds += a == AllreduceAlgorithm::OneShot        ? 1
+                             : a == AllreduceAlgorithm::Ring         ? 2 * (opts.tp - 1)
+                             : a == AllreduceAlgorithm::Hierarchical ? 4  // intra, inter two-step (2), intra
+                                                                     : 2;
   }
 
   // The all-reduce options for a buffer of n floats: the user's, or in append mode (decode, short turns)

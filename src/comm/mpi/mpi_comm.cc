@@ -493,6 +493,16 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : impl_(std::make_unique<Impl>()
     MPI_Comm_set_name(d.comm, const_cast<char*>("flashring"));
     d.check(MPI_Comm_dup(d.comm, &d.ctrl), "MPI_Comm_dup");
     d.check(MPI_Comm_set_errhandler(d.ctrl, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    // The node layout (comm.h: nodeIds): each rank names its node by the lowest rank sharing its memory.
+    MPI_Comm shm = MPI_COMM_NULL;
+    d.check(MPI_Comm_split_type(d.comm, MPI_COMM_TYPE_SHARED, d.rank, MPI_INFO_NULL, &shm), "MPI_Comm_split_type");
+    int leader = d.rank;
+    const int rc_min = MPI_Allreduce(&d.rank, &leader, 1, MPI_INT, MPI_MIN, shm);
+    MPI_Comm_free(&shm);
+    d.check(rc_min, "MPI_Allreduce");
+    std::vector<int> leaders(static_cast<size_t>(d.size));
+    d.check(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, d.comm), "MPI_Allgather");
+    node_ids_ = normalizeNodeIds(leaders);
   } catch (...) {
     if (d.ctrl != MPI_COMM_NULL) MPI_Comm_free(&d.ctrl);
     MPI_Comm_free(&d.comm);
