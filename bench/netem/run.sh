@@ -23,7 +23,8 @@ MAX_RANKS=64
 usage() {
     cat <<'EOF'
 Usage: bench/netem/run.sh --ranks N --rate RATE [--topology star|mesh] [options] -- COMMAND [ARGS...]
-       bench/netem/run.sh --selftest --ranks N --rate RATE [--topology star|mesh] [options] [-- LINKCHECK-ARGS]
+       bench/netem/run.sh --rate RATE --topology nodes:RxK --node-rate RATE2 [options] -- COMMAND [ARGS...]
+       bench/netem/run.sh --selftest --ranks N --rate RATE [--topology star|mesh|nodes:RxK] [options] [-- LINKCHECK-ARGS]
        bench/netem/run.sh --cleanup
 
 Runs an MPI command with one rank per Linux network namespace, the ranks connected by veth
@@ -51,11 +52,23 @@ Topologies:
                  \\   //
                    r2
 
+  nodes:RxK  two-level: R nodes of K ranks (N = R*K; --ranks may be left out). Inside a node
+         every rank has one link of RATE to the node's switch (a bridge in the node's own
+         namespace), as in star; each node has ONE uplink of --node-rate to the core switch
+         (the hub's bridge), shaped on both ends, through which all its inter-node traffic
+         passes. Rank i is on node i / K. The ranks get FLASHRING_RANKS_PER_NODE=K, which
+         flashring's MPI communicator takes as its node layout (Communicator::nodeIds).
+
+             r0 ==+                          r2 ==+
+             r1 ==+== [node 0] --+-- [node 1] ==+ r3     == : RATE,  -- : --node-rate
+                                 [hub: mpirun]
+
 Options:
   --ranks N          number of MPI ranks, 2..64 (required)
   --rate RATE        link rate per direction, tc syntax: 100mbit, 1gbit, 2.5gbit, 500kbit,
                      or bytes per second: 125mbps (required)
-  --topology T       star (default) or mesh
+  --topology T       star (default), mesh, or nodes:RxK (two-level: R nodes of K ranks)
+  --node-rate RATE   nodes:RxK only (required there): each node's uplink rate per direction
   --burst B          token bucket size, tc size (1mb, 512kb, 131072). Default max(1mb, 8 ms
                      of RATE); at least 128kb
   --peak P           tbf peak rate as a multiple of RATE (default 1.2; 0 = none): the burst
@@ -115,6 +128,9 @@ info() { ((QUIET)) || echo "$PROG: $*" >&2; }
 # ---------------------------------------------------------------- arguments
 RANKS=""
 RATE=""
+NODE_RATE=""
+NODES=0     # nodes:RxK: R
+PER_NODE=0  # nodes:RxK: K
 TOPO=star
 DELAY=0ms
 BURST=""
@@ -138,6 +154,8 @@ while [[ $# -gt 0 ]]; do
     --rate=*) RATE=${1#*=}; shift ;;
     --topology) need_val "$@"; TOPO=$2; shift 2 ;;
     --topology=*) TOPO=${1#*=}; shift ;;
+    --node-rate) need_val "$@"; NODE_RATE=$2; shift 2 ;;
+    --node-rate=*) NODE_RATE=${1#*=}; shift ;;
     --delay) need_val "$@"; DELAY=$2; shift 2 ;;
     --delay=*) DELAY=${1#*=}; shift ;;
     --burst) need_val "$@"; BURST=$2; shift 2 ;;
@@ -191,6 +209,19 @@ time_to_us() {
 }
 
 validate_args() {
+    if [[ $TOPO =~ ^nodes:([0-9]+)x([0-9]+)$ ]]; then
+        NODES=$((10#${BASH_REMATCH[1]})) PER_NODE=$((10#${BASH_REMATCH[2]}))
+        ((NODES >= 2 && PER_NODE >= 1)) || die_usage "--topology nodes:RxK needs R >= 2 nodes and K >= 1 ranks each, got '$TOPO'"
+        [[ -z $RANKS ]] && RANKS=$((NODES * PER_NODE))
+        [[ $RANKS =~ ^[0-9]+$ ]] && ((10#$RANKS == NODES * PER_NODE)) ||
+            die_usage "--ranks $RANKS does not match --topology $TOPO ($((NODES * PER_NODE)) ranks)"
+        [[ -n $NODE_RATE ]] || die_usage "--topology $TOPO needs --node-rate RATE (each node's uplink)"
+        NODE_RATE_BPS=$(rate_to_bps "$NODE_RATE") ||
+            die_usage "--node-rate '$NODE_RATE' is not a rate like 100mbit, 1gbit, 2.5gbit or 125mbps (at least 8kbit)"
+        TOPO=nodes
+    elif [[ -n $NODE_RATE ]]; then
+        die_usage "--node-rate applies to --topology nodes:RxK only"
+    fi
     [[ -n $RANKS ]] || die_usage "--ranks N is required"
     [[ $RANKS =~ ^[0-9]+$ ]] || die_usage "--ranks must be an integer, got '$RANKS'"
     RANKS=$((10#$RANKS))
@@ -199,7 +230,7 @@ validate_args() {
     [[ -n $RATE ]] || die_usage "--rate RATE is required (e.g. 1gbit, 100mbit)"
     RATE_BPS=$(rate_to_bps "$RATE") ||
         die_usage "--rate '$RATE' is not a rate like 100mbit, 1gbit, 2.5gbit or 125mbps (at least 8kbit)"
-    case "$TOPO" in star | mesh) ;; *) die_usage "--topology must be star or mesh, got '$TOPO'" ;; esac
+    case "$TOPO" in star | mesh | nodes) ;; *) die_usage "--topology must be star, mesh or nodes:RxK, got '$TOPO'" ;; esac
     case "$SHAPER" in tbf | htb) ;; *) die_usage "--shaper must be tbf or htb, got '$SHAPER'" ;; esac
     DELAY_US=$(time_to_us "$DELAY") || die_usage "--delay '$DELAY' is not a time like 0ms, 1ms, 200us"
     local rate_Bps=$((RATE_BPS / 8))
@@ -232,6 +263,19 @@ validate_args() {
     MINBURST_B=$((rate_Bps / 1000))
     ((MINBURST_B < 131072)) && MINBURST_B=131072
     ((MINBURST_B > BURST_B)) && MINBURST_B=$BURST_B
+    if [[ $TOPO == nodes ]]; then
+        # the uplinks' own defaults, from their rate (a --burst / --limit given applies to every link)
+        local node_Bps=$((NODE_RATE_BPS / 8))
+        if [[ -n $BURST ]]; then NODE_BURST_B=$BURST_B; else
+            NODE_BURST_B=$((node_Bps * 8 / 1000))
+            ((NODE_BURST_B < 1048576)) && NODE_BURST_B=1048576
+        fi
+        if [[ -n $LIMIT ]]; then NODE_LIMIT_B=$LIMIT_B; else NODE_LIMIT_B=$((2 * NODE_BURST_B)); fi
+        NODE_PEAK_BPS=$(awk -v r="$NODE_RATE_BPS" -v m="$PEAK" 'BEGIN{printf "%.0f", r*m}')
+        NODE_MINBURST_B=$((node_Bps / 1000))
+        ((NODE_MINBURST_B < 131072)) && NODE_MINBURST_B=131072
+        ((NODE_MINBURST_B > NODE_BURST_B)) && NODE_MINBURST_B=$NODE_BURST_B
+    fi
     if ((SELFTEST)); then
         :
     elif ((${#CMD[@]} == 0)); then
@@ -375,6 +419,7 @@ check_prereqs() {
 
 # ---------------------------------------------------------------- building the network
 rank_ns() { echo "$PREFIX-r$1"; }
+node_ns() { echo "$PREFIX-n$1"; }
 ctl_addr() { echo "10.77.0.$(($1 + 1))"; }
 # mesh link index for pair i<j, and the address of rank $1 on the link to rank $2
 pair_index() {
@@ -399,15 +444,22 @@ MESH_ADDRESSING=${FRN_MESH_ADDRESSING:-rank}
 
 tc_size() { echo "${1}b"; }
 
-# shape NS DEV: rate-limit the egress of DEV in namespace NS
+# shape NS DEV [node]: rate-limit the egress of DEV in namespace NS at RATE (with "node": at --node-rate,
+# with the uplinks' burst and limit)
 shape() {
     local ns=$1 dev=$2 parent
-    local burst limit
+    local burst limit rate_bps=$RATE_BPS peak_bps=$PEAK_BPS minburst_b=$MINBURST_B
     burst=$(tc_size "$BURST_B")
     limit=$(tc_size "$LIMIT_B")
+    local limit_b=$LIMIT_B
+    if [[ ${3:-} == node ]]; then
+        rate_bps=$NODE_RATE_BPS peak_bps=$NODE_PEAK_BPS minburst_b=$NODE_MINBURST_B limit_b=$NODE_LIMIT_B
+        burst=$(tc_size "$NODE_BURST_B")
+        limit=$(tc_size "$NODE_LIMIT_B")
+    fi
     if ((DELAY_US > 0)); then
         # netem for the delay at the root, the shaper below it (see tc-netem(8))
-        local pkts=$((LIMIT_B / 1000 + 1000))
+        local pkts=$((limit_b / 1000 + 1000))
         RUN tc -n "$ns" qdisc add dev "$dev" root handle 1: netem delay "${DELAY_US}us" limit "$pkts" || return 1
         parent="parent 1:1 handle 10:"
     else
@@ -416,17 +468,17 @@ shape() {
     if [[ $SHAPER == tbf ]]; then
         # shellcheck disable=SC2086
         local peak=()
-        if ((PEAK_BPS > 0)); then
-            peak=(peakrate "${PEAK_BPS}bit" mtu "$(tc_size "$MINBURST_B")")
+        if ((peak_bps > 0)); then
+            peak=(peakrate "${peak_bps}bit" mtu "$(tc_size "$minburst_b")")
         fi
-        RUN tc -n "$ns" qdisc add dev "$dev" $parent tbf rate "$RATE_BPS"bit burst "$burst" limit "$limit" "${peak[@]}" || return 1
+        RUN tc -n "$ns" qdisc add dev "$dev" $parent tbf rate "$rate_bps"bit burst "$burst" limit "$limit" "${peak[@]}" || return 1
     else
         local h
         if ((DELAY_US > 0)); then h=10; else h=1; fi
         # quantum: keep htb from warning about huge quanta; one class takes everything anyway
         # shellcheck disable=SC2086
         RUN tc -n "$ns" qdisc add dev "$dev" $parent htb default 1 r2q 100000 || return 1
-        RUN tc -n "$ns" class add dev "$dev" parent "$h": classid "$h":1 htb rate "$RATE_BPS"bit ceil "$RATE_BPS"bit \
+        RUN tc -n "$ns" class add dev "$dev" parent "$h": classid "$h":1 htb rate "$rate_bps"bit ceil "$rate_bps"bit \
             burst "$burst" cburst "$burst" quantum 60000 || return 1
         RUN tc -n "$ns" qdisc add dev "$dev" parent "$h":1 handle "$((h + 1))": bfifo limit "$limit" || return 1
     fi
@@ -469,23 +521,42 @@ build_network() {
     RUN ip -n "$HUB" addr add "$CTL_HUB/24" dev br0 || die_setup "address on br0 failed"
     RUN ip -n "$HUB" link set br0 up || die_setup "br0 up failed"
 
+    # nodes:RxK: a namespace per node holding its switch (bridge nbr0), with one uplink veth to the hub's bridge
+    local k nns
+    for ((k = 0; k < NODES; k++)); do
+        nns=$(node_ns "$k")
+        ns_add "$nns"
+        ns_sysctl "$nns" || die_setup "sysctl in $nns failed"
+        RUN ip -n "$nns" link set lo up || die_setup "lo up in $nns failed"
+        RUN ip -n "$nns" link add nbr0 type bridge stp_state 0 forward_delay 0 || die_setup "bridge in $nns failed"
+        RUN ip -n "$nns" link set nbr0 up || die_setup "nbr0 up in $nns failed"
+        RUN ip -n "$HUB" link add "n$k" type veth peer name uplink netns "$nns" ||
+            die_setup "cannot create veth pair hub:n$k <-> $nns:uplink"
+        RUN ip -n "$HUB" link set "n$k" master br0 up || die_setup "n$k into the hub's bridge failed"
+        RUN ip -n "$nns" link set dev uplink master nbr0 up || die_setup "uplink into $nns's bridge failed"
+        shape "$nns" uplink node || die_setup "tc $SHAPER shaping on $nns:uplink failed (CONFIG_NET_SCH_${SHAPER^^}?)"
+        shape "$HUB" "n$k" node || die_setup "tc $SHAPER shaping on $HUB:n$k failed"
+    done
+
     for ((i = 0; i < RANKS; i++)); do
         ns=$(rank_ns "$i")
         ns_add "$ns"
         ns_sysctl "$ns" || die_setup "sysctl in $ns failed"
         RUN ip -n "$ns" link set lo up || die_setup "lo up in $ns failed"
-        # veth created inside the hub, its peer end moved straight into the rank namespace
-        local rdev=eth0
+        # veth created inside the switch's namespace (the hub's, or the rank's node's), its peer end moved
+        # straight into the rank namespace
+        local rdev=eth0 sw=$HUB br=br0
         [[ $TOPO == mesh ]] && rdev=ctl
-        RUN ip -n "$HUB" link add "r$i" type veth peer name "$rdev" netns "$ns" ||
-            die_setup "cannot create veth pair hub:r$i <-> $ns:$rdev (CONFIG_VETH?)"
-        RUN ip -n "$HUB" link set "r$i" master br0 up || die_setup "r$i into bridge failed"
+        if [[ $TOPO == nodes ]]; then sw=$(node_ns $((i / PER_NODE))) br=nbr0; fi
+        RUN ip -n "$sw" link add "r$i" type veth peer name "$rdev" netns "$ns" ||
+            die_setup "cannot create veth pair $sw:r$i <-> $ns:$rdev (CONFIG_VETH?)"
+        RUN ip -n "$sw" link set "r$i" master "$br" up || die_setup "r$i into bridge failed"
         RUN ip -n "$ns" addr add "$(ctl_addr "$i")/24" dev "$rdev" || die_setup "address on $ns:$rdev failed"
         RUN ip -n "$ns" link set "$rdev" up || die_setup "$ns:$rdev up failed"
-        if [[ $TOPO == star ]]; then
-            # both ends: rank uplink (rank -> hub) and downlink (hub -> rank)
+        if [[ $TOPO == star || $TOPO == nodes ]]; then
+            # both ends: rank uplink (rank -> switch) and downlink (switch -> rank)
             shape "$ns" "$rdev" || die_setup "tc $SHAPER shaping on $ns:$rdev failed (CONFIG_NET_SCH_${SHAPER^^}?)"
-            shape "$HUB" "r$i" || die_setup "tc $SHAPER shaping on $HUB:r$i failed"
+            shape "$sw" "r$i" || die_setup "tc $SHAPER shaping on $sw:r$i failed"
         fi
     done
 
@@ -571,7 +642,7 @@ trap 'on_signal HUP 129' HUP
 
 ((CLEANUP)) && cleanup_stale
 
-if [[ $TOPO == star ]]; then DATA_NET=$CTL_NET; else DATA_NET=$MESH_NET; fi
+if [[ $TOPO == star || $TOPO == nodes ]]; then DATA_NET=$CTL_NET; else DATA_NET=$MESH_NET; fi
 if [[ $TOPO == mesh && $MESH_ADDRESSING == rank ]]; then DATA_NET=$DATA_ADDR_NET; fi
 
 if ((!SELFTEST && !DRY)) && ! command -v -- "${CMD[0]}" >/dev/null 2>&1; then
@@ -603,7 +674,11 @@ fi
 desc="$SHAPER burst ${BURST_B}B limit ${LIMIT_B}B"
 ((PEAK_BPS > 0)) && desc+=" peakrate ${PEAK}x (bucket ${MINBURST_B}B)"
 ((DELAY_US > 0)) && desc+=", delay ${DELAY_US}us"
-info "$TOPO, $RANKS ranks, $RATE ($RATE_BPS bit/s) per link and direction, $desc; namespaces $PREFIX-*"
+if [[ $TOPO == nodes ]]; then
+    info "nodes: $NODES x $PER_NODE ranks, $RATE ($RATE_BPS bit/s) per rank link and direction, node uplinks $NODE_RATE ($NODE_RATE_BPS bit/s), $desc; namespaces $PREFIX-*"
+else
+    info "$TOPO, $RANKS ranks, $RATE ($RATE_BPS bit/s) per link and direction, $desc; namespaces $PREFIX-*"
+fi
 t_setup=$(date +%s.%N)
 build_network
 ((DRY)) || info "network ready in $(awk -v a="$t_setup" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}') s"
@@ -631,10 +706,12 @@ add_mca btl_tcp_flags send,inplace,need-ack,need-csum
 # sets this itself only when ranks > cores; measured: 2 ranks got ~2/3 of the duplex rate)
 add_mca mpi_yield_when_idle 1
 
+NODE_ENV=()
+((PER_NODE > 0)) && NODE_ENV=(-x "FLASHRING_RANKS_PER_NODE=$PER_NODE")
 MPIRUN=(mpirun -np "$RANKS" --oversubscribe --allow-run-as-root --bind-to none "${MCA[@]}"
     -x PMIX_MCA_ptl_tcp_remote_connections=1 -x "PMIX_MCA_ptl_tcp_if_include=$CTL_NET"
     -x "FRN_NETEM_PREFIX=$PREFIX"
-    "${MPIRUN_EXTRA[@]}" "$RANK_EXEC" "${CMD[@]}")
+    "${NODE_ENV[@]}" "${MPIRUN_EXTRA[@]}" "$RANK_EXEC" "${CMD[@]}")
 # the PMIx server (mpirun) itself needs the same settings in its environment
 LAUNCH=(ip netns exec "$HUB" env PMIX_MCA_ptl_tcp_remote_connections=1 "PMIX_MCA_ptl_tcp_if_include=$CTL_NET"
     "FRN_NETEM_PREFIX=$PREFIX" "${MPIRUN[@]}")

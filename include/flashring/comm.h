@@ -101,9 +101,9 @@ class Communicator {
   // The node (host) of every rank, in rank order: small integers, equal for ranks on one node, numbered in
   // order of each node's lowest rank (so rank 0 is on node 0). The hierarchical all-reduce (allreduce.h) splits
   // its stages by it. Thread ranks: all on node 0; MPI: MPI_Comm_split_type(MPI_COMM_TYPE_SHARED), measured at
-  // construction; a GroupCommunicator: its parent's, for its members. setNodeIds() overrides it, e.g. for
-  // emulated topologies whose "nodes" share one host (bench/netem --topology nodes:RxK). Must be the same on
-  // every rank (setNodeIds: pass the same vector everywhere).
+  // construction, unless FLASHRING_RANKS_PER_NODE=K names consecutive blocks of K; a GroupCommunicator: its parent's,
+  // for its members. setNodeIds() overrides it, e.g. for emulated topologies whose "nodes" share one host (bench/netem
+  // --topology nodes:RxK). Must be the same on every rank (setNodeIds: pass the same vector everywhere).
   virtual std::vector<int> nodeIds() const;
   // Throws InvalidArgument unless ids has size() entries; renumbers them in order of each node's lowest rank.
   void setNodeIds(std::vector<int> ids);

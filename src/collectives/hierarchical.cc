@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "collectives/algorithms.h"
@@ -144,8 +145,11 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     recv_off[static_cast<size_t>(p)] = off;
     off += p == me ? 0 : msgBytes(me);
   }
-  std::vector<std::byte> arena(std::max<size_t>(off, 1));
-  std::vector<float> acc(std::max<size_t>(m, 1));
+  // Not zero-filled (every byte read is written first); glibc recycles blocks this size after the first call,
+  // so repeated all-reduces do not fault fresh pages in.
+  size_t arena_size = std::max<size_t>(off, 1);
+  std::unique_ptr<std::byte[]> arena(new std::byte[arena_size]);
+  std::unique_ptr<float[]> acc(new float[std::max<size_t>(m, 1)]);
 
   // Stage 1: intra-node reduce-scatter.
   if (K > 1) {
@@ -153,11 +157,10 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     std::vector<Request> recv(static_cast<size_t>(K)), send(static_cast<size_t>(K));
     for (int p = 0; p < K; ++p)
       if (p != me)
-        recv[static_cast<size_t>(p)] =
-            intra->irecv(arena.data() + recv_off[static_cast<size_t>(p)], msgBytes(me), p, t);
+        recv[static_cast<size_t>(p)] = intra->irecv(arena.get() + recv_off[static_cast<size_t>(p)], msgBytes(me), p, t);
     for (int i = 1; i < K; ++i) {
       const int j = (me + i) % K;
-      std::byte* buf = arena.data() + send_off[static_cast<size_t>(j)];
+      std::byte* buf = arena.get() + send_off[static_cast<size_t>(j)];
       const Range r = slice(j);
       {
         Stopwatch w(stats.codec_s);
@@ -171,7 +174,7 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
       send[static_cast<size_t>(j)] = intra->isend(buf, msgBytes(j), j, t);
       comm.progress();
     }
-    std::memset(acc.data(), 0, m * sizeof(float));
+    std::memset(acc.get(), 0, m * sizeof(float));
     for (int p = 0; p < K; ++p) {  // local-rank order
       if (p == me) {
         Stopwatch w(stats.codec_s);
@@ -180,14 +183,14 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
       }
       waitOne(recv[static_cast<size_t>(p)]);
       Stopwatch w(stats.codec_s);
-      const std::byte* in = arena.data() + recv_off[static_cast<size_t>(p)];
+      const std::byte* in = arena.get() + recv_off[static_cast<size_t>(p)];
       checkHeader(in, n, kScatterStage, ci, pme, L.intra[static_cast<size_t>(p)]);
-      ci.decodeAccumulate(in + sizeof(Header), m, acc.data());
+      ci.decodeAccumulate(in + sizeof(Header), m, acc.get());
     }
     Stopwatch w(stats.wait_s);
     comm.waitAll(send, comm.deadline());
   } else if (m > 0) {
-    std::memcpy(acc.data(), data.data() + mine.begin, m * sizeof(float));
+    std::memcpy(acc.get(), data.data() + mine.begin, m * sizeof(float));
   }
 
   // Stage 2: across the nodes, among the ranks holding the same slice.
@@ -195,9 +198,9 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     const AllreduceOptions io = interOptions(o);
     AllreduceStats st;
     if (error != nullptr) {
-      allreduceWithError(*inter, {acc.data(), m}, {error + mine.begin, m}, io, &st);
+      allreduceWithError(*inter, {acc.get(), m}, {error + mine.begin, m}, io, &st);
     } else {
-      allreduce(*inter, {acc.data(), m}, io, &st);
+      allreduce(*inter, {acc.get(), m}, io, &st);
     }
     stats.codec_s += st.codec_s;
     stats.wait_s += st.wait_s;
@@ -214,19 +217,22 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
       roff[static_cast<size_t>(p)] = o2;
       if (p != me) o2 += msgBytes(p);
     }
-    if (arena.size() < o2) arena.resize(o2);
+    if (arena_size < o2) {
+      arena.reset(new std::byte[o2]);
+      arena_size = o2;
+    }
     for (int p = 0; p < K; ++p)
       if (p != me)
-        recv[static_cast<size_t>(p)] = intra->irecv(arena.data() + roff[static_cast<size_t>(p)], msgBytes(p), p, t);
-    std::byte* buf = arena.data();
+        recv[static_cast<size_t>(p)] = intra->irecv(arena.get() + roff[static_cast<size_t>(p)], msgBytes(p), p, t);
+    std::byte* buf = arena.get();
     {
       Stopwatch w(stats.codec_s);
       writeHeader(buf, n, kGatherStage, ci);
-      ci.encode(acc.data(), m, buf + sizeof(Header));
+      ci.encode(acc.get(), m, buf + sizeof(Header));
       ci.decode(buf + sizeof(Header), m, data.data() + mine.begin);  // the owner keeps what it sends
       if (error != nullptr && L.node == 0) {
         std::vector<float> e(std::max<size_t>(m, 1));
-        storeError(acc.data(), data.data() + mine.begin, m, e.data());
+        storeError(acc.get(), data.data() + mine.begin, m, e.data());
         for (size_t i = 0; i < m; ++i) error[mine.begin + i] += e[i];
       }
     }
@@ -238,7 +244,7 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
       const int p = (me + K - i) % K;
       waitOne(recv[static_cast<size_t>(p)]);
       Stopwatch w(stats.codec_s);
-      const std::byte* in = arena.data() + roff[static_cast<size_t>(p)];
+      const std::byte* in = arena.get() + roff[static_cast<size_t>(p)];
       checkHeader(in, n, kGatherStage, ci, pme, L.intra[static_cast<size_t>(p)]);
       const Range r = slice(p);
       ci.decode(in + sizeof(Header), r.size(), data.data() + r.begin);
@@ -246,7 +252,7 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     Stopwatch w(stats.wait_s);
     comm.waitAll(send, comm.deadline());
   } else if (m > 0) {
-    std::memcpy(data.data() + mine.begin, acc.data(), m * sizeof(float));
+    std::memcpy(data.data() + mine.begin, acc.get(), m * sizeof(float));
   }
 }
 

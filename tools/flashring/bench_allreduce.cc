@@ -287,8 +287,9 @@ void addBenchAllreduce(CLI::App& bench) {
          "--algos", cfg->algos,
          "comma-separated algorithms: ring-fp32, ring-bf16, twostep-fp32, twostep-bf16, mpi, auto, flash-int8, "
          "flash-int6, flash-int5, flash-int4, flash-int4-int8, flash-int8-int4, oneshot-fp32, oneshot-bf16, "
-         "oneshot-int8, oneshot-int6, oneshot-int5, oneshot-int4 (default: all that the transport supports, "
-         "without the one-shots)")
+         "oneshot-int8, oneshot-int6, oneshot-int5, oneshot-int4, hier-<intra>-<inter> and "
+         "hier-<intra>-oneshot-<inter> (hierarchical over nodes, e.g. hier-bf16-int4; with --ranks-per-node) "
+         "(default: all that the transport supports, without the one-shots)")
       ->delimiter(',');
   app->add_flag("--oneshot", cfg->oneshot,
                 "run each two-step algorithm's one-shot twin right after it (twostep-fp32 -> oneshot-fp32, "

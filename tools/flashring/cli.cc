@@ -53,18 +53,32 @@ void TransportOptions::add(CLI::App& app) {
       ->check(CLI::Range(1, 256))
       ->capture_default_str();
   app.add_option("--timeout-ms", timeout_ms, "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
+  app.add_option("--ranks-per-node", ranks_per_node,
+                 "treat consecutive blocks of this many ranks as one node (emulated multi-node topologies such as "
+                 "bench/netem --topology nodes:RxK; default: thread ranks are one node, MPI ranks are grouped by "
+                 "host). The hierarchical all-reduce and Auto use it")
+      ->check(CLI::PositiveNumber);
 }
 
 void runOnTransport(const TransportOptions& t, const std::function<void(Communicator&)>& fn) {
   const auto timeout = std::chrono::milliseconds(t.timeout_ms);
   if (t.transport == "thread") {
-    runThreadRanks(t.ranks, fn, timeout);
+    if (t.ranks_per_node > 0 && t.ranks % t.ranks_per_node != 0)
+      throw InvalidArgument(fmt::format("--ranks-per-node {} does not divide --ranks {}", t.ranks_per_node, t.ranks));
+    runThreadRanks(
+        t.ranks,
+        [&](Communicator& c) {
+          if (t.ranks_per_node > 0) c.setRanksPerNode(t.ranks_per_node);
+          fn(c);
+        },
+        timeout);
     return;
   }
 #ifdef FLASHRING_WITH_MPI
   MpiEnvironment env;
   MpiCommunicator comm;
   if (t.timeout_ms > 0) comm.setTimeout(timeout);
+  if (t.ranks_per_node > 0) comm.setRanksPerNode(t.ranks_per_node);
   try {
     fn(comm);
   } catch (const AbortedError&) {

@@ -22,6 +22,7 @@ struct TransportOptions {
   std::string transport = "thread";
   int ranks = 4;  // thread transport only; MPI takes its size from mpirun
   int timeout_ms = 0;
+  int ranks_per_node = 0;  // > 0: consecutive blocks of ranks form nodes (Communicator::setRanksPerNode)
   void add(CLI::App& app);
 };
 

@@ -503,6 +503,16 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : impl_(std::make_unique<Impl>()
     std::vector<int> leaders(static_cast<size_t>(d.size));
     d.check(MPI_Allgather(&leader, 1, MPI_INT, leaders.data(), 1, MPI_INT, d.comm), "MPI_Allgather");
     node_ids_ = normalizeNodeIds(leaders);
+    // Emulated multi-node topologies (bench/netem --topology nodes:RxK) put every "node" on one host: their
+    // launcher names the layout instead.
+    if (const char* env = std::getenv("FLASHRING_RANKS_PER_NODE"); env != nullptr && *env != '\0') {
+      char* end = nullptr;
+      const long k = std::strtol(env, &end, 10);
+      if (end == env || *end != '\0' || k < 1 || d.size % k != 0)
+        throw InvalidArgument(
+            fmt::format("FLASHRING_RANKS_PER_NODE='{}' does not divide the {} MPI ranks", env, d.size), d.rank);
+      setRanksPerNode(static_cast<int>(k));
+    }
   } catch (...) {
     if (d.ctrl != MPI_COMM_NULL) MPI_Comm_free(&d.ctrl);
     MPI_Comm_free(&d.comm);
