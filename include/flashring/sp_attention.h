@@ -73,6 +73,18 @@ std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayo
 void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
                  const SpAttentionOptions& options, float* out, SpAttentionStats* stats = nullptr);
 
+// Same, and also the log-sum-exp of every query row over the whole sequence (as blockAttention returns it
+// for the unsharded sequence, attention.h): lse [batch, local_len, heads], natural log, scaled scores
+// included; what flash-attention returns as softmax_lse (there [batch, heads, seq]). Every scheme produces
+// it: the ring schemes have it from their merges, Ulysses and AllGatherKV carry it back with out (Ulysses
+// sends batch * local_len * heads more floats back, 1/head_dim of its out traffic).
+// Invariants: out is bit-identical to the call without lse; lse agrees with single-rank blockAttention's
+// lse within 1e-5. lse == nullptr is the call above. Asking for lse is part of the call's options: pass a
+// non-null lse on every rank or on none (checked with the shape); a rank whose shard is empty passes any
+// non-null pointer, which is not written.
+void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
+                 const SpAttentionOptions& options, float* out, float* lse, SpAttentionStats* stats = nullptr);
+
 // Attention of q_len new queries held by `owner` over a KV cache sharded across the SP ranks, by passing
 // Q (TokenRing's idea applied to decode, and to a short turn over a long cached prefix, where moving the
 // few queries is far cheaper than moving the cache): the owner sends Q along the ring, every rank forwards
