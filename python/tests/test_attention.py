@@ -123,6 +123,18 @@ def test_sp_attention_batch_scale_and_given_seq_len():
         np.testing.assert_allclose(flashring.zigzag_unshard([x for _, x, _ in res], dim=2), lse_ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sp_attention_with_ranks_holding_no_tokens(layout):
+    q, k, v = qkv(1, 3, 4, 2, 8, seed=9)  # 3 tokens on 4 ranks: one rank's shard is empty
+    out_ref, lse_ref = ref_attention(q, k, v, causal=True)
+    for scheme in SCHEMES:
+        res = run_sp(4, q, k, v, scheme=scheme, layout=layout)
+        assert sorted(o.shape[1] for o, _, _ in res) == [0, 1, 1, 1]
+        np.testing.assert_allclose(flashring.zigzag_unshard([o for o, _, _ in res], layout=layout), out_ref, atol=1e-5)
+        lse = flashring.zigzag_unshard([x for _, x, _ in res], dim=2, layout=layout)
+        np.testing.assert_allclose(lse, lse_ref, atol=1e-5)
+
+
 def test_sp_attention_return_forms_and_stats():
     q, k, v = qkv(1, 24, 4, 2, 16, seed=3)
 
