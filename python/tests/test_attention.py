@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -503,7 +504,7 @@ def test_rejected_merge_inputs():
 
 
 def test_mismatched_shapes_across_ranks_raise_on_every_rank():
-    # Ranks disagree on the head count: the core's shape check fails on every rank with InvalidArgument.
+    # Ranks disagree on the head count: the core's cross-rank shape check fails on every rank.
     q, k, v = qkv(1, 12, 4, 2, 8)
     for scheme in ("tokenring", "ulysses"):
 
@@ -519,9 +520,12 @@ def test_mismatched_shapes_across_ranks_raise_on_every_rank():
         t0 = time.monotonic()
         errs = flashring.run_threads(3, body, timeout=5)
         assert time.monotonic() - t0 < 5
+        # Every rank fails naming the values: InvalidArgument where the check completed, AbortedError (whose
+        # message carries the first rank's reason) where a peer's abort arrived first.
         for r, e in enumerate(errs):
-            assert isinstance(e, flashring.InvalidArgument), (scheme, r, e)
-            assert "heads" in str(e)
+            assert isinstance(e, (flashring.InvalidArgument, flashring.AbortedError)), (scheme, r, e)
+            assert re.search(r"\bheads=\d", str(e)) and "differs across ranks" in str(e), (scheme, r, e)
+        assert any(isinstance(e, flashring.InvalidArgument) for e in errs)
 
 
 def test_a_bad_argument_on_one_rank_fails_every_rank_at_once():
@@ -538,16 +542,23 @@ def test_a_bad_argument_on_one_rank_fails_every_rank_at_once():
         return None
 
     c = np.ascontiguousarray
-    bads = [lambda x: x.astype(np.float64), lambda x: c(x[:, :-1]), lambda x: c(x[..., :4]), lambda x: x[:, ::-1]]
+    # Wrong on rank 2 alone: rank 2 raises InvalidArgument, the others AbortedError (or InvalidArgument).
+    bads = [lambda x: x.astype(np.float64), lambda x: c(x[..., :4]), lambda x: x[:, ::-1]]
     if torch is not None:
         bads.append(lambda x: torch.from_numpy(x).requires_grad_(True))
-    for bad in bads:
+    # One token short on rank 2: the derived seq_len is then wrong for every rank's layout, so whichever rank
+    # checks first raises InvalidArgument and aborts the rest.
+    bads.append(lambda x: c(x[:, :-1]))
+    for i, bad in enumerate(bads):
         t0 = time.monotonic()
         errs = flashring.run_threads(3, body, bad, timeout=5)
         assert time.monotonic() - t0 < 4  # the others are aborted, not left to time out
-        assert isinstance(errs[2], flashring.InvalidArgument)
-        for e in errs[:2]:
+        for e in errs:
             assert isinstance(e, flashring.Error), e
+        if i < len(bads) - 1:
+            assert isinstance(errs[2], flashring.InvalidArgument), errs[2]
+        else:
+            assert any(isinstance(e, flashring.InvalidArgument) and "local tokens" in str(e) for e in errs), errs
 
 
 def test_lse_and_out_are_fresh_arrays_and_inputs_are_untouched():
