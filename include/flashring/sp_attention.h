@@ -18,7 +18,8 @@
 //   AllGatherKV  all-gather K/V, local Q against the full sequence.
 //   Auto         the cost model (costmodel.h) picks per call from the shape, the measured link and
 //                kernel speeds and the topology.
-// Partial results merge by log-sum-exp in fp32 (attention.h).
+// Partial results merge by log-sum-exp in fp32 (attention.h); the overload with lse also returns each row's
+// log-sum-exp over the whole sequence (flash-attention's return_lse).
 #pragma once
 
 #include <cstdint>
@@ -72,6 +73,19 @@ std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayo
 // out: [batch, local_len, heads, head_dim]. Shapes and options must agree on every rank (checked).
 void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
                  const SpAttentionOptions& options, float* out, SpAttentionStats* stats = nullptr);
+
+// Same, and also the log-sum-exp of every query row over the whole sequence (as blockAttention returns it
+// for the unsharded sequence, attention.h): lse [batch, local_len, heads], natural log, scaled scores
+// included; what flash-attention returns as softmax_lse (there [batch, heads, seq]). Every scheme produces
+// it: TokenRing, RingKV and AllGatherKV have it from their merges on the queries' own rank; Ulysses computes
+// it on the head-sharded side and its all-to-all back carries it with out (1/head_dim more bytes back,
+// counted in bytes_bwd).
+// Invariants: out is bit-identical to the call without lse; lse agrees with single-rank blockAttention's
+// lse within 1e-5. lse == nullptr is the call above. Asking for lse is part of the call's options: pass a
+// non-null lse on every rank or on none (checked with the shape); a rank whose shard is empty passes any
+// non-null pointer, which is not written.
+void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
+                 const SpAttentionOptions& options, float* out, float* lse, SpAttentionStats* stats = nullptr);
 
 // Attention of q_len new queries held by `owner` over a KV cache sharded across the SP ranks, by passing
 // Q (TokenRing's idea applied to decode, and to a short turn over a long cached prefix, where moving the

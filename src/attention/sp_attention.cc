@@ -194,7 +194,7 @@ void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, s
 
 // ---------------------------------------------------------------------------------------------------- TokenRing
 void tokenRing(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-               SpAttentionStats& st) {
+               float* lse, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   const size_t resw = H * D + H;  // floats per result row: out then lse, packed per message as [out | lse]
@@ -318,11 +318,12 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
   }
   for (auto& rq : q_send) waitTimed(rq, N - 1);
   for (auto& rq : res_send) waitTimed(rq, N - 1);
+  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
 }
 
 // ------------------------------------------------------------------------------------------------------ RingKV
 void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-            SpAttentionStats& st) {
+            float* lse, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   thread_local Scratch sc;
@@ -362,11 +363,12 @@ void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* 
                out, acc_lse.data(), comm, sc);
   }
   for (auto& rq : sends) waitTimed(rq, N - 1);
+  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
 }
 
 // ------------------------------------------------------------------------------------------------- AllGatherKV
 void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-                 SpAttentionStats& st) {
+                 float* lse, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
@@ -417,6 +419,7 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
   const std::vector<Segment> all{{0, static_cast<int64_t>(S)}};
   attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kfull.data(), vfull.data(), static_cast<int64_t>(S), all, out,
              acc_lse.data(), comm, sc);
+  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
 }
 
 // All-to-all of variable-size float blocks: block p of `send` (offsets soff[p]..soff[p+1]) goes to rank p
@@ -441,11 +444,12 @@ void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>&
 
 // ----------------------------------------------------------------------------------------------------- Ulysses
 void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-             SpAttentionStats& st) {
+             float* lse, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
   const size_t H = static_cast<size_t>(g.shape.heads), Hkv = static_cast<size_t>(g.shape.kv_heads), grp = H / Hkv;
+  const size_t lw = lse ? 1 : 0;  // lse floats per (row, head) in the messages back
   auto qh = [&](int p) { return detail::part(H, N, p); };
   auto kvh = [&](int p) {
     const Range h = qh(p);
@@ -529,8 +533,9 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
                         static_cast<int>(hq), static_cast<int>(hk_local), g.shape.head_dim};
       blockAttention(qf.data(), kf.data(), vf.data(), as, bo, of.data(), lf.data());
     }
-    // Back to sequence-sharded: rank p gets its rows of my heads.
-    obuf.resize(std::max<size_t>(B * S * hq * D, 1));
+    // Back to sequence-sharded: rank p gets its rows of my heads, [out (B, Lp, hq, D) | lse (B, Lp, hq)] (the
+    // lse part only when the call asks for lse, which every rank agrees on: checkInputs).
+    obuf.resize(std::max<size_t>(B * S * hq * (D + lw), 1));
     size_t o = 0;
     for (int p = 0; p < N; ++p) {
       for (size_t b = 0; b < B; ++b)
@@ -539,12 +544,19 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
           copyFloats(obuf.data() + o, of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
           o += n;
         }
+      if (lw == 0) continue;
+      for (size_t b = 0; b < B; ++b)
+        for (const auto& seg : g.S(p)) {
+          const size_t n = static_cast<size_t>(seg.length) * hq;
+          copyFloats(obuf.data() + o, lf.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq, n);
+          o += n;
+        }
     }
   }
   std::vector<size_t> ooff(static_cast<size_t>(N) + 1, 0), rooff(static_cast<size_t>(N) + 1, 0);
   for (int p = 0; p < N; ++p) {
-    ooff[static_cast<size_t>(p) + 1] = ooff[static_cast<size_t>(p)] + B * g.L(p) * hq * D;
-    rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * qh(p).size() * D;
+    ooff[static_cast<size_t>(p) + 1] = ooff[static_cast<size_t>(p)] + B * g.L(p) * hq * (D + lw);
+    rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * qh(p).size() * (D + lw);
   }
   orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
   allToAllv(comm, obuf.data(), ooff, orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
@@ -554,11 +566,14 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
     const float* src = orecv.data() + rooff[static_cast<size_t>(p)];
     for (size_t row = 0; row < B * Lr; ++row)
       copyFloats(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D);
+    if (lw == 0) continue;
+    const float* lsrc = src + B * Lr * hp.size() * D;
+    for (size_t row = 0; row < B * Lr; ++row) copyFloats(lse + row * H + hp.begin, lsrc + row * hp.size(), hp.size());
   }
 }
 
 void checkInputs(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& s,
-                 const SpAttentionOptions& o, const float* out) {
+                 const SpAttentionOptions& o, const float* out, const float* lse) {
   const int r = comm.rank();
   if (s.batch < 1 || s.seq_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1)
     throw InvalidArgument(fmt::format("spAttention: batch, seq_len, heads, kv_heads and head_dim must be positive "
@@ -580,7 +595,7 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
   for (uint64_t f :
        {static_cast<uint64_t>(s.seq_len), static_cast<uint64_t>(s.batch), static_cast<uint64_t>(s.heads),
         static_cast<uint64_t>(s.kv_heads), static_cast<uint64_t>(s.head_dim), static_cast<uint64_t>(o.layout),
-        static_cast<uint64_t>(o.causal), static_cast<uint64_t>(o.scheme)}) {
+        static_cast<uint64_t>(o.causal), static_cast<uint64_t>(o.scheme), static_cast<uint64_t>(lse != nullptr)}) {
     uint64_t z = key ^ f;
     z += 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -590,9 +605,10 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
   checkSameOnAllRanks(
       comm, key,
       fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} "
-                  "causal={} scheme={})",
+                  "causal={} scheme={} lse={})",
                   r, s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim,
-                  o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal, spSchemeName(o.scheme))
+                  o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal, spSchemeName(o.scheme),
+                  lse ? "requested" : "none")
           .c_str());
 }
 
@@ -600,11 +616,16 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
 
 void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
                  const SpAttentionOptions& options, float* out, SpAttentionStats* stats) {
+  spAttention(comm, q, k, v, shape, options, out, nullptr, stats);
+}
+
+void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
+                 const SpAttentionOptions& options, float* out, float* lse, SpAttentionStats* stats) {
   SpAttentionStats local;
   SpAttentionStats& st = stats ? *stats : local;
   st = SpAttentionStats{};
   detail::abortOnError(comm, "spAttention", [&] {
-    checkInputs(comm, q, k, v, shape, options, out);
+    checkInputs(comm, q, k, v, shape, options, out, lse);
     SpAttentionOptions o = options;
     if (o.scale == 0.f) o.scale = 1.f / std::sqrt(static_cast<float>(shape.head_dim));
     const CostModel fallback;
@@ -616,16 +637,16 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
     const Geometry g(comm.size(), comm.rank(), shape, o);
     switch (o.scheme) {
       case SpScheme::TokenRing:
-        tokenRing(comm, g, q, k, v, out, st);
+        tokenRing(comm, g, q, k, v, out, lse, st);
         break;
       case SpScheme::RingKV:
-        ringKV(comm, g, q, k, v, out, st);
+        ringKV(comm, g, q, k, v, out, lse, st);
         break;
       case SpScheme::Ulysses:
-        ulysses(comm, g, q, k, v, out, st);
+        ulysses(comm, g, q, k, v, out, lse, st);
         break;
       case SpScheme::AllGatherKV:
-        allGatherKV(comm, g, q, k, v, out, st);
+        allGatherKV(comm, g, q, k, v, out, lse, st);
         break;
       case SpScheme::Auto:
         break;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <tuple>
@@ -154,6 +155,107 @@ TEST(SpAttention, InvalidShapesAreRejected) {
     EXPECT_THROW(spAttention(comm, q.data(), q.data(), q.data(), {1, 10, 6, 4, 8}, o, out.data()), InvalidArgument);
   });
   EXPECT_THROW(spSchemeFromName("ring"), InvalidArgument);
+}
+
+namespace {
+
+// The lse overload: every scheme's lse equals single-rank blockAttention's lse of the same rows, and its out
+// is bit-identical to the call without lse.
+struct LseResult {
+  double lse_err = 0;
+  bool out_same = true;
+  SpScheme ran = SpScheme::Auto;
+};
+
+LseResult lseError(const std::string& scheme, int N, const Case& c) {
+  const SpShape& s = c.shape;
+  const size_t S = static_cast<size_t>(s.seq_len), B = static_cast<size_t>(s.batch), H = static_cast<size_t>(s.heads);
+  const size_t qw = static_cast<size_t>(s.heads * s.head_dim), kw = static_cast<size_t>(s.kv_heads * s.head_dim);
+  const auto q = randn(B * S * qw, 4), k = randn(B * S * kw, 5), v = randn(B * S * kw, 6);
+  std::vector<float> ref(B * S * qw), lse(B * S * H);
+  BlockAttentionOptions bo;
+  bo.causal = c.causal;
+  blockAttention(q.data(), k.data(), v.data(),
+                 {s.batch, static_cast<int>(S), static_cast<int>(S), s.heads, s.kv_heads, s.head_dim}, bo, ref.data(),
+                 lse.data());
+  std::vector<LseResult> res(static_cast<size_t>(N));
+  runThreadRanks(
+      N,
+      [&](Communicator& comm) {
+        const int r = comm.rank();
+        auto ql = shard(q, s, qw, N, r, c.layout), kl = shard(k, s, kw, N, r, c.layout),
+             vl = shard(v, s, kw, N, r, c.layout);
+        const auto expect = shard(lse, s, H, N, r, c.layout);
+        std::vector<float> out(ql.size(), NAN), out2(ql.size(), NAN), l(expect.size() + 1, NAN);
+        SpAttentionOptions o;
+        o.scheme = spSchemeFromName(scheme);
+        o.layout = c.layout;
+        o.causal = c.causal;
+        SpAttentionStats st;
+        spAttention(comm, ql.data(), kl.data(), vl.data(), s, o, out.data(), l.data(), &st);
+        spAttention(comm, ql.data(), kl.data(), vl.data(), s, o, out2.data());
+        LseResult& mine = res[static_cast<size_t>(r)];
+        mine.ran = st.scheme;
+        for (size_t i = 0; i < expect.size(); ++i)
+          mine.lse_err = std::max(mine.lse_err, std::isfinite(l[i]) ? std::fabs(l[i] - expect[i]) : 1e9);
+        EXPECT_TRUE(std::isnan(l[expect.size()])) << "wrote past the end of lse";
+        mine.out_same = std::memcmp(out.data(), out2.data(), out.size() * sizeof(float)) == 0;
+      },
+      60s);
+  LseResult all;
+  all.ran = res[0].ran;
+  for (const auto& x : res) {
+    all.lse_err = std::max(all.lse_err, x.lse_err);
+    all.out_same = all.out_same && x.out_same;
+  }
+  return all;
+}
+
+}  // namespace
+
+TEST(SpAttentionLse, EqualsSingleRankLseForEveryScheme) {
+  for (const char* scheme : {"tokenring", "ring-kv", "ulysses", "allgather-kv", "auto"})
+    for (int N : {1, 2, 3, 4, 8})
+      for (bool causal : {true, false})
+        for (SeqLayout layout : {SeqLayout::Zigzag, SeqLayout::Contiguous})
+          for (auto [h, kvh] : {std::pair{4, 4}, std::pair{6, 2}, std::pair{3, 1}}) {
+            // Uneven lengths; with 8 ranks and 3 heads Ulysses leaves ranks without heads, and S = N - 1
+            // (contiguous) leaves a rank without tokens.
+            for (int64_t S : {int64_t{7} * N + 3, int64_t{N > 1 ? N - 1 : 1}}) {
+              const Case c{{2, S, h, kvh, 16}, causal, layout};
+              const LseResult r = lseError(scheme, N, c);
+              const std::string what = fmt::format("{} N={} S={} causal={} {} h={} kv={}", scheme, N, S, causal,
+                                                   layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", h, kvh);
+              EXPECT_LE(r.lse_err, 1e-5) << what;
+              EXPECT_TRUE(r.out_same) << what << ": out differs from the call without lse";
+              if (std::string(scheme) != "auto") {
+                EXPECT_EQ(spSchemeName(r.ran), scheme) << what;
+              }
+            }
+          }
+}
+
+TEST(SpAttentionLse, AskingOnSomeRanksOnlyFailsOnEveryRank) {
+  for (const char* scheme : {"ulysses", "tokenring"}) {
+    auto errors = runThreadRanksCollect(
+        3,
+        [&](Communicator& comm) {
+          const SpShape s{1, 30, 4, 4, 8};
+          std::vector<float> q(10 * 32, 0.5f), out(q.size()), l(10 * 4);
+          SpAttentionOptions o;
+          o.scheme = spSchemeFromName(scheme);
+          spAttention(comm, q.data(), q.data(), q.data(), s, o, out.data(), comm.rank() == 2 ? nullptr : l.data());
+        },
+        10s);
+    for (auto& e : errors) {
+      ASSERT_TRUE(e) << scheme;
+      try {
+        std::rethrow_exception(e);
+      } catch (const Error& ex) {
+        EXPECT_NE(std::string(ex.what()).find("lse="), std::string::npos) << ex.what();
+      }
+    }
+  }
 }
 
 TEST(CostModel, PrefersTokenRingForMhaOnAMeshAndRingKvForGqaOnAStar) {
