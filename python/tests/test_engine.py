@@ -347,3 +347,41 @@ def test_default_model_tokenizer(smollm):
     assert smollm.detokenize(ids) == text
     assert len(smollm.tokenize("<|im_start|>", add_bos=False)) == 1
     assert len(smollm.tokenize("<|im_start|>", add_bos=False, special=False)) > 1
+
+
+MPI_SCRIPT = r"""
+import json, sys
+import flashring
+model, out = sys.argv[1], sys.argv[2]
+with flashring.Llama(model, tp=2, transport="mpi", timeout=60) as m:
+    text = m.generate("hello world", 12)
+    ids = m.last_stats["tokens"]
+    ppl = m.perplexity(%r, ctx=32, chunks=2)["ppl"]
+    if m.rank == 0:
+        json.dump({"ids": ids, "text": text, "ppl": ppl, "transport": m.transport}, open(out, "w"))
+""" % TEXT
+
+
+def test_mpi_ranks(tiny, tmp_path):
+    # One rank per MPI process (transport="mpi"): the tokens and figures of the thread ranks.
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed")
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("mpiexec is not on PATH")
+    try:
+        from flashring import _mpi  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"flashring was built without MPI ({e})")
+    model = str(tiny / "tiny-uneven.gguf")
+    script, out = tmp_path / "mpi_engine.py", tmp_path / "mpi.json"
+    script.write_text(MPI_SCRIPT)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    p = subprocess.run([mpiexec, "-n", "2", "--oversubscribe", "--bind-to", "none", "--mca", "btl", "self,vader,tcp",
+                        sys.executable, str(script), model, str(out)], capture_output=True, text=True, timeout=120,
+                       env=env)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    got = json.loads(out.read_text())
+    with flashring.Llama(model, tp=2) as m:
+        assert got["text"] == m.generate("hello world", 12) and got["ids"] == m.last_stats["tokens"]
+        assert got["ppl"] == m.perplexity(TEXT, ctx=32, chunks=2)["ppl"]
+    assert got["transport"] == "mpi"
