@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import errno
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from .comm import Communicator
