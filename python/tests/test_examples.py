@@ -31,3 +31,17 @@ def test_mpi4py_example():
              sys.executable, str(EXAMPLES / "mpi4py_allreduce.py"), "--mib", "0.25", "--iters", "1"])  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "mpi4py Allreduce" in p.stdout and "flashring flash-int4" in p.stdout
+
+
+def test_generate_example():
+    p = run([sys.executable, str(EXAMPLES / "generate.py"), "--help"])
+    assert p.returncode == 0 and "--tp" in p.stdout, p.stderr
+    import flashring
+
+    model = flashring.default_model_path()
+    if not os.path.isfile(model):
+        pytest.skip(f"the default model is not installed ({model}; `make deps` fetches it)")
+    p = run([sys.executable, str(EXAMPLES / "generate.py"), "-n", "8"])
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(" Paris"), p.stdout
+    assert "8 generated" in p.stderr and "tp 2 x sp 1" in p.stderr

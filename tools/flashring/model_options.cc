@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "cli.h"
+#include "flashring/comm_setting.h"
 #include "flashring/cpu.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
@@ -24,24 +25,7 @@
 namespace flashring::cli {
 
 AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes, bool rotate, bool clip) {
-  static const std::map<std::string, std::string> aliases = {
-      {"exact", "twostep-fp32"},        {"bf16", "twostep-bf16"},        {"int8", "flash-int8"},
-      {"int6", "flash-int6"},           {"int5", "flash-int5"},          {"int4", "flash-int4"},
-      {"int4-int8", "flash-int4-int8"}, {"int8-int4", "flash-int8-int4"}};
-  auto it = aliases.find(comm);
-  AllreduceOptions base;
-  base.reduce_scatter.group_size = base.all_gather.group_size = group_size;
-  base.reduce_scatter.spikes = base.all_gather.spikes = spikes;
-  base.reduce_scatter.rotate = base.all_gather.rotate = rotate;
-  base.reduce_scatter.clip = base.all_gather.clip = clip;
-  try {
-    return allreduceOptionsFromName(it == aliases.end() ? comm : it->second, base);
-  } catch (const InvalidArgument& e) {
-    throw InvalidArgument(
-        fmt::format("--comm '{}': use exact, bf16, int8, int6, int5, int4, int4-int8, int8-int4, auto, or an "
-                    "all-reduce name ({})",
-                    comm, e.what()));
-  }
+  return commAllreduceOptions(comm, group_size, spikes, rotate, clip, "--comm");
 }
 
 void ModelOptions::add(CLI::App& app, bool grid_flags) {
@@ -136,20 +120,28 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
                  "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
 }
 
-bool lowBitComm(const std::string& comm) {
-  static const std::set<std::string> low = {"int8", "int6", "int5", "int4", "int4-int8", "int8-int4", "int4-refined"};
-  return low.count(comm) > 0 || comm.rfind("flash-", 0) == 0 || comm.rfind("oneshot-int", 0) == 0;
+CommSetting ModelOptions::commSetting() const {
+  CommSetting c;
+  c.comm = comm;
+  c.group_size = group_size;
+  c.spikes = spikes;
+  c.error_feedback = error_feedback_flag;
+  c.rotate = rotate;
+  c.clip = clip;
+  c.refine_layers = refine_layers;
+  c.oneshot = oneshot;
+  return c;
 }
 
 void ModelOptions::resolve() {
-  if (comm == "int4-refined") {
-    // The INT4 setting measured within 1% of exact communication on the default model (README).
-    comm = "int4";
-    rotate = clip = true;
-    refine_layers = std::max(refine_layers, 2);
-    if (error_feedback_flag < 0) error_feedback_flag = 1;
-  }
-  error_feedback = error_feedback_flag >= 0 ? error_feedback_flag == 1 : lowBitComm(comm);
+  CommSetting c = commSetting();
+  c.applyPreset();
+  comm = c.comm;
+  rotate = c.rotate;
+  clip = c.clip;
+  refine_layers = c.refine_layers;
+  error_feedback_flag = c.error_feedback;
+  error_feedback = c.errorFeedback();
 }
 
 ModelOptions ModelOptions::resolved() const {
@@ -162,10 +154,9 @@ EngineOptions ModelOptions::engineOptions() const {
   EngineOptions e;
   e.tp = tp;
   e.sp = sp;
-  e.allreduce = commOptions(comm, group_size, spikes, rotate, clip);
-  e.error_feedback = error_feedback;
-  e.refine_layers = refine_layers;
-  e.oneshot = oneshot == "on" ? OneShotMode::On : oneshot == "off" ? OneShotMode::Off : OneShotMode::Auto;
+  CommSetting c = commSetting();
+  c.error_feedback = error_feedback ? 1 : 0;  // as resolve() decided, or as a caller set it afterwards
+  c.apply(e, "--comm");
   e.sampling = sampling;
   e.attention = spSchemeFromName(attn);
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cli.h"
+#include "flashring/comm_setting.h"
 #include "flashring/llama.h"
 #include "flashring/perplexity.h"
 
@@ -20,8 +21,7 @@ class File;
 
 namespace flashring::cli {
 
-// --comm names: exact (two-step fp32), bf16, int8, int4, int4-int8, int8-int4, auto, or an allreduce name.
-// rotate/clip: quant::Config::rotate and ::clip of both stages (ignored by the exact algorithms).
+// --comm names (flashring/comm_setting.h): commAllreduceOptions() with errors naming --comm.
 AllreduceOptions commOptions(const std::string& comm, int group_size, int spikes, bool rotate = false,
                              bool clip = false);
 
@@ -56,11 +56,8 @@ struct ModelOptions {
   // After parsing: the --comm presets (int4-refined) and the error-feedback default. Idempotent.
   void resolve();
   ModelOptions resolved() const;
+  CommSetting commSetting() const;  // the communication flags as the library takes them
 };
-// Whether `comm` (a --comm name) quantizes below 16 bits: int8, int6, int5, int4, int4-int8, int8-int4, and
-// the flash-* / oneshot-int* all-reduce names.
-bool lowBitComm(const std::string& comm);
-
 // What runModel() hands each rank.
 struct ModelRank {
   Communicator& comm;

@@ -18,6 +18,7 @@
 
 #include "cli.h"
 #include "flashring/chat.h"
+#include "flashring/generate.h"
 #include "flashring/gguf.h"
 #include "flashring/llama.h"
 #include "flashring/tokenizer.h"
@@ -27,81 +28,18 @@ namespace flashring::cli {
 
 namespace {
 
-// One prefill (or append over the cache) and the decoding after it. The figures are the same on every rank.
-struct Turn {
-  int64_t run_tokens = 0;  // tokens prefilled or appended
-  int64_t cache_before = 0, cache_after = 0;
-  bool fresh = true;  // prefill (a new cache) rather than append
-  std::vector<TokenId> reply;
-  std::string stop;  // why generation ended: "eog", "n_predict" or "context"
-  double ttft_s = 0, decode_s = 0;
-  // The prefill phase, mean over ranks; wire bytes summed over ranks.
-  double comm_s = 0, quant_s = 0, attn_s = 0, compute_s = 0, prefill_wire_bytes = 0, wire_bytes = 0;
-  SpScheme scheme = SpScheme::Auto;
-  double decodeTokS() const {
-    return decode_s > 0 && reply.size() > 1 ? static_cast<double>(reply.size() - 1) / decode_s : 0;
-  }
-};
+using Turn = GenerateResult;
 
-// Collective: runs `tokens` (prefill when `fresh`, else append after the cache), then decodes until `stop`
-// says a token ends generation, n_predict tokens are out, or the cache holds `ctx` tokens (ctx > 0). Rank 0
-// writes the tokens to stdout as they come when `stream`.
-Turn generate(Communicator& comm, LlamaEngine& eng, const Tokenizer& tok, std::span<const TokenId> tokens, bool fresh,
-              int n_predict, int64_t ctx, const std::function<bool(TokenId)>& stop, bool stream) {
-  Turn t;
-  t.fresh = fresh;
-  t.cache_before = fresh ? 0 : eng.position();
-  t.run_tokens = static_cast<int64_t>(tokens.size());
-  barrier(comm);
-  eng.resetStats();
-  const auto t0 = Clock::now();
-  TokenId next = fresh ? eng.prefill(tokens) : eng.append(tokens);
-  const auto t1 = Clock::now();
-  const EngineStats prefill_stats = eng.stats();
+// Collective: generate() of the library; rank 0 writes the tokens to stdout as they come when `stream`.
+Turn generateTurn(Communicator& comm, LlamaEngine& eng, const Tokenizer& tok, std::span<const TokenId> tokens,
+                  bool fresh, const GenerateOptions& options, bool stream) {
   const bool printer = comm.rank() == 0 && stream;
-  auto emit = [&](TokenId id) {
-    t.reply.push_back(id);
-    if (printer) {
-      const std::string piece = tok.tokenText(id);
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    }
-  };
-  double decode_s = 0;
-  t.stop = "n_predict";
-  if (n_predict > 0 && stop(next)) {
-    t.stop = "eog";
-  } else if (n_predict > 0) {
-    emit(next);
-    const auto d0 = Clock::now();
-    while (static_cast<int64_t>(t.reply.size()) < n_predict) {
-      if (ctx > 0 && eng.position() >= ctx) {
-        t.stop = "context";
-        break;
-      }
-      next = eng.decode(next);
-      if (stop(next)) {
-        t.stop = "eog";
-        break;
-      }
-      emit(next);
-    }
-    decode_s = seconds(d0, Clock::now());
-  }
-  t.cache_after = eng.position();
-  const EngineStats all = eng.stats();
-  // TTFT is the slowest rank's; the breakdown is the mean over ranks of the prefill phase.
-  const double n = comm.size();
-  t.ttft_s = allreduceMax(comm, seconds(t0, t1));
-  t.decode_s = allreduceMax(comm, decode_s);
-  t.comm_s = allreduceSumDouble(comm, prefill_stats.comm_s) / n;
-  t.quant_s = allreduceSumDouble(comm, prefill_stats.quant_s) / n;
-  t.attn_s = allreduceSumDouble(comm, prefill_stats.attn_s) / n;
-  t.compute_s = allreduceSumDouble(comm, prefill_stats.computeSeconds()) / n;
-  t.prefill_wire_bytes = allreduceSumDouble(comm, static_cast<double>(prefill_stats.wire_bytes));
-  t.wire_bytes = allreduceSumDouble(comm, static_cast<double>(all.wire_bytes));
-  t.scheme = prefill_stats.last_scheme;
-  return t;
+  return generate(comm, eng, tok, tokens, fresh, options, [&](TokenId id) {
+    if (!printer) return;
+    const std::string piece = tok.tokenText(id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
 }
 
 int64_t contextLimit(int64_t ctx_flag, const LlamaConfig& cfg) { return ctx_flag > 0 ? ctx_flag : cfg.n_ctx_train; }
@@ -326,14 +264,11 @@ void chatOnRank(ModelRank& mr, const ModelOptions& mo, const ChatOptions& co, co
   ro.eos_token = specials.eos;
   // End of generation: the vocabulary's (eos, <|im_end|>, <|eot_id|>, ...) and the template's end-of-turn
   // marker where it is one token of this vocabulary (a forced template on a model of another family).
-  std::vector<TokenId> stops;
-  for (const char* marker : {"<|im_end|>", "<|eot_id|>", "<|end|>", "</s>"}) {
-    if (tmpl.source().find(marker) == std::string::npos) continue;
-    const std::vector<TokenId> ids = tok.encode(marker, false, true);
-    if (ids.size() == 1) stops.push_back(ids[0]);
-  }
-  auto stop = [&](TokenId id) { return tok.isEog(id) || std::find(stops.begin(), stops.end(), id) != stops.end(); };
+  GenerateOptions gen;
+  gen.stop_tokens = chatStopTokens(tmpl, tok);
+  gen.n_predict = co.n_predict;
   const int64_t ctx = contextLimit(co.ctx, eng.config());
+  gen.ctx = ctx;
 
   std::vector<ChatMessage> conv;
   if (!co.system.empty()) conv.push_back({"system", co.system});
@@ -382,7 +317,7 @@ void chatOnRank(ModelRank& mr, const ModelOptions& mo, const ChatOptions& co, co
                  cached.size(), ids.size());
     const std::span<const TokenId> run =
         prefix ? std::span<const TokenId>(ids).subspan(cached.size()) : std::span<const TokenId>(ids);
-    const Turn t = generate(comm, eng, tok, run, !prefix, co.n_predict, ctx, stop, /*stream=*/true);
+    const Turn t = generateTurn(comm, eng, tok, run, !prefix, gen, /*stream=*/true);
     // The cache now holds the conversation and the reply tokens fed back by decode (all but the last when
     // n_predict or the context cut the reply).
     cached = ids;
@@ -443,8 +378,10 @@ RunResult runGenerate(const ModelOptions& mo, const std::string& prompt, int n_p
     if (ctx > 0 && static_cast<int64_t>(ids.size()) > ctx)
       throw InvalidArgument(fmt::format("the prompt is {} tokens, beyond the context limit ({})", ids.size(),
                                         contextName(ctx_size, eng.config())));
-    const Turn t = generate(
-        comm, eng, tok, ids, true, n_predict, ctx, [&](TokenId id) { return tok.isEog(id); }, stream);
+    GenerateOptions gen;
+    gen.n_predict = n_predict;
+    gen.ctx = ctx;
+    const Turn t = generateTurn(comm, eng, tok, ids, true, gen, stream);
     if (comm.rank() == 0 && stream) std::fputs("\n", stdout);
     std::lock_guard<std::mutex> lock(mu);
     if (comm.rank() == 0) {
