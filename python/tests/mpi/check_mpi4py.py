@@ -1,7 +1,7 @@
 """The Python package over real MPI ranks (CTest: mpiexec -n 1..4 python check_mpi4py.py).
 
 Each process checks that flashring.from_mpi4py gives the thread ranks' results bit for bit (every process
-also runs the same all-reduces on thread ranks locally), that split / barrier / bytes_sent work, and that a
+also runs the same all-reduces and sequence-parallel attention on thread ranks locally), that split / barrier / bytes_sent work, and that a
 size mismatch across ranks raises on every rank within the deadline. Exits 77 (skip) without mpi4py or a
 flashring built without MPI; 1 on a failed check, naming it.
 """
@@ -56,6 +56,18 @@ with fr.from_mpi4py(world) as comm:
         gathered = world.allgather(mine.tobytes())
         check(all(g == gathered[0] for g in gathered), f"{algo}: replicas identical")
         check(n == 1 or stats.wire_bytes > 0 or algo == "mpi", f"{algo}: stats")
+
+    # TokenRing and the other schemes over MPI: the same bits as on thread ranks, lse included.
+    rng = np.random.default_rng(11)
+    S, H, KVH, D = 8 * n + 3, 4, 2, 16
+    q, k, v = (rng.standard_normal((1, S, h, D)).astype(np.float32) for h in (H, KVH, KVH))
+    for scheme in ("tokenring", "ring-kv", "ulysses", "allgather-kv"):
+        shard = lambda x, r: np.ascontiguousarray(fr.zigzag_shard(x, r, n))  # noqa: E731
+        out, lse = fr.sp_attention(shard(q, me), shard(k, me), shard(v, me), comm, scheme=scheme, return_lse=True)
+        ref = fr.run_threads(n, lambda c: fr.sp_attention(shard(q, c.rank), shard(k, c.rank), shard(v, c.rank), c,
+                                                          scheme=scheme, return_lse=True))  # fmt: skip
+        check(np.array_equal(out.view(np.uint32), ref[me][0].view(np.uint32)), f"sp_attention {scheme}: out bits")
+        check(np.array_equal(lse.view(np.uint32), ref[me][1].view(np.uint32)), f"sp_attention {scheme}: lse bits")
 
     comm.barrier()
     half = comm.split(me % 2, key=me)
