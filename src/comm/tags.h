@@ -19,10 +19,12 @@ enum Space : Tag {
   kRingAllGather = 3 << kStepBits,
   kTwoStepScatter = 4 << kStepBits,
   kTwoStepGather = 5 << kStepBits,
-  kHierScatter = 6 << kStepBits,  // hierarchical all-reduce: the intra-node reduce-scatter
-  kHierGather = 7 << kStepBits,   // and all-gather
-  kSpForward = 8 << kStepBits,   // sequence-parallel attention: Q / KV forward
-  kSpBackward = 9 << kStepBits,  // sequence-parallel attention: results back
+  kHierScatter = 6 << kStepBits,        // hierarchical all-reduce: the intra-node reduce-scatter
+  kHierGather = 7 << kStepBits,         // and all-gather
+  kHierInterScatter = 15 << kStepBits,  // hierarchical all-reduce: across nodes, reduce-scatter (or one-shot)
+  kHierInterGather = 16 << kStepBits,   // and all-gather
+  kSpForward = 8 << kStepBits,          // sequence-parallel attention: Q / KV forward
+  kSpBackward = 9 << kStepBits,         // sequence-parallel attention: results back
   kSpAllToAll = 10 << kStepBits,
   kEngineGather = 11 << kStepBits,     // engine: small all-gathers (vocab-parallel logits, argmax, NLL)
   kEngineDecodeQ = 12 << kStepBits,    // engine decode under SP: the new token's Q, passed along the ring

@@ -65,8 +65,10 @@ class HierarchicalLayouts : public ::testing::TestWithParam<Layout> {};
 TEST_P(HierarchicalLayouts, ExactMatchesTheDocumentedOrder) {
   const auto [nodes, per] = GetParam();
   const int ranks = nodes * per;
-  for (size_t n : {size_t{0}, size_t{1}, size_t{37}, size_t{4099}}) {
-    const HierRun r = runHier(ranks, n, hier("hier-fp32-fp32", per));
+  for (size_t n : {size_t{0}, size_t{1}, size_t{37}, size_t{4099}, size_t{70001}}) {
+    AllreduceOptions o = hier("hier-fp32-fp32", per);
+    o.chunk_elems = 1000;  // several pipeline chunks for the larger sizes
+    const HierRun r = runHier(ranks, n, o);
     std::vector<float> want(n, 0.f);
     for (int node = 0; node < nodes; ++node) {
       std::vector<float> s(n, 0.f);
@@ -94,7 +96,9 @@ TEST_P(HierarchicalLayouts, LowBitReplicasIdenticalAndErrorSmall) {
   double scale = 0;
   for (double v : exact) scale = std::max(scale, std::abs(v));
   for (const std::string name : {"hier-bf16-int4", "hier-int8-int8", "hier-bf16-oneshot-int8", "hier-int4-bf16"}) {
-    const HierRun r = runHier(ranks, n, hier(name, per), {}, /*with_error=*/true);
+    AllreduceOptions o = hier(name, per);
+    o.chunk_elems = 3000;  // pipelined over several chunks
+    const HierRun r = runHier(ranks, n, o, {}, /*with_error=*/true);
     for (int q = 1; q < ranks; ++q)
       ASSERT_TRUE(testref::sameBits(r.out[0], r.out[static_cast<size_t>(q)])) << name << ": rank " << q;
     double max_err = 0, max_fb = 0;
