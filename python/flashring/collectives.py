@@ -41,8 +41,10 @@ def _options(algo: str, group_size: int, spikes: int, symmetric: bool, rotate: b
     o = _options_cache.get(key)
     if o is not None:
         return o
-    if not isinstance(algo, str) or algo not in ALGORITHMS:
-        raise _core.InvalidArgument(f"algo: {algo!r} is not one of {', '.join(ALGORITHMS)}")
+    if not isinstance(algo, str) or (algo not in ALGORITHMS and not algo.startswith("hier-")):
+        raise _core.InvalidArgument(
+            f"algo: {algo!r} is not one of {', '.join(ALGORITHMS)}, or hier-<intra>-[oneshot-]<inter>"
+        )
     o = _core.AllreduceOptions.from_name(algo, int(group_size), int(spikes), bool(symmetric), bool(rotate), bool(clip))
     for k, v in extra.items():
         if k == "link":  # (latency_s, bandwidth_Bps, mesh) or a CostModel
@@ -52,7 +54,7 @@ def _options(algo: str, group_size: int, spikes: int, symmetric: bool, rotate: b
             else:
                 lat, bw, mesh = v
                 o.set_link(float(lat), float(bw), bool(mesh))
-        elif k in ("chunk_elems", "auto_threshold_bytes", "oneshot_threshold_bytes"):
+        elif k in ("chunk_elems", "auto_threshold_bytes", "oneshot_threshold_bytes", "ranks_per_node"):
             if int(v) < 0:
                 raise _core.InvalidArgument(f"{k}: must be >= 0, got {v}")
             setattr(o, k, int(v))
@@ -76,9 +78,12 @@ def all_reduce(x, group: Communicator, algo: str = "auto", group_size: int = 128
     passes the same number of elements (a mismatch raises InvalidArgument on every rank). Every algorithm
     leaves bitwise-identical results on every rank.
 
-    algo: one of :data:`ALGORITHMS`. "auto": exact below 1 MiB (one-shot or two-step), Flash INT8 above.
+    algo: one of :data:`ALGORITHMS`, or "hier-<intra>-<inter>" / "hier-<intra>-oneshot-<inter>" (the
+    hierarchical all-reduce over nodes: intra and inter each fp32, bf16, int8, int6, int5 or int4). "auto":
+    exact below 1 MiB (one-shot or two-step), Flash INT8 above (hierarchical when the group spans several
+    nodes: :attr:`Communicator.node_ids`, or ranks_per_node=).
     group_size, spikes, symmetric, rotate, clip: the low-bit codec (flashring/quant.h).
-    Further options: chunk_elems, auto_threshold_bytes, oneshot_threshold_bytes, link=(latency_s,
+    Further options: chunk_elems, auto_threshold_bytes, oneshot_threshold_bytes, ranks_per_node, link=(latency_s,
     bandwidth_Bps, mesh) or a CostModel, check_sizes, native_blocking.
     """
     h = group._h if type(group) is Communicator else _handle(group)

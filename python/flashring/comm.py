@@ -66,6 +66,20 @@ class Communicator:
         self._h.reset_bytes_sent()
 
     @property
+    def node_ids(self) -> List[int]:
+        """The node of every rank (equal ids: same host), numbered from 0 in order of each node's lowest rank.
+        Thread ranks: all 0; MPI: measured (shared-memory split) unless FLASHRING_RANKS_PER_NODE is set."""
+        return list(self._h.node_ids)
+
+    def set_node_ids(self, ids: Sequence[int]) -> None:
+        """Override the node layout (same list on every rank), e.g. to emulate several nodes."""
+        self._h.set_node_ids([int(i) for i in ids])
+
+    def set_ranks_per_node(self, k: int) -> None:
+        """Consecutive blocks of `k` ranks form the nodes (same on every rank)."""
+        self._h.set_ranks_per_node(int(k))
+
+    @property
     def aborted(self) -> bool:
         """True once any rank aborted the communicator."""
         return self._h.aborted

@@ -63,6 +63,12 @@ void bindAllreduce(nb::module_& m) {
       .def_rw("chunk_elems", &AllreduceOptions::chunk_elems)
       .def_rw("auto_threshold_bytes", &AllreduceOptions::auto_threshold_bytes)
       .def_rw("oneshot_threshold_bytes", &AllreduceOptions::oneshot_threshold_bytes)
+      .def_prop_rw(
+          "ranks_per_node", [](const AllreduceOptions& o) { return o.hier.ranks_per_node; },
+          [](AllreduceOptions& o, int k) {
+            if (k < 0) throw InvalidArgument("ranks_per_node: must be >= 0");
+            o.hier.ranks_per_node = k;
+          })
       .def_rw("check_sizes", &AllreduceOptions::check_sizes)
       .def_rw("native_blocking", &AllreduceOptions::native_blocking)
       .def("set_link",

@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <nanobind/stl/shared_ptr.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <chrono>
 #include <cmath>
@@ -66,6 +67,9 @@ void bindComm(nb::module_& m) {
           [](Comm& c, double s) { c.get().setTimeout(toMs(s, "timeout")); })
       .def_prop_ro("bytes_sent", [](const Comm& c) { return c.get().bytesSent(); })
       .def("reset_bytes_sent", [](Comm& c) { c.get().resetBytesSent(); })
+      .def_prop_ro("node_ids", [](const Comm& c) { return c.get().nodeIds(); })
+      .def("set_node_ids", [](Comm& c, std::vector<int> ids) { c.get().setNodeIds(std::move(ids)); })
+      .def("set_ranks_per_node", [](Comm& c, int k) { c.get().setRanksPerNode(k); })
       .def_prop_ro("aborted", [](const Comm& c) { return c.get().aborted(); })
       .def("barrier",
            [](Comm& c) {

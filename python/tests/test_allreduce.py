@@ -263,3 +263,23 @@ def test_no_reference_leak_after_10000_calls():
     assert sys.getrefcount(x) == refs
     assert len(gc.get_objects()) - objs < 50
     assert grown < 64 * 1024, grown
+
+
+def test_hierarchical_over_emulated_nodes():
+    x = inputs(4, 5000)
+    exact = x.astype(np.float64).sum(0)
+    out = x.copy()
+    stats = [None] * 4
+
+    def fn(c):
+        c.set_ranks_per_node(2)
+        assert c.node_ids == [0, 0, 1, 1]
+        stats[c.rank] = fr.all_reduce(out[c.rank], c, algo="hier-bf16-int8")
+
+    fr.run_threads(4, fn)
+    assert stats[0].algorithm == "hierarchical"
+    assert all(np.array_equal(out[0], out[r]) for r in range(4))
+    assert np.abs(out[0] - exact).max() / np.abs(exact).max() < 0.02
+    assert fr.auto_choice(1 << 20, 4, ranks_per_node=2) == "hierarchical"
+    with pytest.raises(fr.InvalidArgument, match="hier"):
+        fr.all_reduce(out[0], fr.thread_world(1)[0], algo="hier-int3-int4")
