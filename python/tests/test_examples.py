@@ -45,3 +45,10 @@ def test_generate_example():
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(" Paris"), p.stdout
     assert "8 generated" in p.stderr and "tp 2 x sp 1" in p.stderr
+
+
+def test_tokenring_attention_example():
+    p = run([sys.executable, str(EXAMPLES / "tokenring_attention.py"), "--ranks", "3", "--seq-len", "96",
+             "--heads", "4", "--kv-heads", "2", "--head-dim", "16"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "max" in p.stdout.lower()
