@@ -143,6 +143,12 @@ struct EngineOptions {
   // round of n_vocab / tp floats per rank). Off: lastLogits() is empty.
   bool keep_logits = false;
   SpScheme attention = SpScheme::Auto;  // prefill attention under SP
+  // Attention of appended tokens (decode, chat turns) over the SP-sharded cache: TokenRing = pass-Q (the new
+  // queries travel, spPassQAttention), AllGatherKV = pass-KV (the caches travel to the owner,
+  // spPassKVAttention; same bits), Auto = chooseAppendScheme() on the cost model's figures (the calibrated
+  // model when there is one, else CostModelParams' defaults), per call, from the turn's length and the mean
+  // cache length. Other schemes: InvalidArgument.
+  SpScheme append_attention = SpScheme::Auto;
   SeqLayout layout = SeqLayout::Zigzag;
   const CostModel* cost_model = nullptr;  // Auto: calibrated model (nullptr: calibrate at construction)
   // > 0: cpu::setThreads(threads) at construction (process-wide: the kernels' and OpenBLAS's threads); 0: leave
@@ -179,7 +185,8 @@ struct EngineStats {
   int64_t allreduce_rounds = 0;  // message rounds of those (one-shot 1, two-step 2, ring 2(N-1); Native counts 2)
   uint64_t choice_bytes = 0;     // of wire_bytes: the token choices (sampling.h)
   int64_t choice_rounds = 0;     // message rounds of the token choices
-  SpScheme last_scheme = SpScheme::Auto;  // what SP attention ran last (Auto when sp == 1)
+  SpScheme last_scheme = SpScheme::Auto;         // what SP attention ran last (Auto when sp == 1)
+  SpScheme last_append_scheme = SpScheme::Auto;  // what the last append / decode attended with under SP
   double computeSeconds() const { return wall_s - quant_s - comm_s; }
 };
 

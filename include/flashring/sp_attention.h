@@ -106,6 +106,29 @@ struct SpQueryShape {
 void spPassQAttention(Communicator& sp, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
                       const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr);
 
+// The same attention by passing the cache instead (pass-KV, Meta's context-parallel inference's other
+// option): every other rank sends its K/V (a length, then the data) to the owner, which attends its queries
+// to each rank's cache itself and merges in SP-rank order. The partials and their merge are pass-Q's, so
+// the result is bitwise identical to spPassQAttention's; only what moves differs (2 kv_len * kv_heads *
+// head_dim floats from every rank instead of Q along the ring and (out, lse) back) and where the work runs
+// (all on the owner). Same arguments and contract as spPassQAttention.
+void spPassKVAttention(Communicator& sp, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
+                       const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr);
+
+// Which of the two an appended turn should use: TokenRing (pass-Q) or AllGatherKV (pass-KV), from the link
+// and kernel figures of `params` (CostModel::params(): latency, bandwidth, topology, kernel FLOP/s) for
+// q_len new queries against `cache_per_rank` cached entries on each of `ranks` ranks:
+//   pass-Q   (ranks-1) (latency + Q / bw)          Q along the ring, one hop after another
+//            + attention of the queries to one cache  (all ranks at once)
+//            + (ranks-1) (out, lse) / bw            into the owner (star; a mesh: one of them)
+//   pass-KV  latency + (ranks-1) K/V / bw           every cache into the owner (star; a mesh: one)
+//            + ranks x that attention               all on the owner
+// Pass-KV when strictly lower. Depends only on its arguments: pass the same values on every rank (the mean
+// cache length, global / ranks, not the rank's own). predicted_s, when given, receives both times.
+struct CostModelParams;
+SpScheme chooseAppendScheme(const CostModelParams& params, const SpQueryShape& shape, int64_t cache_per_rank, int ranks,
+                            double* predicted_pass_q = nullptr, double* predicted_pass_kv = nullptr);
+
 std::string spSchemeName(SpScheme s);
 SpScheme spSchemeFromName(const std::string& name);  // tokenring, ring-kv, ulysses, allgather-kv, auto
 

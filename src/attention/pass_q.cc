@@ -1,6 +1,7 @@
 // Pass-Q attention of a few new queries over a sharded KV cache (include/flashring/sp_attention.h).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -8,6 +9,7 @@
 #include "collectives/common.h"
 #include "comm/tags.h"
 #include "flashring/attention.h"
+#include "flashring/costmodel.h"
 #include "flashring/sp_attention.h"
 
 namespace flashring {
@@ -33,6 +35,30 @@ void partial(const float* q, const float* k, const float* v, int64_t kv_len, con
   blockAttention(q, k, v, as, bo, out, lse);
 }
 
+void checkArgs(const char* what, int owner, int S, int me, int64_t kv_len, const SpQueryShape& s) {
+  if (owner < 0 || owner >= S) throw InvalidArgument(fmt::format("{}: owner {} outside [0, {})", what, owner, S), me);
+  if (s.q_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.heads % s.kv_heads != 0)
+    throw InvalidArgument(fmt::format("{}: bad shape q_len {} heads {} kv_heads {} head_dim {}", what, s.q_len, s.heads,
+                                      s.kv_heads, s.head_dim),
+                          me);
+  if (kv_len < 0 || (me == owner && kv_len < s.q_len))
+    throw InvalidArgument(fmt::format("{}: cache of {} entries on rank {} (the owner's holds the {} new tokens)", what,
+                                      kv_len, me, s.q_len),
+                          me);
+}
+
+// The owner's merge of the S partials (parts[r] = rank r's (out, lse)), in SP-rank order.
+void mergeParts(const std::vector<float>& parts, size_t qdim, size_t part_floats, int S, const SpQueryShape& s,
+                float* out) {
+  std::memcpy(out, parts.data(), qdim * sizeof(float));
+  std::vector<float> lse(parts.begin() + static_cast<std::ptrdiff_t>(qdim),
+                         parts.begin() + static_cast<std::ptrdiff_t>(part_floats));
+  for (int r = 1; r < S; ++r) {
+    const float* p = parts.data() + part_floats * static_cast<size_t>(r);
+    mergeAttention(out, lse.data(), p, p + qdim, s.q_len, s.heads, s.head_dim);
+  }
+}
+
 }  // namespace
 
 void spPassQAttention(Communicator& c, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
@@ -40,17 +66,7 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
   SpAttentionStats local;
   SpAttentionStats& st = stats != nullptr ? *stats : local;
   const int S = c.size(), me = c.rank();
-  if (owner < 0 || owner >= S)
-    throw InvalidArgument(fmt::format("spPassQAttention: owner {} outside [0, {})", owner, S), me);
-  if (s.q_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.heads % s.kv_heads != 0)
-    throw InvalidArgument(fmt::format("spPassQAttention: bad shape q_len {} heads {} kv_heads {} head_dim {}", s.q_len,
-                                      s.heads, s.kv_heads, s.head_dim),
-                          me);
-  if (kv_len < 0 || (me == owner && kv_len < s.q_len))
-    throw InvalidArgument(
-        fmt::format("spPassQAttention: cache of {} entries on rank {} (the owner's holds the {} new tokens)", kv_len,
-                    me, s.q_len),
-        me);
+  checkArgs("spPassQAttention", owner, S, me, kv_len, s);
   const size_t qdim = static_cast<size_t>(s.q_len) * s.heads * s.head_dim;
   const size_t part_floats = qdim + static_cast<size_t>(s.q_len) * s.heads;
   const int next = (me + 1) % S, prev = (me + S - 1) % S;
@@ -77,13 +93,7 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
       c.waitAll(recvs, c.deadline());
     }
     detail::Stopwatch sw(st.compute_s);
-    std::memcpy(out, parts.data(), qdim * sizeof(float));
-    std::vector<float> lse(parts.begin() + static_cast<std::ptrdiff_t>(qdim),
-                           parts.begin() + static_cast<std::ptrdiff_t>(part_floats));
-    for (int r = 1; r < S; ++r) {
-      const float* p = parts.data() + part_floats * static_cast<size_t>(r);
-      mergeAttention(out, lse.data(), p, p + qdim, s.q_len, s.heads, s.head_dim);
-    }
+    mergeParts(parts, qdim, part_floats, S, s, out);
   } else {
     std::vector<float> qin(qdim), part(part_floats);
     Request r = c.irecv(qin.data(), qdim * sizeof(float), prev, tq);
@@ -106,6 +116,83 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
     if (fwd.valid()) c.wait(fwd, c.deadline());
     c.wait(back, c.deadline());
   }
+}
+
+void spPassKVAttention(Communicator& c, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
+                       const SpQueryShape& s, int step, float* out, SpAttentionStats* stats) {
+  SpAttentionStats local;
+  SpAttentionStats& st = stats != nullptr ? *stats : local;
+  const int S = c.size(), me = c.rank();
+  checkArgs("spPassKVAttention", owner, S, me, kv_len, s);
+  const size_t qdim = static_cast<size_t>(s.q_len) * s.heads * s.head_dim;
+  const size_t part_floats = qdim + static_cast<size_t>(s.q_len) * s.heads;
+  const size_t row = static_cast<size_t>(s.kv_heads) * s.head_dim;  // floats of one cache entry
+  const Tag tlen = tags::make(tags::kEngineDecodeQ, step), tkv = tags::make(tags::kEngineDecodeOut, step);
+  st.scheme = SpScheme::AllGatherKV;
+  if (me != owner) {
+    const int64_t len = kv_len;
+    std::vector<Request> sends;
+    sends.push_back(c.isend(&len, sizeof len, owner, tlen));
+    if (kv_len > 0) {
+      sends.push_back(c.isend(k, static_cast<size_t>(kv_len) * row * sizeof(float), owner, tkv));
+      sends.push_back(c.isend(v, static_cast<size_t>(kv_len) * row * sizeof(float), owner, tkv));
+    }
+    st.bytes_fwd += 2 * static_cast<uint64_t>(kv_len) * row * sizeof(float);
+    detail::Stopwatch sw(st.comm_s);
+    c.waitAll(sends, c.deadline());
+    return;
+  }
+  // Owner: lengths first, then every rank's K and V; partials in rank order as pass-Q computes them.
+  std::vector<int64_t> lens(static_cast<size_t>(S), 0);
+  std::vector<Request> len_recv(static_cast<size_t>(S));
+  for (int r = 0; r < S; ++r)
+    if (r != me) len_recv[static_cast<size_t>(r)] = c.irecv(&lens[static_cast<size_t>(r)], sizeof(int64_t), r, tlen);
+  std::vector<float> parts(part_floats * static_cast<size_t>(S));
+  {
+    detail::Stopwatch sw(st.compute_s);
+    float* mine = parts.data() + part_floats * static_cast<size_t>(me);
+    partial(q, k, v, kv_len, s, true, mine, mine + qdim);
+  }
+  std::vector<float> kr, vr;
+  for (int r = 0; r < S; ++r) {
+    if (r == me) continue;
+    {
+      detail::Stopwatch sw(st.comm_s);
+      c.wait(len_recv[static_cast<size_t>(r)], c.deadline());
+    }
+    const int64_t len = lens[static_cast<size_t>(r)];
+    if (len < 0) throw InvalidArgument(fmt::format("spPassKVAttention: rank {} sent a cache length {}", r, len), me);
+    kr.resize(static_cast<size_t>(len) * row);
+    vr.resize(static_cast<size_t>(len) * row);
+    if (len > 0) {
+      Request rk = c.irecv(kr.data(), kr.size() * sizeof(float), r, tkv);
+      Request rv = c.irecv(vr.data(), vr.size() * sizeof(float), r, tkv);
+      detail::Stopwatch sw(st.comm_s);
+      c.wait(rk, c.deadline());
+      c.wait(rv, c.deadline());
+    }
+    detail::Stopwatch sw(st.compute_s);
+    float* p = parts.data() + part_floats * static_cast<size_t>(r);
+    partial(q, kr.data(), vr.data(), len, s, false, p, p + qdim);
+  }
+  detail::Stopwatch sw(st.compute_s);
+  mergeParts(parts, qdim, part_floats, S, s, out);
+}
+
+SpScheme chooseAppendScheme(const CostModelParams& p, const SpQueryShape& s, int64_t cache_per_rank, int ranks,
+                            double* predicted_pass_q, double* predicted_pass_kv) {
+  const double S = std::max(ranks, 1), T = s.q_len, L = static_cast<double>(std::max<int64_t>(cache_per_rank, 0));
+  const double bw = p.bandwidth_Bps > 0 ? p.bandwidth_Bps : 1e9, a = std::max(p.latency_s, 0.0);
+  const double flops = p.kernel_flops > 0 ? p.kernel_flops : 20e9;
+  const double qb = T * s.heads * s.head_dim * 4.0, part = T * s.heads * (s.head_dim + 1) * 4.0;
+  const double kv = 2.0 * L * s.kv_heads * s.head_dim * 4.0;
+  const double attn = 4.0 * T * L * s.heads * s.head_dim / flops;    // QK^T and PV, non-causal
+  const double incast = p.topology == Topology::Mesh ? 1.0 : S - 1;  // messages sharing the owner's link
+  const double pass_q = (S - 1) * (a + qb / bw) + attn + incast * part / bw;
+  const double pass_kv = a + incast * kv / bw + S * attn;
+  if (predicted_pass_q != nullptr) *predicted_pass_q = ranks > 1 ? pass_q : attn;
+  if (predicted_pass_kv != nullptr) *predicted_pass_kv = ranks > 1 ? pass_kv : attn;
+  return ranks > 1 && pass_kv < pass_q ? SpScheme::AllGatherKV : SpScheme::TokenRing;
 }
 
 }  // namespace flashring

@@ -56,9 +56,10 @@ struct LlamaEngine::Impl {
 
   // Scratch.
   std::vector<float> x, h, q, att, o, g, u;
-  std::vector<float> carry;    // error feedback (EngineOptions::error_feedback) and refinement
-  std::vector<float> refined;  // refinement: the summed errors (EngineOptions::refine_layers)
-  bool appending = false;      // blocks() in append mode (decode, turns over the cache)
+  std::vector<float> carry;                      // error feedback (EngineOptions::error_feedback) and refinement
+  std::vector<float> refined;                    // refinement: the summed errors (EngineOptions::refine_layers)
+  bool appending = false;                        // blocks() in append mode (decode, turns over the cache)
+  SpScheme append_scheme = SpScheme::TokenRing;  // in append mode: pass-Q (TokenRing) or pass-KV (AllGatherKV)
   AllreduceOptions oneshot_opts;
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
@@ -96,6 +97,12 @@ struct LlamaEngine::Impl {
     k_cache.resize(static_cast<size_t>(cfg.n_layer));
     v_cache.resize(static_cast<size_t>(cfg.n_layer));
     if (opts.threads > 0) cpu::setThreads(opts.threads);
+    if (opts.append_attention != SpScheme::Auto && opts.append_attention != SpScheme::TokenRing &&
+        opts.append_attention != SpScheme::AllGatherKV)
+      throw InvalidArgument(fmt::format("append attention: {} is not one of auto, tokenring (pass-Q), allgather-kv "
+                                        "(pass-KV)",
+                                        spSchemeName(opts.append_attention)),
+                            world.rank());
     model = opts.cost_model;
     if (opts.sp > 1 && opts.attention == SpScheme::Auto && model == nullptr) {
       own_model = std::make_unique<CostModel>(CostModel::calibrate(*sp_comm));
@@ -210,6 +217,10 @@ struct LlamaEngine::Impl {
     const size_t qdim = static_cast<size_t>(H) * hd, kvdim = static_cast<size_t>(kvh) * hd;
     const bool am_owner = !decode || sp_rank == owner;
     appending = decode;
+    if (decode) {
+      append_scheme = appendScheme(appended, global - appended);
+      st.last_append_scheme = opts.sp > 1 ? append_scheme : SpScheme::Auto;
+    }
     x.assign(static_cast<size_t>(len) * D, 0.f);
     carry.assign(opts.error_feedback || opts.refine_layers > 0 ? x.size() : 0, 0.f);
     for (int64_t t = 0; t < len; ++t) w->embed(tokens[t], x.data() + t * D);
@@ -268,14 +279,24 @@ struct LlamaEngine::Impl {
     }
   }
 
-  // Append mode: the new tokens' queries against the SP ranks' caches, pass-Q (attention/pass_q.cc).
+  // Append mode: pass-Q or pass-KV for `appended` tokens after a cache of `global_cached` entries (every SP
+  // rank computes the same answer: the inputs are the same everywhere).
+  SpScheme appendScheme(int64_t appended, int64_t global_cached) const {
+    if (opts.sp == 1) return SpScheme::TokenRing;
+    if (opts.append_attention != SpScheme::Auto) return opts.append_attention;
+    const SpQueryShape s{static_cast<int>(appended), shard.heads, kvh, cfg.head_dim};
+    return chooseAppendScheme(model != nullptr ? model->params() : CostModelParams{}, s, global_cached / opts.sp,
+                              opts.sp);
+  }
+
+  // Append mode: the new tokens' queries against the SP ranks' caches (attention/pass_q.cc).
   void decodeAttention(int layer, bool am_owner, int64_t appended) {
     const int64_t kv_len = am_owner ? local_len + appended : local_len;
     SpQueryShape s{static_cast<int>(appended), shard.heads, kvh, cfg.head_dim};
     SpAttentionStats ss;
-    spPassQAttention(*sp_comm, owner, am_owner ? q.data() : nullptr, k_cache[static_cast<size_t>(layer)].data(),
-                     v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr,
-                     &ss);
+    auto* run = append_scheme == SpScheme::AllGatherKV ? &spPassKVAttention : &spPassQAttention;
+    run(*sp_comm, owner, am_owner ? q.data() : nullptr, k_cache[static_cast<size_t>(layer)].data(),
+        v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr, &ss);
     st.comm_s += ss.comm_s;
     st.attn_s += ss.compute_s;
   }

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <tuple>
 
+#include "common/allreduce_reference.h"
 #include "common/engine_fixtures.h"
 #include "flashring/llama.h"
 
@@ -156,6 +157,33 @@ TEST_P(EngineGrid, AppendedTurnsEqualWholePrefill) {
   EXPECT_LE(testref::maxAbsDiff(t.appended, t.whole), 1e-4) << gridName(grid);
   EXPECT_EQ(t.appended_next, t.whole_next);
   EXPECT_EQ(t.appended_decode, t.whole_decode);
+}
+
+// Pass-KV for the appended turns and decodes (EngineOptions::append_attention) gives pass-Q's bits: the same
+// partials, merged in the same order; the stats say which ran. Auto follows chooseAppendScheme.
+TEST_P(EngineGrid, AppendPassKvEqualsPassQ) {
+  const auto& [name, grid] = GetParam();
+  if (grid.sp == 1) GTEST_SKIP() << "append attention only differs under SP";
+  const ModelFixture f = testref::tinyFixture(name);
+  if (!f.present) GTEST_SKIP() << f.missing;
+  EngineOptions q = exactOptions(grid), kv = exactOptions(grid);
+  q.append_attention = SpScheme::TokenRing;
+  kv.append_attention = SpScheme::AllGatherKV;
+  const Turns a = runTurns(f.gguf_path, q, f.tokens, 7, 10, 15);
+  const Turns b = runTurns(f.gguf_path, kv, f.tokens, 7, 10, 15);
+  ASSERT_FALSE(a.appended.empty());
+  EXPECT_TRUE(testref::sameBits(a.appended, b.appended)) << gridName(grid);
+  EXPECT_EQ(a.appended_next, b.appended_next);
+  EXPECT_EQ(a.appended_decode, b.appended_decode);
+  std::vector<SpScheme> ran;
+  std::mutex mu;
+  testref::runGrid(f.gguf_path, kv, [&](Communicator&, LlamaEngine& eng) {
+    eng.prefill(std::vector<TokenId>(f.tokens.begin(), f.tokens.begin() + 8));
+    eng.append(std::vector<TokenId>(f.tokens.begin() + 8, f.tokens.begin() + 12));
+    std::lock_guard<std::mutex> lock(mu);
+    ran.push_back(eng.stats().last_append_scheme);
+  });
+  for (SpScheme s : ran) EXPECT_EQ(s, SpScheme::AllGatherKV);
 }
 
 std::vector<Grid> tinyGrids() {

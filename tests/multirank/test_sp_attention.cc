@@ -284,3 +284,25 @@ TEST(CostModel, CalibrationAgreesOnEveryRank) {
   EXPECT_GT(m.params().bandwidth_Bps, 0);
   EXPECT_GT(m.params().kernel_flops, 1e8);
 }
+
+// chooseAppendScheme: pass-Q for a token or a short turn over a long cache, pass-KV for a long turn over a
+// short cache on a fast link; one rank is always pass-Q; the predictions are the documented formulas.
+TEST(AppendScheme, ChoosesByTheModel) {
+  CostModelParams p;
+  p.bandwidth_Bps = 1e9;
+  p.latency_s = 50e-6;
+  p.kernel_flops = 1e15;  // attention almost free: bytes decide
+  const SpQueryShape one{1, 8, 2, 64}, long_turn{4096, 8, 2, 64};
+  EXPECT_EQ(chooseAppendScheme(p, one, 100000, 4), SpScheme::TokenRing);
+  EXPECT_EQ(chooseAppendScheme(p, long_turn, 16, 4), SpScheme::AllGatherKV);
+  EXPECT_EQ(chooseAppendScheme(p, long_turn, 16, 1), SpScheme::TokenRing);
+  double q = 0, kv = 0;
+  chooseAppendScheme(p, one, 1000, 4, &q, &kv);
+  const double qb = 1 * 8 * 64 * 4.0, part = 1 * 8 * 65 * 4.0, kvb = 2 * 1000 * 2 * 64 * 4.0;
+  const double attn = 4.0 * 1 * 1000 * 8 * 64 / 1e15;
+  EXPECT_NEAR(q, 3 * (50e-6 + qb / 1e9) + attn + 3 * part / 1e9, 1e-12);
+  EXPECT_NEAR(kv, 50e-6 + 3 * kvb / 1e9 + 4 * attn, 1e-12);
+  // Slow kernels: pass-KV serializes the work on the owner, pass-Q spreads it.
+  p.kernel_flops = 1e6;
+  EXPECT_EQ(chooseAppendScheme(p, long_turn, 16, 4), SpScheme::TokenRing);
+}

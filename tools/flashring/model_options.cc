@@ -76,6 +76,12 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
   app.add_option("--attn", attn, "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv")
       ->check(CLI::IsMember({"auto", "tokenring", "ring-kv", "ulysses", "allgather-kv"}))
       ->capture_default_str();
+  app.add_option("--append-attn", append_attn,
+                 "attention of appended tokens (decode, chat turns) over the SP-sharded cache: pass-q (the new "
+                 "queries travel), pass-kv (the caches travel to the owner; same results), or auto (the cost model "
+                 "decides per call from the turn and cache lengths)")
+      ->check(CLI::IsMember({"auto", "pass-q", "pass-kv"}))
+      ->capture_default_str();
   app.add_option("--layout", layout, "sequence layout under SP: zigzag or contiguous")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))
       ->capture_default_str();
@@ -159,6 +165,9 @@ EngineOptions ModelOptions::engineOptions() const {
   c.apply(e, "--comm");
   e.sampling = sampling;
   e.attention = spSchemeFromName(attn);
+  e.append_attention = append_attn == "pass-q"    ? SpScheme::TokenRing
+                       : append_attn == "pass-kv" ? SpScheme::AllGatherKV
+                                                  : SpScheme::Auto;
   e.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   e.threads = threads > 0 ? threads : (tp * sp == 1 && transport.transport == "thread" ? static_cast<int>(cores) : 1);
@@ -258,6 +267,7 @@ nlohmann::json commonJson(const ModelOptions& mo) {
           {"clip", mo.clip},
           {"refine_layers", mo.refine_layers},
           {"attn", mo.attn},
+          {"append_attn", mo.append_attn},
           {"layout", mo.layout},
           {"transport", mo.transport.transport},
           {"ranks", mo.ranks()}};

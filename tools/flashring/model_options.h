@@ -39,6 +39,7 @@ struct ModelOptions {
   bool clip = false;      // quant::Config::clip
   int refine_layers = 0;  // EngineOptions::refine_layers
   std::string attn = "auto";
+  std::string append_attn = "auto";  // --append-attn: pass-q, pass-kv or auto
   std::string layout = "zigzag";
   int threads = 0;
   std::string weights = "quant";  // quant: the file's types; f32: dequantized at load (the reference)
