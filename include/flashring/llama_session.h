@@ -45,6 +45,7 @@ struct SessionOptions {
   int tp = 1, sp = 1;
   CommSetting comm;  // the TP all-reduce, by --comm name
   SpScheme attention = SpScheme::Auto;
+  SpScheme append_attention = SpScheme::Auto;  // EngineOptions::append_attention
   SeqLayout layout = SeqLayout::Zigzag;
   LoadOptions load;
   // Kernel (and OpenBLAS) threads of the process (cpu::setThreads; process-wide). 0: all cores when the

@@ -178,6 +178,8 @@ class Llama:
             settings, as the CLI's flags of the same names (error_feedback None: on for codecs of 8 bits and
             below).
         layout: "zigzag" or "contiguous" (the prompt's layout over the SP ranks).
+        append_attn: how decoded tokens attend to the SP-sharded cache: "pass-q" (the queries travel),
+            "pass-kv" (the caches travel; same results) or "auto" (the cost model decides per call).
         weights: "quant" (the file's types) or "f32" (dequantized at load; the reference).
         timeout: seconds every wait of the thread ranks may take (None: 120 s or FLASHRING_TIMEOUT_MS).
         chat_template: the builtin template that ``chat=True`` uses instead of the model's (e.g. "chatml").
@@ -215,6 +217,7 @@ class Llama:
         refine_layers: int = 0,
         oneshot: str = "auto",
         layout: str = "zigzag",
+        append_attn: str = "auto",
         weights: str = "quant",
         timeout: Optional[float] = None,
         chat_template: Optional[str] = None,
@@ -257,6 +260,7 @@ class Llama:
                 int(refine_layers),
                 str(oneshot),
                 str(attn),
+                str(append_attn),
                 str(layout),
                 str(weights),
                 0 if threads is None else int(threads),
@@ -274,6 +278,7 @@ class Llama:
         self._chat_template = chat_template or ""
         self._tp, self._sp = tp, sp
         self._attn = str(attn)
+        self._append_attn = str(append_attn)
         self._layout = str(layout)
 
     # --- properties -------------------------------------------------------------------------------------
@@ -347,6 +352,7 @@ class Llama:
             "clip": c["clip"],
             "refine_layers": c["refine_layers"],
             "attn": self._attn,
+            "append_attn": self._append_attn,
             "layout": self._layout,
             "transport": self.transport,
             "ranks": self.ranks,

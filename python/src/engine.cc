@@ -123,8 +123,9 @@ void bindEngine(nb::module_& m) {
           "__init__",
           [](Session* self, const std::string& model, int tp, int sp, const std::string& comm, int group_size,
              int spikes, int error_feedback, bool rotate, bool clip, int refine_layers, const std::string& oneshot,
-             const std::string& attn, const std::string& layout, const std::string& weights, int threads, int64_t ctx,
-             double timeout_s, int64_t gemm_threshold, Comm* handle) {
+             const std::string& attn, const std::string& append_attn, const std::string& layout,
+             const std::string& weights, int threads, int64_t ctx, double timeout_s, int64_t gemm_threshold,
+             Comm* handle) {
             SessionOptions o;
             o.model = model;
             o.tp = tp;
@@ -138,6 +139,11 @@ void bindEngine(nb::module_& m) {
             o.comm.refine_layers = refine_layers;
             o.comm.oneshot = oneshot;
             o.attention = spSchemeFromName(attn);
+            if (append_attn != "auto" && append_attn != "pass-q" && append_attn != "pass-kv")
+              throw InvalidArgument(fmt::format("append_attn '{}': use auto, pass-q or pass-kv", append_attn));
+            o.append_attention = append_attn == "pass-q"    ? SpScheme::TokenRing
+                                 : append_attn == "pass-kv" ? SpScheme::AllGatherKV
+                                                            : SpScheme::Auto;
             if (layout != "zigzag" && layout != "contiguous")
               throw InvalidArgument(fmt::format("layout '{}': use zigzag or contiguous", layout));
             o.layout = layout == "contiguous" ? SeqLayout::Contiguous : SeqLayout::Zigzag;
@@ -165,8 +171,8 @@ void bindEngine(nb::module_& m) {
           },
           nb::arg("model"), nb::arg("tp"), nb::arg("sp"), nb::arg("comm"), nb::arg("group_size"), nb::arg("spikes"),
           nb::arg("error_feedback"), nb::arg("rotate"), nb::arg("clip"), nb::arg("refine_layers"), nb::arg("oneshot"),
-          nb::arg("attn"), nb::arg("layout"), nb::arg("weights"), nb::arg("threads"), nb::arg("ctx"),
-          nb::arg("timeout"), nb::arg("gemm_threshold"), nb::arg("handle").none())
+          nb::arg("attn"), nb::arg("append_attn"), nb::arg("layout"), nb::arg("weights"), nb::arg("threads"),
+          nb::arg("ctx"), nb::arg("timeout"), nb::arg("gemm_threshold"), nb::arg("handle").none())
       .def_prop_ro("model_path", [](const Session& s) { return s.get().modelPath(); })
       .def_prop_ro("config", [](const Session& s) { return configDict(s.get().config()); })
       .def_prop_ro("ctx", [](const Session& s) { return s.get().contextLimit(); })

@@ -100,6 +100,7 @@ struct LlamaSession::Impl {
     eo.sp = opts.sp;
     opts.comm.apply(eo, "comm");
     eo.attention = opts.attention;
+    eo.append_attention = opts.append_attention;
     eo.layout = opts.layout;
     if (opts.threads < 0) throw InvalidArgument(fmt::format("threads {}: must be >= 0", opts.threads));
     path = opts.model.empty() ? defaultModelPath() : opts.model;
