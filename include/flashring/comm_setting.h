@@ -19,8 +19,8 @@ namespace flashring {
 AllreduceOptions commAllreduceOptions(const std::string& comm, int group_size, int spikes, bool rotate = false,
                                       bool clip = false, std::string_view what = "comm");
 
-// Whether `comm` quantizes below 16 bits: int8, int6, int5, int4, int4-int8, int8-int4, int4-refined and the
-// flash-* / oneshot-int* all-reduce names.
+// Whether `comm` quantizes below 16 bits: int8, int6, int5, int4, int4-int8, int8-int4, int4-refined, the
+// flash-* / oneshot-int* all-reduce names and the hierarchical ones with a quantized stage (hier-bf16-int4).
 bool lowBitComm(const std::string& comm);
 
 struct CommSetting {

@@ -35,7 +35,8 @@ AllreduceOptions commAllreduceOptions(const std::string& comm, int group_size, i
 
 bool lowBitComm(const std::string& comm) {
   static const std::set<std::string> low = {"int8", "int6", "int5", "int4", "int4-int8", "int8-int4", "int4-refined"};
-  return low.count(comm) > 0 || comm.rfind("flash-", 0) == 0 || comm.rfind("oneshot-int", 0) == 0;
+  return low.count(comm) > 0 || comm.rfind("flash-", 0) == 0 || comm.rfind("oneshot-int", 0) == 0 ||
+         (comm.rfind("hier-", 0) == 0 && comm.find("int") != std::string::npos);
 }
 
 void CommSetting::applyPreset() {

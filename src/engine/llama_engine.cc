@@ -133,28 +133,34 @@ struct LlamaEngine::Impl {
              ao.payload == Payload::F32);
   }
 
-  void countAllreduce(const AllreduceStats& as) {
+  void countAllreduce(const AllreduceStats& as, const AllreduceOptions& ao) {
     st.quant_s += as.codec_s;
     st.comm_s += as.wait_s;
     ++st.allreduces;
     // Message rounds of the all-reduce that ran (decode-sized buffers are one chunk).
     const AllreduceAlgorithm a = as.algorithm;
     if (opts.tp > 1)
-      st.allreduce_rounds += a == AllreduceAlgorithm::OneShot        ? 1
-                             : a == AllreduceAlgorithm::Ring         ? 2 * (opts.tp - 1)
-                             : a == AllreduceAlgorithm::Hierarchical ? 4  // intra, inter two-step (2), intra
-                                                                     : 2;
+      st.allreduce_rounds += a == AllreduceAlgorithm::OneShot ? 1
+                             : a == AllreduceAlgorithm::Ring  ? 2 * (opts.tp - 1)
+                             : a == AllreduceAlgorithm::Hierarchical
+                                 ? (ao.hier.inter_oneshot ? 3 : 4)  // intra, inter, intra
+                                 : 2;
   }
 
   // The all-reduce options for a buffer of n floats: the user's, or in append mode (decode, short turns)
   // their one-shot twin (EngineOptions::oneshot): same codec, one message round instead of two.
   const AllreduceOptions& allreduceFor(size_t n) {
     const AllreduceAlgorithm a = opts.allreduce.algorithm;
-    const bool twin_exists = a == AllreduceAlgorithm::TwoStep || a == AllreduceAlgorithm::Quantized;
+    const bool hier_twin = a == AllreduceAlgorithm::Hierarchical && !opts.allreduce.hier.inter_oneshot;
+    const bool twin_exists = a == AllreduceAlgorithm::TwoStep || a == AllreduceAlgorithm::Quantized || hier_twin;
     const bool small = n * sizeof(float) < opts.allreduce.oneshot_threshold_bytes;
     if (!appending || !twin_exists || opts.oneshot == OneShotMode::Off || (opts.oneshot == OneShotMode::Auto && !small))
       return opts.allreduce;
     oneshot_opts = opts.allreduce;
+    if (hier_twin) {  // across the nodes in one round: hier-<intra>-oneshot-<inter>
+      oneshot_opts.hier.inter_oneshot = true;
+      return oneshot_opts;
+    }
     oneshot_opts.algorithm = AllreduceAlgorithm::OneShot;
     oneshot_opts.oneshot_quantized = a == AllreduceAlgorithm::Quantized;
     return oneshot_opts;
@@ -173,7 +179,7 @@ struct LlamaEngine::Impl {
       } else {
         allreduce(*tp_comm, std::span<float>(data, n), ao, &as);
       }
-      countAllreduce(as);
+      countAllreduce(as, ao);
       if (refine) {
         // The errors just made, summed at once and added: what is left is the error of quantizing them.
         refined.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
@@ -184,7 +190,7 @@ struct LlamaEngine::Impl {
           allreduce(*tp_comm, std::span<float>(refined.data(), n), ao, &rs);
           std::fill(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n), 0.f);
         }
-        countAllreduce(rs);
+        countAllreduce(rs, ao);
         for (size_t i = 0; i < n; ++i) data[i] += refined[i];
       }
     }
@@ -200,7 +206,7 @@ struct LlamaEngine::Impl {
     o.assign(carry.begin(), carry.begin() + static_cast<std::ptrdiff_t>(n));
     AllreduceStats as;
     allreduce(*tp_comm, std::span<float>(o.data(), n), ao, &as);
-    countAllreduce(as);
+    countAllreduce(as, ao);
     for (size_t i = 0; i < n; ++i) x[i] += o[i];
     if (opts.on_allreduce) opts.on_allreduce(cfg.n_layer, 2, std::span<const float>(o.data(), n));
   }

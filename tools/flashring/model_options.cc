@@ -124,6 +124,11 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
       ->capture_default_str();
   app.add_option("--timeout-ms", transport.timeout_ms,
                  "deadline of every wait (default 120000, or FLASHRING_TIMEOUT_MS)");
+  app.add_option("--ranks-per-node", transport.ranks_per_node,
+                 "treat consecutive blocks of this many ranks as one node (emulated multi-node topologies: "
+                 "bench/netem --topology nodes:RxK sets it for MPI); the hierarchical all-reduce (--comm "
+                 "hier-bf16-int4, ...) and Auto use it")
+      ->check(CLI::PositiveNumber);
 }
 
 CommSetting ModelOptions::commSetting() const {
