@@ -144,7 +144,7 @@ struct Prediction {
   SpScheme scheme = SpScheme::Auto;  // the SP scheme (Auto when sp == 1)
   SpScheme auto_scheme = SpScheme::Auto;
   std::string auto_allreduce;
-  std::vector<double> scheme_s;  // exposed SP time per layer of TokenRing, RingKV, Ulysses, AllGatherKV (sp > 1)
+  std::vector<double> scheme_s;  // exposed SP time of the prefill with TokenRing, RingKV, Ulysses, AllGatherKV
 };
 
 // Throws InvalidArgument naming the bad value (tp * sp more than the profile's ranks, tp above the heads, a TP

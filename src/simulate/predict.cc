@@ -243,7 +243,7 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
     SpAttentionOptions so;
     so.layout = w.layout;
     so.causal = true;
-    for (SpScheme s : kSchemes) r.scheme_s.push_back(std::max(0.0, cm.predict(s, shape, sp, so) - attn_c));
+    for (SpScheme s : kSchemes) r.scheme_s.push_back(L * std::max(0.0, cm.predict(s, shape, sp, so) - attn_c));
     r.auto_scheme = cm.choose(shape, sp, so);
     r.scheme = w.scheme == SpScheme::Auto ? r.auto_scheme : w.scheme;
     sp_s = r.scheme_s[static_cast<size_t>(std::find(kSchemes.begin(), kSchemes.end(), r.scheme) - kSchemes.begin())];
@@ -289,7 +289,7 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   r.attention_s = L * attn_c;
   r.compute_s = r.linear_s + r.attention_s + head_s;
   r.tp_comm_s = L * 2 * ar.comm_s;
-  r.sp_comm_s = L * sp_s;
+  r.sp_comm_s = sp_s;
   r.comm_s = r.tp_comm_s + r.sp_comm_s;
   r.quant_s = L * 2 * ar.codec_s;
   r.prefill_s = r.compute_s + r.comm_s + r.quant_s;
