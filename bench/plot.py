@@ -9,6 +9,9 @@ Attention JSON (rows with "scheme"): time vs sequence length (one panel per GQA 
 ratio (one panel per sequence length), one line per scheme, predicted times dashed.
 TTFT JSON (`flashring bench ttft`, rows with "bench": "ttft"): stacked compute / quantization /
 communication bars per grid and codec, TTFT and speed-up over the grid's first codec written on top.
+Simulate JSON (`flashring simulate --json`, rows with "bench": "simulate"): predicted compute / quantization /
+communication bars per grid and codec, one panel per link-rate scale, TTFT and speed-up over the grid's first codec
+on top (`--paper --json` rows, "bench": "simulate-paper": model / published ratio per figure, the +-25% band shaded).
 Perplexity JSON (`flashring perplexity --json`, one object per file, or arrays of them): perplexity vs
 group size, one line per (codec, TP degree), exact communication as a horizontal line.
 """
@@ -169,6 +172,67 @@ def plot_ttft(rows, out):
     return paths
 
 
+def plot_simulate(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for key in sorted({(r["profile"], r["model"], r["prompt_tokens"], r["batch"]) for r in rows}):
+        profile, model, prompt, batch = key
+        rs_all = [r for r in rows if (r["profile"], r["model"], r["prompt_tokens"], r["batch"]) == key]
+        scales = sorted({r.get("link_scale", 1) for r in rs_all})
+        fig, axes = plt.subplots(1, len(scales), figsize=(max(6, 0.8 * len(rs_all) / len(scales) + 2) * len(scales), 4.8),
+                                 squeeze=False)
+        for ax, sc in zip(axes[0], scales):
+            rs = [r for r in rs_all if r.get("link_scale", 1) == sc]
+            x = list(range(len(rs)))
+            comp = [r["compute_ms"] for r in rs]
+            quant = [r["quant_ms"] for r in rs]
+            comm = [r["comm_ms"] for r in rs]
+            ax.bar(x, comp, label="compute")
+            ax.bar(x, quant, bottom=comp, label="quantization")
+            ax.bar(x, comm, bottom=[a + b for a, b in zip(comp, quant)], label="communication")
+            for i, r in enumerate(rs):
+                ax.text(i, r["ttft_ms"], f"{r['ttft_ms']:.0f}\n{r['speedup_vs_first']:.2f}x" + ("" if r["fits"] else "\n!mem"),
+                        ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(x)
+            ax.set_xticklabels([f"{r['grid']}\n{r['comm']}" for r in rs], fontsize=7)
+            ax.set_ylabel("predicted ms (label: TTFT, speed-up over the grid's first codec)")
+            ax.set_title(f"links x{sc:g}", fontsize=9)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"flashring simulate: {model} on {profile}, batch {batch}, {prompt}-token prompt", fontsize=10)
+        fig.tight_layout()
+        path = os.path.join(out, f"simulate_{profile}_{model}_{prompt}.png".replace("/", "_"))
+        fig.savefig(path, dpi=110)
+        paths.append(path)
+    return paths
+
+
+def plot_simulate_paper(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+    y = list(range(len(rows)))
+    ax.axvspan(0.75, 1.25, color="green", alpha=0.12, label="+-25%")
+    ax.barh(y, [r["ratio"] for r in rows], color=["tab:green" if r["reproduced"] else "tab:red" for r in rows])
+    ax.axvline(1.0, color="gray", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["figure"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("model / published")
+    ax.set_title("flashring simulate --paper", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "simulate_paper.png")
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
 def plot_ppl(rows, out):
     import matplotlib
 
@@ -222,6 +286,10 @@ def main():
         paths = plot_attention(rows, out, len(a.json) > 1)
     elif all(r.get("bench") == "ttft" for r in rows):
         paths = plot_ttft(rows, out)
+    elif all(r.get("bench") == "simulate" for r in rows):
+        paths = plot_simulate(rows, out)
+    elif all(r.get("bench") == "simulate-paper" for r in rows):
+        paths = plot_simulate_paper(rows, out)
     elif all("ppl" in r for r in rows):
         paths = plot_ppl(rows, out)
     else:

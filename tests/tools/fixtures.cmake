@@ -40,6 +40,14 @@ if(TARGET flashring_cli)
                        SKIP_RETURN_CODE 77)
 endif()
 
+# `flashring simulate` end to end: --paper, --sweep --json, and its errors (no model file needed).
+if(TARGET flashring_cli)
+  add_test(NAME cli.simulate
+           COMMAND ${Python3_EXECUTABLE} ${FLASHRING_TOOLS_DIR}/test_cli_simulate.py $<TARGET_FILE:flashring_cli>
+                   ${CMAKE_BINARY_DIR}/cli-simulate-test)
+  set_tests_properties(cli.simulate PROPERTIES LABELS cli TIMEOUT 120)
+endif()
+
 # `flashring run --chat` and `--interactive` end to end (test_cli_chat.py): on the default model when it is
 # installed (else the tiny fixture), and always on the tiny fixture; with MPI also under 2 MPI ranks.
 if(TARGET flashring_cli)

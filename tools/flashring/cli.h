@@ -47,5 +47,6 @@ inline double median(std::vector<double> v) {
 void addBenchAllreduce(CLI::App& bench);
 void addBenchAttention(CLI::App& bench);
 void addDemo(CLI::App& app);
+void addSimulate(CLI::App& app);
 
 }  // namespace flashring::cli

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
       "  flashring run --interactive --temp 0.7 --seed 1      (a conversation on stdin; /exit ends it)\n"
       "  flashring perplexity -c 512 --tp 4 --comm int4 --error-feedback --kl-divergence\n"
       "  mpirun -n 4 flashring run --transport mpi --tp 4 --chat -p \"Hi!\"\n"
+      "  flashring simulate --profile l40x4-pcie -m llama-3-70b --tp 4 --comm int4   (predictions for GPU clusters)\n"
       "`flashring SUBCOMMAND --help` describes each subcommand's flags.");
   app.require_subcommand(1);
   auto* bench = app.add_subcommand("bench", "benchmarks that put flashring beside its baselines in the same run");
@@ -35,6 +36,7 @@ int main(int argc, char** argv) {
   cli::addRun(app);
   cli::addPerplexity(app);
   cli::addDemo(app);
+  cli::addSimulate(app);
   auto* info = app.add_subcommand("info", "print build and CPU facts (kernels chosen at run time)");
   info->callback([] {
     fmt::print("flashring 0.1.0\n");
