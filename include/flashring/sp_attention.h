@@ -16,8 +16,23 @@
 //   Ulysses      all-to-all to head-sharded full-sequence tensors (uneven head splits allowed; KV heads
 //                replicated where query heads of a rank need them), local attention, all-to-all back.
 //   AllGatherKV  all-gather K/V, local Q against the full sequence.
+//   Two-level schemes, for SP groups spread over several nodes (USP's composition, with TokenRing across
+//   nodes; arXiv 2405.07719). The group of N = R nodes x K ranks (Communicator::nodeIds(); every node must
+//   hold the same number of ranks, else InvalidArgument) runs, on every rank:
+//     1. Ulysses inside the node: an all-to-all among the node's K ranks turns the sequence-sharded Q/K/V
+//        into head-sharded tensors over the node's combined sequence (the union of its ranks' shards, in
+//        global order): query heads split K ways, KV heads replicated where query heads need them;
+//     2. across nodes, among the R ranks that hold the same heads (one per node), the named ring:
+//          ulysses+tokenring  (UlyssesTokenRing) TokenRing, each node's combined Q travelling
+//          ulysses+ring-kv    (UlyssesRingKV)    ring attention, each node's combined K/V travelling
+//        over the nodes' combined sequences (so causal zigzag over N ranks stays balanced over R nodes);
+//     3. the inverse all-to-all inside the node (out, and lse when asked for).
+//   The layout of the sequence is still `layout` over all N ranks, so the result is the other schemes'.
+//   The intra- and inter-node groups never share a pair of ranks (group_comm.h). On one node they reduce
+//   to Ulysses, on nodes of one rank to the ring.
 //   Auto         the cost model (costmodel.h) picks per call from the shape, the measured link and
-//                kernel speeds and the topology.
+//                kernel speeds, the topology and the node layout (the two-level schemes are candidates
+//                when the group spans several nodes of several ranks each).
 // Partial results merge by log-sum-exp in fp32 (attention.h); the overload with lse also returns each row's
 // log-sum-exp over the whole sequence (flash-attention's return_lse).
 #pragma once
@@ -31,7 +46,7 @@
 
 namespace flashring {
 
-enum class SpScheme { Auto, TokenRing, RingKV, Ulysses, AllGatherKV };
+enum class SpScheme { Auto, TokenRing, RingKV, Ulysses, AllGatherKV, UlyssesTokenRing, UlyssesRingKV };
 enum class SeqLayout { Contiguous, Zigzag };
 
 struct SpShape {
@@ -58,6 +73,8 @@ struct SpAttentionStats {
   double comm_s = 0;                 // blocked waiting for messages
   uint64_t bytes_fwd = 0;            // bytes this rank sent in the forward direction (Q / KV / all-to-all in)
   uint64_t bytes_bwd = 0;            // bytes sent back (results / all-to-all out)
+  uint64_t bytes_inter = 0;          // two-level schemes: the part of bytes_fwd + bytes_bwd sent to other nodes (the
+                                     // ring across nodes); 0 for the single-level schemes (not counted per peer)
   double predicted_s = 0;            // the cost model's prediction for the scheme that ran (0 if none)
   std::vector<double> step_compute_s, step_comm_s;  // per step, for the ring schemes
 };
@@ -69,6 +86,16 @@ struct Segment {
   int64_t length;
 };
 std::vector<Segment> localSegments(int64_t seq_len, int ranks, int rank, SeqLayout layout);
+
+// The node layout of an SP group: `nodes` nodes of `ranks_per_node` ranks each.
+struct SpNodeLayout {
+  int nodes = 1;
+  int ranks_per_node = 1;
+  int ranks() const { return nodes * ranks_per_node; }
+};
+// From comm.nodeIds(). Throws InvalidArgument, naming the node sizes, unless every node holds the same number
+// of ranks. The same on every rank (nodeIds() is).
+SpNodeLayout spNodeLayout(const Communicator& comm);
 
 // out: [batch, local_len, heads, head_dim]. Shapes and options must agree on every rank (checked).
 void spAttention(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& shape,
@@ -130,6 +157,8 @@ SpScheme chooseAppendScheme(const CostModelParams& params, const SpQueryShape& s
                             double* predicted_pass_q = nullptr, double* predicted_pass_kv = nullptr);
 
 std::string spSchemeName(SpScheme s);
-SpScheme spSchemeFromName(const std::string& name);  // tokenring, ring-kv, ulysses, allgather-kv, auto
+// tokenring, ring-kv, ulysses, allgather-kv, ulysses+tokenring, ulysses+ring-kv, auto
+SpScheme spSchemeFromName(const std::string& name);
+bool spSchemeIsTwoLevel(SpScheme s);  // UlyssesTokenRing, UlyssesRingKV
 
 }  // namespace flashring

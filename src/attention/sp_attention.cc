@@ -1,4 +1,5 @@
-// Sequence-parallel attention schemes: TokenRing (pass-Q), RingKV (pass-KV), Ulysses, AllGatherKV.
+// Sequence-parallel attention schemes: TokenRing (pass-Q), RingKV (pass-KV), Ulysses, AllGatherKV, and the
+// two-level ulysses+tokenring / ulysses+ring-kv.
 #include "flashring/sp_attention.h"
 
 #include <fmt/format.h>
@@ -13,6 +14,7 @@
 #include "comm/patterns/ring.h"
 #include "comm/tags.h"
 #include "flashring/costmodel.h"
+#include "flashring/group_comm.h"
 
 namespace flashring {
 
@@ -47,15 +49,66 @@ std::string spSchemeName(SpScheme s) {
       return "ulysses";
     case SpScheme::AllGatherKV:
       return "allgather-kv";
+    case SpScheme::UlyssesTokenRing:
+      return "ulysses+tokenring";
+    case SpScheme::UlyssesRingKV:
+      return "ulysses+ring-kv";
   }
   return "?";
 }
 
 SpScheme spSchemeFromName(const std::string& name) {
-  for (SpScheme s : {SpScheme::Auto, SpScheme::TokenRing, SpScheme::RingKV, SpScheme::Ulysses, SpScheme::AllGatherKV})
+  for (SpScheme s : {SpScheme::Auto, SpScheme::TokenRing, SpScheme::RingKV, SpScheme::Ulysses, SpScheme::AllGatherKV,
+                     SpScheme::UlyssesTokenRing, SpScheme::UlyssesRingKV})
     if (spSchemeName(s) == name) return s;
   throw InvalidArgument(
-      fmt::format("unknown attention scheme '{}' (valid: tokenring, ring-kv, ulysses, allgather-kv, auto)", name));
+      fmt::format("unknown attention scheme '{}' (valid: tokenring, ring-kv, ulysses, allgather-kv, ulysses+tokenring, "
+                  "ulysses+ring-kv, auto)",
+                  name));
+}
+
+bool spSchemeIsTwoLevel(SpScheme s) { return s == SpScheme::UlyssesTokenRing || s == SpScheme::UlyssesRingKV; }
+
+namespace {
+
+// The ranks of every node (parent ranks, ascending), nodes numbered as normalizeNodeIds does.
+std::vector<std::vector<int>> nodeMembers(const Communicator& comm) {
+  const std::vector<int> ids = normalizeNodeIds(comm.nodeIds());
+  if (ids.size() != static_cast<size_t>(comm.size()))
+    throw InvalidArgument(
+        fmt::format("spAttention: the communicator gave {} node ids for {} ranks", ids.size(), comm.size()),
+        comm.rank());
+  std::vector<std::vector<int>> members;
+  for (int r = 0; r < comm.size(); ++r) {
+    const auto n = static_cast<size_t>(ids[static_cast<size_t>(r)]);
+    if (members.size() <= n) members.resize(n + 1);
+    members[n].push_back(r);
+  }
+  return members;
+}
+
+// The node layout; when nodes differ in size, "" is replaced by what differs and the layout is one flat node.
+SpNodeLayout nodeLayoutOf(const std::vector<std::vector<int>>& members, std::string& unequal) {
+  size_t total = 0;
+  for (const auto& m : members) total += m.size();
+  for (size_t n = 1; n < members.size(); ++n)
+    if (members[n].size() != members[0].size()) {
+      unequal = fmt::format("node 0 holds {} ranks, node {} holds {}; every node must hold the same number",
+                            members[0].size(), n, members[n].size());
+      return {1, static_cast<int>(total)};
+    }
+  return {static_cast<int>(members.size()), static_cast<int>(members[0].size())};
+}
+
+}  // namespace
+
+SpNodeLayout spNodeLayout(const Communicator& comm) {
+  std::string why;
+  const SpNodeLayout L = nodeLayoutOf(nodeMembers(comm), why);
+  if (!why.empty())
+    throw InvalidArgument(fmt::format("spNodeLayout: rank {}: {} (Communicator::nodeIds)", comm.rank(), why),
+                          comm.rank());
+  return L;
 }
 
 namespace {
@@ -85,6 +138,17 @@ struct Geometry {
     for (int p = 0; p < n; ++p) {
       segs.push_back(localSegments(s.seq_len, n, p, o.layout));
       len.push_back(localLength(s.seq_len, n, p, o.layout));
+    }
+  }
+  // Explicit per-rank segments (the two-level schemes: a node's combined sequence, or a rank's rows of it).
+  Geometry(int n, int rank, const SpShape& s, const SpAttentionOptions& o, std::vector<std::vector<Segment>> per_rank)
+      : N(n), r(rank), shape(s), layout(o.layout), causal(o.causal), scale(o.scale), segs(std::move(per_rank)) {
+    qrow = static_cast<size_t>(s.heads) * static_cast<size_t>(s.head_dim);
+    kvrow = static_cast<size_t>(s.kv_heads) * static_cast<size_t>(s.head_dim);
+    for (const auto& ps : segs) {
+      int64_t l = 0;
+      for (const auto& g : ps) l += g.length;
+      len.push_back(l);
     }
   }
   size_t B() const { return static_cast<size_t>(shape.batch); }
@@ -206,13 +270,22 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
   st.step_compute_s.assign(static_cast<size_t>(N), 0);
   st.step_comm_s.assign(static_cast<size_t>(N), 0);
   const int prev = ring::prev(r, N), next = ring::next(r, N);
+  // Q rows of owner `o` that holder `h` receives, as a suffix start: the rows with work at h or at any holder
+  // after it on o's path (o-1, o-2, ...), since each holder forwards a suffix of what it got. For the layouts
+  // of one level that is needStart(o, h) itself (the need only shrinks along the path); a node's combined
+  // sequence may not be so ordered.
+  auto need = [&](int o, int h) {
+    int64_t a = std::numeric_limits<int64_t>::max();
+    for (int t = ring::wrap(o, -h, N); t < N; ++t) a = std::min(a, g.needStart(o, ring::wrap(o, -t, N)));
+    return static_cast<size_t>(a);
+  };
 
   // Results for my queries: at step s they come from holder r - s, rows [needStart(r, r-s), Lr).
   std::vector<size_t> res_off(static_cast<size_t>(N), 0);
   size_t total = 0;
   for (int s = 1; s < N; ++s) {
     res_off[static_cast<size_t>(s)] = total;
-    total += B * (Lr - static_cast<size_t>(g.needStart(r, ring::wrap(r, -s, N)))) * resw;
+    total += B * (Lr - need(r, ring::wrap(r, -s, N))) * resw;
   }
   rres.resize(std::max<size_t>(total, 1));
   std::vector<Request> res_recv(static_cast<size_t>(N)), res_send(static_cast<size_t>(N)),
@@ -220,7 +293,7 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
   std::vector<std::vector<float>> fwdbufs(static_cast<size_t>(N));
   for (int s = 1; s < N; ++s) {
     const int h = ring::wrap(r, -s, N);
-    const size_t rows = Lr - static_cast<size_t>(g.needStart(r, h));
+    const size_t rows = Lr - need(r, h);
     if (rows == 0) continue;
     res_recv[static_cast<size_t>(s)] = comm.irecv(rres.data() + res_off[static_cast<size_t>(s)], B * rows * resw * 4, h,
                                                   tags::make(tags::kSpBackward, s));
@@ -229,8 +302,6 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     detail::Stopwatch t(st.step_comm_s[static_cast<size_t>(s)]);
     comm.wait(req, comm.deadline());
   };
-  // Q rows that holder `h` needs of owner `o`, as a suffix start.
-  auto need = [&](int o, int h) { return static_cast<size_t>(g.needStart(o, h)); };
 
   // Step 0 -> 1: my Q to rank r-1 (the rows it needs), and the receive of the Q I hold at step 1.
   if (N > 1) {
@@ -443,34 +514,61 @@ void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>&
 }
 
 // ----------------------------------------------------------------------------------------------------- Ulysses
-void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-             float* lse, SpAttentionStats& st) {
+// Ulysses in two halves around the attention, so that the two-level schemes can run a ring in between:
+// ulyssesIn turns my sequence shard into full-sequence tensors of my heads (qf [B, S, hq, D], kf/vf
+// [B, S, hk_local, D], S = g.shape.seq_len, rows at the segments' offsets), ulyssesOut sends rows of of/lf
+// ([B, S, hq, D] / [B, S, hq]) back to their ranks' out/lse.
+struct UlyssesBuffers {
+  std::vector<float> sendbuf, recvbuf, qf, kf, vf, of, lf, obuf, orecv;
+};
+struct UlyssesHeads {
+  Range myq, mykv;
+  size_t hq = 0, hk = 0, hk_local = 0;
+  bool aligned = true;
+};
+Range ulyssesQHeads(const Geometry& g, int p) { return detail::part(static_cast<size_t>(g.shape.heads), g.N, p); }
+Range ulyssesKvHeads(const Geometry& g, int p) {
+  const size_t grp = static_cast<size_t>(g.shape.heads / g.shape.kv_heads);
+  const Range h = ulyssesQHeads(g, p);
+  return h.size() == 0 ? Range{0, 0} : Range{h.begin / grp, (h.end - 1) / grp + 1};
+}
+UlyssesHeads ulyssesHeads(const Geometry& g) {
+  const size_t grp = static_cast<size_t>(g.shape.heads / g.shape.kv_heads);
+  UlyssesHeads u;
+  u.myq = ulyssesQHeads(g, g.r);
+  u.mykv = ulyssesKvHeads(g, g.r);
+  u.hq = u.myq.size();
+  u.hk = u.mykv.size();
+  // When my query heads do not start on a KV group boundary (uneven splits), K/V are expanded to one head per
+  // query head so the kernel's h / group mapping holds.
+  u.aligned = u.hq == 0 || (u.myq.begin % grp == 0 && u.hq % grp == 0);
+  u.hk_local = u.aligned ? u.hk : u.hq;
+  return u;
+}
+
+void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v,
+               UlyssesBuffers& ub, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
   const size_t H = static_cast<size_t>(g.shape.heads), Hkv = static_cast<size_t>(g.shape.kv_heads), grp = H / Hkv;
-  const size_t lw = lse ? 1 : 0;  // lse floats per (row, head) in the messages back
-  auto qh = [&](int p) { return detail::part(H, N, p); };
-  auto kvh = [&](int p) {
-    const Range h = qh(p);
-    return h.size() == 0 ? Range{0, 0} : Range{h.begin / grp, (h.end - 1) / grp + 1};
-  };
-  const Range myq = qh(r), mykv = kvh(r);
-  const size_t hq = myq.size(), hk = mykv.size();
+  auto qh = [&](int p) { return ulyssesQHeads(g, p); };
+  auto kvh = [&](int p) { return ulyssesKvHeads(g, p); };
+  const UlyssesHeads u = ulyssesHeads(g);
+  const size_t hq = u.hq, hk = u.hk;
   // Message to p: my rows of p's heads: [Q (B, Lr, |qh p|, D) | K (B, Lr, |kvh p|, D) | V (same)].
   auto inFloats = [&](int p, size_t rows) { return B * rows * (qh(p).size() + 2 * kvh(p).size()) * D; };
-  thread_local std::vector<float> sendbuf, recvbuf, qf, kf, vf, of, lf, obuf, orecv;
   std::vector<size_t> soff(static_cast<size_t>(N) + 1, 0), roff(static_cast<size_t>(N) + 1, 0);
   for (int p = 0; p < N; ++p) {
     soff[static_cast<size_t>(p) + 1] = soff[static_cast<size_t>(p)] + inFloats(p, Lr);
     roff[static_cast<size_t>(p) + 1] = roff[static_cast<size_t>(p)] + B * g.L(p) * (hq + 2 * hk) * D;
   }
-  sendbuf.resize(std::max<size_t>(soff[static_cast<size_t>(N)], 1));
-  recvbuf.resize(std::max<size_t>(roff[static_cast<size_t>(N)], 1));
+  ub.sendbuf.resize(std::max<size_t>(soff[static_cast<size_t>(N)], 1));
+  ub.recvbuf.resize(std::max<size_t>(roff[static_cast<size_t>(N)], 1));
   {
     detail::Stopwatch t(st.compute_s);
     for (int p = 0; p < N; ++p) {
-      float* dst = sendbuf.data() + soff[static_cast<size_t>(p)];
+      float* dst = ub.sendbuf.data() + soff[static_cast<size_t>(p)];
       const Range hp = qh(p), kp = kvh(p);
       for (size_t row = 0; row < B * Lr; ++row) {
         copyFloats(dst + row * hp.size() * D, q + row * H * D + hp.begin * D, hp.size() * D);
@@ -483,72 +581,69 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
       }
     }
   }
-  const Tag tin = tags::make(tags::kSpAllToAll, 1), tout = tags::make(tags::kSpAllToAll, 2);
-  allToAllv(comm, sendbuf.data(), soff, recvbuf.data(), roff, tin, st.bytes_fwd, st.comm_s);
-  // Full-sequence tensors of my heads, in global order. When my query heads do not start on a KV group
-  // boundary (uneven splits), expand K/V to one head per query head so the kernel's h / group mapping holds.
-  const bool aligned = hq == 0 || (myq.begin % grp == 0 && hq % grp == 0);
-  const size_t hk_local = aligned ? hk : hq;
-  {
-    detail::Stopwatch t(st.compute_s);
-    qf.resize(std::max<size_t>(B * S * hq * D, 1));
-    kf.resize(std::max<size_t>(B * S * hk_local * D, 1));
-    vf.resize(std::max<size_t>(B * S * hk_local * D, 1));
-    for (int p = 0; p < N; ++p) {
-      const float* src = recvbuf.data() + roff[static_cast<size_t>(p)];
-      const size_t Lp = g.L(p);
-      const float* sq = src;
-      const float* sk = src + B * Lp * hq * D;
-      const float* sv = sk + B * Lp * hk * D;
-      for (size_t b = 0; b < B; ++b) {
-        int64_t row = 0;
-        for (const auto& seg : g.S(p)) {
-          for (int64_t i = 0; i < seg.length; ++i) {
-            const size_t lrow = b * Lp + static_cast<size_t>(row + i);
-            const size_t grow = b * S + static_cast<size_t>(seg.global_offset + i);
-            copyFloats(qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D);
-            if (aligned) {
-              copyFloats(kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D);
-              copyFloats(vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D);
-            } else {
-              for (size_t h = 0; h < hq; ++h) {
-                const size_t kh = (myq.begin + h) / grp - mykv.begin;
-                copyFloats(kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D);
-                copyFloats(vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D);
-              }
+  const Tag tin = tags::make(tags::kSpAllToAll, 1);
+  allToAllv(comm, ub.sendbuf.data(), soff, ub.recvbuf.data(), roff, tin, st.bytes_fwd, st.comm_s);
+  // Full-sequence tensors of my heads, in global order.
+  const size_t hk_local = u.hk_local;
+  detail::Stopwatch t(st.compute_s);
+  ub.qf.resize(std::max<size_t>(B * S * hq * D, 1));
+  ub.kf.resize(std::max<size_t>(B * S * hk_local * D, 1));
+  ub.vf.resize(std::max<size_t>(B * S * hk_local * D, 1));
+  for (int p = 0; p < N; ++p) {
+    const float* src = ub.recvbuf.data() + roff[static_cast<size_t>(p)];
+    const size_t Lp = g.L(p);
+    const float* sq = src;
+    const float* sk = src + B * Lp * hq * D;
+    const float* sv = sk + B * Lp * hk * D;
+    for (size_t b = 0; b < B; ++b) {
+      int64_t row = 0;
+      for (const auto& seg : g.S(p)) {
+        for (int64_t i = 0; i < seg.length; ++i) {
+          const size_t lrow = b * Lp + static_cast<size_t>(row + i);
+          const size_t grow = b * S + static_cast<size_t>(seg.global_offset + i);
+          copyFloats(ub.qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D);
+          if (u.aligned) {
+            copyFloats(ub.kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D);
+            copyFloats(ub.vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D);
+          } else {
+            for (size_t h = 0; h < hq; ++h) {
+              const size_t kh = (u.myq.begin + h) / grp - u.mykv.begin;
+              copyFloats(ub.kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D);
+              copyFloats(ub.vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D);
             }
           }
-          row += seg.length;
         }
+        row += seg.length;
       }
     }
-    of.resize(std::max<size_t>(B * S * hq * D, 1));
-    lf.resize(std::max<size_t>(B * S * hq, 1));
-    if (hq > 0 && S > 0) {
-      BlockAttentionOptions bo;
-      bo.causal = g.causal;
-      bo.scale = g.scale;
-      bo.progress = [&comm] { comm.progress(); };
-      AttentionShape as{g.shape.batch,        static_cast<int>(S),        static_cast<int>(S),
-                        static_cast<int>(hq), static_cast<int>(hk_local), g.shape.head_dim};
-      blockAttention(qf.data(), kf.data(), vf.data(), as, bo, of.data(), lf.data());
-    }
+  }
+}
+
+void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, float* out, float* lse,
+                SpAttentionStats& st) {
+  const int N = g.N, r = g.r;
+  const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
+  const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r), H = static_cast<size_t>(g.shape.heads);
+  const size_t lw = lse ? 1 : 0;  // lse floats per (row, head) in the messages back
+  const size_t hq = ulyssesHeads(g).hq;
+  {
     // Back to sequence-sharded: rank p gets its rows of my heads, [out (B, Lp, hq, D) | lse (B, Lp, hq)] (the
     // lse part only when the call asks for lse, which every rank agrees on: checkInputs).
-    obuf.resize(std::max<size_t>(B * S * hq * (D + lw), 1));
+    detail::Stopwatch t(st.compute_s);
+    ub.obuf.resize(std::max<size_t>(B * S * hq * (D + lw), 1));
     size_t o = 0;
     for (int p = 0; p < N; ++p) {
       for (size_t b = 0; b < B; ++b)
         for (const auto& seg : g.S(p)) {
           const size_t n = static_cast<size_t>(seg.length) * hq * D;
-          copyFloats(obuf.data() + o, of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
+          copyFloats(ub.obuf.data() + o, ub.of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
           o += n;
         }
       if (lw == 0) continue;
       for (size_t b = 0; b < B; ++b)
         for (const auto& seg : g.S(p)) {
           const size_t n = static_cast<size_t>(seg.length) * hq;
-          copyFloats(obuf.data() + o, lf.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq, n);
+          copyFloats(ub.obuf.data() + o, ub.lf.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq, n);
           o += n;
         }
     }
@@ -556,14 +651,15 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
   std::vector<size_t> ooff(static_cast<size_t>(N) + 1, 0), rooff(static_cast<size_t>(N) + 1, 0);
   for (int p = 0; p < N; ++p) {
     ooff[static_cast<size_t>(p) + 1] = ooff[static_cast<size_t>(p)] + B * g.L(p) * hq * (D + lw);
-    rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * qh(p).size() * (D + lw);
+    rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * ulyssesQHeads(g, p).size() * (D + lw);
   }
-  orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
-  allToAllv(comm, obuf.data(), ooff, orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
+  ub.orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
+  const Tag tout = tags::make(tags::kSpAllToAll, 2);
+  allToAllv(comm, ub.obuf.data(), ooff, ub.orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
   detail::Stopwatch t(st.compute_s);
   for (int p = 0; p < N; ++p) {
-    const Range hp = qh(p);
-    const float* src = orecv.data() + rooff[static_cast<size_t>(p)];
+    const Range hp = ulyssesQHeads(g, p);
+    const float* src = ub.orecv.data() + rooff[static_cast<size_t>(p)];
     for (size_t row = 0; row < B * Lr; ++row)
       copyFloats(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D);
     if (lw == 0) continue;
@@ -572,8 +668,114 @@ void ulysses(Communicator& comm, const Geometry& g, const float* q, const float*
   }
 }
 
-void checkInputs(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& s,
-                 const SpAttentionOptions& o, const float* out, const float* lse) {
+void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
+             float* lse, SpAttentionStats& st) {
+  thread_local UlyssesBuffers ub;
+  ulyssesIn(comm, g, q, k, v, ub, st);
+  const UlyssesHeads u = ulyssesHeads(g);
+  const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim), S = static_cast<size_t>(g.shape.seq_len);
+  {
+    detail::Stopwatch t(st.compute_s);
+    ub.of.resize(std::max<size_t>(B * S * u.hq * D, 1));
+    ub.lf.resize(std::max<size_t>(B * S * u.hq, 1));
+    if (u.hq > 0 && S > 0) {
+      BlockAttentionOptions bo;
+      bo.causal = g.causal;
+      bo.scale = g.scale;
+      bo.progress = [&comm] { comm.progress(); };
+      AttentionShape as{g.shape.batch,          static_cast<int>(S),          static_cast<int>(S),
+                        static_cast<int>(u.hq), static_cast<int>(u.hk_local), g.shape.head_dim};
+      blockAttention(ub.qf.data(), ub.kf.data(), ub.vf.data(), as, bo, ub.of.data(), ub.lf.data());
+    }
+  }
+  ulyssesOut(comm, g, ub, out, lse, st);
+}
+
+// -------------------------------------------------------------------------------------------------- Two-level
+// Node n's combined sequence: the segments of its ranks, in global order, adjacent ones merged.
+std::vector<Segment> nodeSegments(const std::vector<int>& members, int64_t seq_len, int N, SeqLayout layout) {
+  std::vector<Segment> all;
+  for (int p : members)
+    for (const auto& g : localSegments(seq_len, N, p, layout))
+      if (g.length > 0) all.push_back(g);
+  std::sort(all.begin(), all.end(),
+            [](const Segment& a, const Segment& b) { return a.global_offset < b.global_offset; });
+  std::vector<Segment> merged;
+  for (const auto& g : all) {
+    if (!merged.empty() && merged.back().global_offset + merged.back().length == g.global_offset)
+      merged.back().length += g.length;
+    else
+      merged.push_back(g);
+  }
+  return merged;
+}
+
+// Row of global position `pos` in a combined sequence `ns` (pos must lie in it).
+int64_t combinedRow(const std::vector<Segment>& ns, int64_t pos) {
+  int64_t row = 0;
+  for (const auto& g : ns) {
+    if (pos >= g.global_offset && pos < g.global_offset + g.length) return row + (pos - g.global_offset);
+    row += g.length;
+  }
+  throw Error(fmt::format("two-level SP: position {} is in no segment of its node", pos));
+}
+
+void twoLevel(Communicator& comm, const std::vector<std::vector<int>>& members, SpScheme scheme, const SpShape& shape,
+              const SpAttentionOptions& o, const float* q, const float* k, const float* v, float* out, float* lse,
+              SpAttentionStats& st) {
+  const int R = static_cast<int>(members.size()), K = static_cast<int>(members[0].size()), N = comm.size();
+  int node = -1, local = -1;
+  for (int n = 0; n < R; ++n)
+    for (int j = 0; j < K; ++j)
+      if (members[static_cast<size_t>(n)][static_cast<size_t>(j)] == comm.rank()) node = n, local = j;
+  const auto& mine = members[static_cast<size_t>(node)];
+  std::vector<std::vector<Segment>> node_segs;
+  for (const auto& m : members) node_segs.push_back(nodeSegments(m, shape.seq_len, N, o.layout));
+  const auto& ns = node_segs[static_cast<size_t>(node)];
+  // The rows of each of my node's ranks, as segments of the node's combined sequence.
+  std::vector<std::vector<Segment>> intra_segs(static_cast<size_t>(K));
+  int64_t Lnode = 0;
+  for (const auto& g : ns) Lnode += g.length;
+  for (int j = 0; j < K; ++j)
+    for (const auto& g : localSegments(shape.seq_len, N, mine[static_cast<size_t>(j)], o.layout))
+      if (g.length > 0) intra_segs[static_cast<size_t>(j)].push_back({combinedRow(ns, g.global_offset), g.length});
+  // Inside the node: its ranks; across nodes: the rank of each node with my local index (same heads). The two
+  // never share a pair of ranks (one pair is on one node, the other on two), as group_comm.h requires.
+  GroupCommunicator intra(comm, mine);
+  std::vector<int> ring;
+  for (const auto& m : members) ring.push_back(m[static_cast<size_t>(local)]);
+  GroupCommunicator inter(comm, ring);
+  SpShape is = shape;
+  is.seq_len = Lnode;
+  const Geometry gi(K, local, is, o, std::move(intra_segs));
+  UlyssesBuffers ub;
+  ulyssesIn(intra, gi, q, k, v, ub, st);
+  const UlyssesHeads u = ulyssesHeads(gi);
+  const size_t B = gi.B(), D = static_cast<size_t>(shape.head_dim), L = static_cast<size_t>(Lnode);
+  ub.of.assign(std::max<size_t>(B * L * u.hq * D, 1), 0.f);
+  ub.lf.assign(std::max<size_t>(B * L * u.hq, 1), kNegInf);
+  if (u.hq > 0) {  // the same on every rank of my ring (it depends on my local index only)
+    const SpShape es{shape.batch, shape.seq_len, static_cast<int>(u.hq), static_cast<int>(u.hk_local), shape.head_dim};
+    const Geometry ge(R, node, es, o, node_segs);
+    SpAttentionStats rs;
+    if (scheme == SpScheme::UlyssesTokenRing)
+      tokenRing(inter, ge, ub.qf.data(), ub.kf.data(), ub.vf.data(), ub.of.data(), ub.lf.data(), rs);
+    else
+      ringKV(inter, ge, ub.qf.data(), ub.kf.data(), ub.vf.data(), ub.of.data(), ub.lf.data(), rs);
+    st.bytes_fwd += rs.bytes_fwd;
+    st.bytes_bwd += rs.bytes_bwd;
+    st.bytes_inter += rs.bytes_fwd + rs.bytes_bwd;
+    st.compute_s += rs.compute_s;
+    st.comm_s += rs.comm_s;
+    st.step_compute_s = std::move(rs.step_compute_s);
+    st.step_comm_s = std::move(rs.step_comm_s);
+  }
+  ulyssesOut(intra, gi, ub, out, lse, st);
+}
+
+// Local checks; throws before any message.
+void checkArgsLocal(Communicator& comm, const float* q, const float* k, const float* v, const SpShape& s,
+                    const SpAttentionOptions& o, const float* out) {
   const int r = comm.rank();
   if (s.batch < 1 || s.seq_len < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1)
     throw InvalidArgument(fmt::format("spAttention: batch, seq_len, heads, kv_heads and head_dim must be positive "
@@ -589,13 +791,20 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
     throw InvalidArgument("spAttention: null q, k, v or out", r);
   if (!std::isfinite(o.scale) || o.scale < 0)
     throw InvalidArgument(fmt::format("spAttention: bad scale {}", o.scale), r);
+}
+
+// Same shape, options, node layout and resolved scheme on every rank (one message round), else every rank fails.
+void checkInputs(Communicator& comm, const SpShape& s, const SpAttentionOptions& o, const float* lse, SpScheme resolved,
+                 const SpNodeLayout& nl) {
+  const int r = comm.rank();
   // Same shape and options everywhere, or every rank fails with the values named.
   // Fold every field through splitmix64 so different shapes cannot cancel out as shifted XORs could.
   uint64_t key = 0;
   for (uint64_t f :
        {static_cast<uint64_t>(s.seq_len), static_cast<uint64_t>(s.batch), static_cast<uint64_t>(s.heads),
         static_cast<uint64_t>(s.kv_heads), static_cast<uint64_t>(s.head_dim), static_cast<uint64_t>(o.layout),
-        static_cast<uint64_t>(o.causal), static_cast<uint64_t>(o.scheme), static_cast<uint64_t>(lse != nullptr)}) {
+        static_cast<uint64_t>(o.causal), static_cast<uint64_t>(o.scheme), static_cast<uint64_t>(lse != nullptr),
+        static_cast<uint64_t>(resolved), static_cast<uint64_t>(nl.nodes), static_cast<uint64_t>(nl.ranks_per_node)}) {
     uint64_t z = key ^ f;
     z += 0x9e3779b97f4a7c15ull;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -605,10 +814,11 @@ void checkInputs(Communicator& comm, const float* q, const float* k, const float
   checkSameOnAllRanks(
       comm, key,
       fmt::format("spAttention shape/options (rank {}: batch={} seq_len={} heads={} kv_heads={} head_dim={} layout={} "
-                  "causal={} scheme={} lse={})",
+                  "causal={} scheme={}{} lse={} nodes={}x{})",
                   r, s.batch, s.seq_len, s.heads, s.kv_heads, s.head_dim,
                   o.layout == SeqLayout::Zigzag ? "zigzag" : "contiguous", o.causal, spSchemeName(o.scheme),
-                  lse ? "requested" : "none")
+                  o.scheme == resolved ? std::string() : "->" + spSchemeName(resolved), lse ? "requested" : "none",
+                  nl.nodes, nl.ranks_per_node)
           .c_str());
 }
 
@@ -625,15 +835,24 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
   SpAttentionStats& st = stats ? *stats : local;
   st = SpAttentionStats{};
   detail::abortOnError(comm, "spAttention", [&] {
-    checkInputs(comm, q, k, v, shape, options, out, lse);
+    checkArgsLocal(comm, q, k, v, shape, options, out);
     SpAttentionOptions o = options;
     if (o.scale == 0.f) o.scale = 1.f / std::sqrt(static_cast<float>(shape.head_dim));
     const CostModel fallback;
     const CostModel& model = options.model ? *options.model : fallback;
-    if (o.scheme == SpScheme::Auto)
-      o.scheme = comm.size() == 1 ? SpScheme::AllGatherKV : model.choose(shape, comm.size(), o);
+    // The node layout (identical on every rank); unequal nodes are an error for the two-level schemes only, and
+    // Auto then prices the group as one node.
+    const auto members = nodeMembers(comm);
+    std::string unequal;
+    const SpNodeLayout nl = nodeLayoutOf(members, unequal);
+    if (o.scheme == SpScheme::Auto) o.scheme = comm.size() == 1 ? SpScheme::AllGatherKV : model.choose(shape, nl, o);
+    if (spSchemeIsTwoLevel(o.scheme) && !unequal.empty())
+      throw InvalidArgument(fmt::format("spAttention {}: rank {}: {} (Communicator::nodeIds)", spSchemeName(o.scheme),
+                                        comm.rank(), unequal),
+                            comm.rank());
+    checkInputs(comm, shape, options, lse, o.scheme, nl);
     st.scheme = o.scheme;
-    st.predicted_s = model.predict(o.scheme, shape, comm.size(), o);
+    st.predicted_s = model.predict(o.scheme, shape, nl, o);
     const Geometry g(comm.size(), comm.rank(), shape, o);
     switch (o.scheme) {
       case SpScheme::TokenRing:
@@ -647,6 +866,10 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
         break;
       case SpScheme::AllGatherKV:
         allGatherKV(comm, g, q, k, v, out, lse, st);
+        break;
+      case SpScheme::UlyssesTokenRing:
+      case SpScheme::UlyssesRingKV:
+        twoLevel(comm, members, o.scheme, shape, o, q, k, v, out, lse, st);
         break;
       case SpScheme::Auto:
         break;

@@ -27,7 +27,8 @@ struct Config {
   bool causal = true;
   std::string layout = "zigzag";
   std::vector<std::string> schemes{"tokenring", "ring-kv", "ulysses", "allgather-kv", "auto"};
-  std::string topology;  // what the cost model assumes; empty = measured
+  bool schemes_given = false;  // else the two-level schemes join the list on a layout of several nodes
+  std::string topology;        // what the cost model assumes; empty = measured
   std::string calibration;
   int iters = 5, warmup = 1;
   bool check = true;
@@ -62,8 +63,12 @@ struct Row {
   uint64_t bytes_fwd, bytes_bwd;
 };
 
-void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::string& model_json) {
+void run(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out, std::string& model_json) {
   const int N = comm.size(), r = comm.rank();
+  const SpNodeLayout nodes = spNodeLayout(comm);
+  Config c = cfg;
+  if (!c.schemes_given && nodes.nodes > 1 && nodes.ranks_per_node > 1)
+    c.schemes.insert(c.schemes.end() - 1, {"ulysses+tokenring", "ulysses+ring-kv"});
   const SeqLayout layout = c.layout == "zigzag" ? SeqLayout::Zigzag : SeqLayout::Contiguous;
   CostModel model;
   bool loaded = false;
@@ -86,8 +91,12 @@ void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::s
     fmt::print("# cost model{}: link {:.1f} MB/s, latency {:.0f} us, topology {}, kernel {:.1f} GFLOP/s\n",
                loaded ? " (loaded)" : " (calibrated)", p.bandwidth_Bps / 1e6, p.latency_s * 1e6,
                topologyName(p.topology), p.kernel_flops / 1e9);
+    if (nodes.nodes > 1)
+      fmt::print("# nodes {}x{}: inter-node link {:.1f} MB/s, latency {:.0f} us, {}\n", nodes.nodes,
+                 nodes.ranks_per_node, p.interBandwidth() / 1e6, p.interLatency() * 1e6,
+                 p.inter_shared ? "one uplink per node" : "one per rank");
     fmt::print("# time: median of the slowest rank; step = mean per ring step (compute | wait); bytes: busiest rank\n");
-    fmt::print("{:>7} {:>4} {:<13} {:>11} {:>10} {:>10} {:>12} {:>12} {:>10} {:>11} {:>8}\n", "seq", "kvh", "scheme",
+    fmt::print("{:>7} {:>4} {:<17} {:>11} {:>10} {:>10} {:>12} {:>12} {:>10} {:>11} {:>8}\n", "seq", "kvh", "scheme",
                "time_us", "step_comp", "step_wait", "bytes_fwd", "bytes_bwd", "max_err", "predict_us", "vs_rkv");
     std::fflush(stdout);
   }
@@ -174,7 +183,7 @@ void run(Communicator& comm, const Config& c, std::vector<Row>& rows_out, std::s
       for (auto& row : rows) {
         row.speedup = rkv > 0 ? rkv / row.time_us : 0;
         const std::string name = row.scheme == "auto" ? "auto:" + row.ran : row.scheme;
-        fmt::print("{:>7} {:>4} {:<13} {:>11.0f} {:>10.0f} {:>10.0f} {:>12} {:>12} {:>10.2e} {:>11.0f} {:>7.2f}x\n",
+        fmt::print("{:>7} {:>4} {:<17} {:>11.0f} {:>10.0f} {:>10.0f} {:>12} {:>12} {:>10.2e} {:>11.0f} {:>7.2f}x\n",
                    row.seq, row.kv_heads, name, row.time_us, row.step_compute_us, row.step_comm_us, row.bytes_fwd,
                    row.bytes_bwd, row.max_err, row.predicted_us, row.speedup);
         if (row.scheme == "auto")
@@ -205,7 +214,10 @@ void addBenchAttention(CLI::App& bench) {
   app->add_option("--layout", cfg->layout, "sequence sharding: zigzag or contiguous")
       ->check(CLI::IsMember({"zigzag", "contiguous"}))
       ->capture_default_str();
-  app->add_option("--schemes", cfg->schemes, "tokenring, ring-kv, ulysses, allgather-kv, auto")->delimiter(',');
+  app->add_option("--schemes", cfg->schemes,
+                  "tokenring, ring-kv, ulysses, allgather-kv, ulysses+tokenring, ulysses+ring-kv, auto (default: all "
+                  "but the two-level ones, which join on several nodes: --ranks-per-node, or MPI across hosts)")
+      ->delimiter(',');
   app->add_option("--topology", cfg->topology, "topology the cost model assumes: star or mesh (default: measured)")
       ->check(CLI::IsMember({"star", "mesh"}));
   app->add_option("--calibration", cfg->calibration,
@@ -219,8 +231,9 @@ void addBenchAttention(CLI::App& bench) {
   app->add_flag("--check,!--no-check", cfg->check, "compare with single-rank attention (default on)");
   app->add_option("--json", cfg->json, "write one JSON object per (scheme, shape) row");
   cfg->transport.add(*app);
-  app->callback([cfg] {
+  app->callback([cfg, app] {
     Config& c = *cfg;
+    c.schemes_given = app->count("--schemes") > 0;
     for (const auto& s : c.schemes) (void)spSchemeFromName(s);
     for (int kv : c.kv_heads)
       if (kv <= 0 || c.heads % kv != 0)
@@ -230,6 +243,7 @@ void addBenchAttention(CLI::App& bench) {
     std::vector<Row> rows;
     std::mutex mu;
     int ranks = 0;
+    SpNodeLayout layout;
     std::string transport, model;
     runOnTransport(c.transport, [&](Communicator& comm) {
       std::vector<Row> mine;
@@ -239,6 +253,7 @@ void addBenchAttention(CLI::App& bench) {
         std::lock_guard<std::mutex> lk(mu);
         rows = std::move(mine);
         ranks = comm.size();
+        layout = spNodeLayout(comm);
         transport = comm.transport();
         model = mj;
       }
@@ -258,6 +273,8 @@ void addBenchAttention(CLI::App& bench) {
                        {"head_dim", c.head_dim},
                        {"batch", c.batch},
                        {"ranks", ranks},
+                       {"nodes", layout.nodes},
+                       {"ranks_per_node", layout.ranks_per_node},
                        {"causal", c.causal},
                        {"layout", c.layout},
                        {"transport", transport},

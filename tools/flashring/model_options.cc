@@ -73,7 +73,8 @@ void ModelOptions::add(CLI::App& app, bool grid_flags) {
                  "g128 from ~1.3% to 0.6-0.9% of exact on the default model for 6.6% more bytes")
       ->check(CLI::Range(0, 100000))
       ->capture_default_str();
-  app.add_option("--attn", attn, "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv")
+  app.add_option("--attn", attn,
+                 "SP attention: auto, tokenring, ring-kv, ulysses, allgather-kv, ulysses+tokenring, ulysses+ring-kv")
       ->check(CLI::IsMember({"auto", "tokenring", "ring-kv", "ulysses", "allgather-kv"}))
       ->capture_default_str();
   app.add_option("--append-attn", append_attn,
