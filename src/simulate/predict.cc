@@ -245,6 +245,11 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
     so.causal = true;
     for (SpScheme s : kSchemes) r.scheme_s.push_back(L * std::max(0.0, cm.predict(s, shape, sp, so) - attn_c));
     r.auto_scheme = cm.choose(shape, sp, so);
+    if (spSchemeIsTwoLevel(w.scheme))
+      throw InvalidArgument(
+          fmt::format("simulate: the two-level SP scheme {} is not modelled yet; use tokenring, "
+                      "ring-kv, ulysses, allgather-kv or auto",
+                      spSchemeName(w.scheme)));
     r.scheme = w.scheme == SpScheme::Auto ? r.auto_scheme : w.scheme;
     sp_s = r.scheme_s[static_cast<size_t>(std::find(kSchemes.begin(), kSchemes.end(), r.scheme) - kSchemes.begin())];
     // Bytes one rank sends (CostModel's per-scheme volumes in act_bytes elements; lse in fp32).
@@ -261,6 +266,8 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
       case SpScheme::Ulysses:
         sp_bytes = (N - 1) / N * (tokens * (heads + 2 * std::max<double>(kvh, N)) * d * a + q);
         break;
+      case SpScheme::UlyssesTokenRing:  // not chosen here (rejected above; the single-level choose())
+      case SpScheme::UlyssesRingKV:
       case SpScheme::Auto:
         break;
     }
