@@ -47,7 +47,7 @@ InvalidArgument = _core.InvalidArgument
 SpAttentionStats = _core.SpAttentionStats
 
 #: Names accepted by ``scheme=`` (flashring/sp_attention.h).
-SCHEMES = ("auto", "tokenring", "ring-kv", "ulysses", "allgather-kv")
+SCHEMES = ("auto", "tokenring", "ring-kv", "ulysses", "allgather-kv", "ulysses+tokenring", "ulysses+ring-kv")
 #: Names accepted by ``layout=``: zigzag (rank r holds chunks r and 2N-1-r of 2N, balancing causal work)
 #: or contiguous (rank r holds part r of N).
 LAYOUTS = ("zigzag", "contiguous")

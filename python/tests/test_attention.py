@@ -572,3 +572,24 @@ def test_lse_and_out_are_fresh_arrays_and_inputs_are_untouched():
     for a, b in zip((q, k, v), keep):
         assert np.array_equal(a, b)
     assert res[0][0].flags.writeable and res[0][1].flags.c_contiguous
+
+
+def test_two_level_schemes_over_emulated_nodes():
+    fr = flashring
+    # Ulysses inside each node, TokenRing / ring-KV across nodes (2 nodes x 2 ranks set on thread ranks).
+    rng = np.random.default_rng(5)
+    S, H, KVH, D = 37, 4, 2, 16
+    q, k, v = (rng.standard_normal((1, S, h, D)).astype(np.float32) for h in (H, KVH, KVH))
+    want, want_lse = fr.block_attention(q, k, v, causal=True)
+    for scheme in ("ulysses+tokenring", "ulysses+ring-kv"):
+        def fn(c):
+            c.set_ranks_per_node(2)
+            sh = lambda x: np.ascontiguousarray(fr.zigzag_shard(x, c.rank, c.size))  # noqa: E731
+            return fr.sp_attention(sh(q), sh(k), sh(v), c, scheme=scheme, return_lse=True, return_stats=True)
+
+        res = fr.run_threads(4, fn)
+        out = fr.zigzag_unshard([r[0] for r in res])
+        lse = fr.zigzag_unshard([r[1] for r in res], dim=2)
+        assert np.abs(out - want).max() < 1e-5, scheme
+        assert np.abs(lse - want_lse).max() < 1e-5, scheme
+        assert res[0][2].scheme == scheme
