@@ -37,7 +37,7 @@ test: build
 pip-check: deps
 	rm -rf $(BUILD)/pip-venv
 	$(PY) -m venv $(BUILD)/pip-venv
-	$(BUILD)/pip-venv/bin/pip install -q ".[test]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$(JOBS) $(BUILD)/pip-venv/bin/pip install -q ".[test]"
 	cd python/tests && ../../$(BUILD)/pip-venv/bin/python -c \
 	  "import flashring; assert 'site-packages' in flashring.__file__, flashring.__file__; print('pip-check: installed', flashring.__file__)"
 	cd python/tests && FLASHRING_PY_REFERENCE=$(CURDIR)/$(BUILD)/bin/flashring_py_reference \

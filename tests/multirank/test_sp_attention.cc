@@ -199,7 +199,7 @@ LseResult lseError(const std::string& scheme, int N, const Case& c) {
         for (size_t i = 0; i < expect.size(); ++i)
           mine.lse_err = std::max(mine.lse_err, std::isfinite(l[i]) ? std::fabs(l[i] - expect[i]) : 1e9);
         EXPECT_TRUE(std::isnan(l[expect.size()])) << "wrote past the end of lse";
-        mine.out_same = std::memcmp(out.data(), out2.data(), out.size() * sizeof(float)) == 0;
+        mine.out_same = out.empty() || std::memcmp(out.data(), out2.data(), out.size() * sizeof(float)) == 0;
       },
       60s);
   LseResult all;
