@@ -156,7 +156,7 @@ std::span<float> toF32(const FloatArray& a, std::vector<float>& scratch) {
 
 void fromF32(std::span<const float> values, const FloatArray& a) {
   if (a.dtype == DType::F32) {
-    if (values.data() != a.data) std::memcpy(a.data, values.data(), values.size() * sizeof(float));
+    if (!values.empty() && values.data() != a.data) std::memcpy(a.data, values.data(), values.size() * sizeof(float));
     return;
   }
   auto* dst = static_cast<uint16_t*>(a.data);
