@@ -57,9 +57,12 @@ bool multiNodeFromOptions(const AllreduceOptions& o, int ranks) {
 
 bool multiNode(const Communicator& comm, const AllreduceOptions& o) {
   if (o.hier.ranks_per_node > 0) return multiNodeFromOptions(o, comm.size());
-  const std::vector<int> ids = comm.nodeIds();
+  // Several nodes of the same size >= 2 (what Hierarchical runs on); unequal nodes stay flat instead of failing.
+  const std::vector<int> ids = normalizeNodeIds(comm.nodeIds());
   const int nodes = ids.empty() ? 1 : 1 + *std::max_element(ids.begin(), ids.end());
-  return nodes >= 2 && comm.size() / nodes >= 2 && comm.size() % nodes == 0;
+  std::vector<int> count(static_cast<size_t>(nodes), 0);
+  for (int id : ids) ++count[static_cast<size_t>(id)];
+  return nodes >= 2 && count[0] >= 2 && std::all_of(count.begin(), count.end(), [&](int c) { return c == count[0]; });
 }
 
 bool validBits(int b) { return b == 0 || b == 8 || b == 6 || b == 5 || b == 4; }

@@ -162,6 +162,14 @@ TEST(Hierarchical, WireBytes) {
   EXPECT_LE(r.stats[0].wire_bytes, model + 64 * 16);
 }
 
+// Auto over unequal nodes (3 + 1 ranks) stays flat instead of failing as an explicit hier-* does.
+TEST(Hierarchical, AutoStaysFlatOnUnequalNodes) {
+  const size_t big = (size_t{1} << 20) / sizeof(float) * 2;
+  const HierRun r = runHier(4, big, AllreduceOptions{}, {0, 0, 0, 1});
+  EXPECT_EQ(r.stats[0].algorithm, AllreduceAlgorithm::Quantized);
+  for (int q = 1; q < 4; ++q) ASSERT_TRUE(testref::sameBits(r.out[0], r.out[static_cast<size_t>(q)]));
+}
+
 TEST(Hierarchical, Errors) {
   // Nodes of unequal size.
   EXPECT_THROW(runHier(3, 100, allreduceOptionsFromName("hier-bf16-int4"), {0, 0, 1}), InvalidArgument);
