@@ -6,6 +6,11 @@ CMAKE_FLAGS ?=
 VENV ?= $(CURDIR)/.venv
 PY = $(VENV)/bin/python
 PY_FLAGS = -DFLASHRING_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(PY) -DPython3_EXECUTABLE=$(PY)
+# The CUDA kernels are built (and their tests run, skipping without a GPU) wherever nvcc is found; CUDA=OFF
+# turns them off, CUDA=ON insists.
+NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA ?= $(if $(NVCC),ON,OFF)
+CUDA_FLAGS = -DFLASHRING_WITH_CUDA=$(CUDA) $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
 
 .PHONY: deps build demo test pip-check sanitize asan tsan format format-check bench-kernels clean help
 
@@ -21,7 +26,7 @@ deps:
 	@bash scripts/install-deps.sh
 
 $(BUILD)/CMakeCache.txt:
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DFLASHRING_WERROR=ON $(PY_FLAGS) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DFLASHRING_WERROR=ON $(PY_FLAGS) $(CUDA_FLAGS) $(CMAKE_FLAGS)
 
 build: deps $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
@@ -83,7 +88,7 @@ fuzz: deps
 	ASAN_OPTIONS=detect_leaks=1 build-fuzz/bin/flashring_fuzz_gguf -max_total_time=$(FUZZ_TIME) -rss_limit_mb=2048 \
 	  -artifact_prefix=build-fuzz/ build-fuzz/corpus-gguf
 
-FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' 2>/dev/null)
+FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' '*.cu' 2>/dev/null)
 format:
 	clang-format -i $(FORMAT_FILES)
 format-check:

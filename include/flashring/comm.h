@@ -9,7 +9,7 @@
 //
 // Algorithms include only this header; they never see a transport. Transports: ThreadCommunicator
 // (thread_comm.h, N ranks as threads of one process, the embedded default) and MpiCommunicator
-// (mpi_comm.h).
+// (mpi/mpi_comm.h).
 #pragma once
 
 #include <chrono>

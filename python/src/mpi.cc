@@ -6,7 +6,7 @@
 #include <memory>
 
 #include "common.h"
-#include "flashring/mpi_comm.h"
+#include "flashring/mpi/mpi_comm.h"
 
 NB_MODULE(_mpi, m) {
   m.doc() = "flashring's MPI transport (use flashring.from_mpi4py)";

@@ -22,7 +22,7 @@
 #include <chrono>
 #include <memory>
 
-#include "flashring/mpi_comm.h"
+#include "flashring/mpi/mpi_comm.h"
 
 namespace flashring::mpitest {
 

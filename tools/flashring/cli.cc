@@ -5,10 +5,11 @@
 
 #include <stdexcept>
 
+#include "flashring/config.h"
 #include "flashring/error.h"
 #include "flashring/thread_comm.h"
-#ifdef FLASHRING_WITH_MPI
-#include "flashring/mpi_comm.h"
+#if FLASHRING_WITH_MPI
+#include "flashring/mpi/mpi_comm.h"
 #endif
 
 namespace flashring::cli {
@@ -74,7 +75,7 @@ void runOnTransport(const TransportOptions& t, const std::function<void(Communic
         timeout);
     return;
   }
-#ifdef FLASHRING_WITH_MPI
+#if FLASHRING_WITH_MPI
   MpiEnvironment env;
   MpiCommunicator comm;
   if (t.timeout_ms > 0) comm.setTimeout(timeout);

@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "cli.h"
+#include "flashring/config.h"
 #include "flashring/error.h"
 #include "flashring/quant.h"
 #include "model_options.h"
@@ -16,7 +17,7 @@ int main(int argc, char** argv) {
       "flashring: communication-efficient parallel LLM inference.\n"
       "Flash Communication low-bit all-reduce (arXiv 2412.04964) and TokenRing sequence parallelism (arXiv "
       "2412.20501)."};
-  app.set_version_flag("--version", "flashring 0.1.0");
+  app.set_version_flag("--version", "flashring " FLASHRING_VERSION_STRING);
   app.footer(
       "Examples:\n"
       "  flashring demo\n"
@@ -39,14 +40,12 @@ int main(int argc, char** argv) {
   cli::addSimulate(app);
   auto* info = app.add_subcommand("info", "print build and CPU facts (kernels chosen at run time)");
   info->callback([] {
-    fmt::print("flashring 0.1.0\n");
+    fmt::print("flashring {}\n", FLASHRING_VERSION_STRING);
     fmt::print("codec ISA: {} (best on this CPU: {}; override with FLASHRING_ISA=scalar|avx2|avx512)\n",
                quant::isaName(quant::activeIsa()), quant::isaName(quant::bestIsa()));
-#ifdef FLASHRING_WITH_MPI
-    fmt::print("transports: thread, mpi\n");
-#else
-    fmt::print("transports: thread\n");
-#endif
+    fmt::print("transports: thread{}{}\n", FLASHRING_WITH_MPI ? ", mpi" : "", FLASHRING_WITH_NCCL ? ", nccl" : "");
+    fmt::print("cuda kernels: {}\n",
+               FLASHRING_WITH_CUDA ? "built (flashring::cuda)" : "not built (FLASHRING_WITH_CUDA=OFF)");
   });
   try {
     app.parse(argc, argv);

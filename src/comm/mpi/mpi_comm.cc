@@ -62,7 +62,7 @@
 // - Threads: one thread at a time per communicator, for every call (test, progress and aborted()
 //   included). Different communicators may be driven from different threads at once only when
 //   MpiEnvironment::threadLevel() is MPI_THREAD_MULTIPLE (Debian's OpenMPI provides it).
-#include "flashring/mpi_comm.h"
+#include "flashring/mpi/mpi_comm.h"
 
 #include <fmt/format.h>
 #include <sched.h>
