@@ -52,4 +52,11 @@ class TransportError : public Error {
   using Error::Error;
 };
 
+// A device runtime call failed (the CUDA error is named), or a device operation was asked for where no device
+// is usable (no GPU, no driver, or flashring built without CUDA).
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace flashring

@@ -22,16 +22,10 @@ namespace {
 
 constexpr uint32_t kInfBits = 0x7F800000u;
 
-uint32_t mixIndex(uint32_t i) {
-  uint32_t h = i * 0x9E3779B1u;
-  h = (h ^ (h >> 15)) * 0x85EBCA77u;
-  return h ^ (h >> 13);
-}
-
 struct SignTable {
   std::array<float, kMaxGroup> d{};
   SignTable() {
-    for (size_t i = 0; i < d.size(); ++i) d[i] = (mixIndex(static_cast<uint32_t>(i)) & 1u) ? -1.0f : 1.0f;
+    for (size_t i = 0; i < d.size(); ++i) d[i] = rotationSignOf(static_cast<uint32_t>(i));
   }
 };
 const SignTable& signs() {
@@ -40,54 +34,25 @@ const SignTable& signs() {
 }
 
 // c of quant.h's rotation: the fp32 nearest 1/sqrt(g).
-float rotationFactor(size_t g) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(g))); }
+float rotationFactor(size_t g) { return rotationFactorOf(g); }
 
 // Branchless (the compiler vectorizes it): no NaN/Inf among v[0, r).
-bool allFinite(const float* v, size_t r) {
-  uint32_t bad = 0;
-  for (size_t i = 0; i < r; ++i) bad |= static_cast<uint32_t>((floatBits(v[i]) & kInfBits) == kInfBits);
-  return bad == 0;
-}
+bool allFinite(const float* v, size_t r) { return allFiniteRef(v, r); }
 
-// Metadata of a group with statistics st as every kernel plans it, except that force_flag marks it as holding
-// NaN/Inf (so that the decoder knows it is not rotated) even when all its values are finite.
 GroupParams planWithFlag(const float* v, const GroupStats& st, const Config& cfg, bool force_flag) {
-  if (st.constant && !st.has_nonfinite && !force_flag) return constantParams(floatBits(v[0]));
-  return paramsFromStats(st.mn, st.mx, st.has_nonfinite || force_flag, cfg.bits, cfg.symmetric);
+  return planFromStats(st, floatBits(v[0]), cfg.bits, cfg.symmetric, force_flag);
 }
 
-// Squared decoding error of a Fast group under parameters p, as quant.h's clipping search defines it (so that the
-// AVX2 version, clipErrorAvx2, gives the same float): d_i = fma(q_i, s, z) - x_i, eight lane sums
-// acc_j = fma(d_i, d_i, acc_j) over i = j mod 8 in order, then ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7)).
-float groupErrorScalar(const float* v, size_t r, const GroupParams& p, int bits) {
-  const int L = 1 << bits;
-  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (size_t i = 0; i < r; ++i) {
-    const int q = codeOf(v[i], p, L);
-    const float d = fmaF(static_cast<float>(q), p.s, p.z) - v[i];
-    a[i % 8] = fmaF(d, d, a[i % 8]);
-  }
-  return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-}
-
-// The clipping search of quant.h: ratios 16/16 .. 11/16 of the half-range, smallest squared error wins (the
-// first on ties, so unclipped when nothing is gained). mn/mx: the group's finite min and max.
-// simd: the group is full and finite and the ISA has AVX2 (clipErrorsAvx2 then, else the scalar reference).
 GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mnf, float mxf, const Config& cfg,
                        bool simd) {
   if (p0.kind != GroupKind::Fast) return p0;
-  const double mn = mnf, mx = mxf;
-  const double mid = 0.5 * (mn + mx), half = 0.5 * (mx - mn);
   // Candidate k: c = (16 - k) / 16; a candidate that is not Fast is skipped (evaluated as p0, never chosen).
   GroupParams cand[kClipCandidates];
   bool usable[kClipCandidates];
   cand[0] = p0;
   usable[0] = true;
   for (int k = 1; k < kClipCandidates; ++k) {
-    const double c = (16 - k) / 16.0;
-    const float lo = cfg.symmetric ? static_cast<float>(mn * c) : static_cast<float>(mid - c * half);
-    const float hi = cfg.symmetric ? static_cast<float>(mx * c) : static_cast<float>(mid + c * half);
-    cand[k] = paramsFromStats(lo, hi, false, cfg.bits, cfg.symmetric);
+    cand[k] = clipCandidate(k, mnf, mxf, cfg.bits, cfg.symmetric);
     usable[k] = cand[k].kind == GroupKind::Fast;
     if (!usable[k]) cand[k] = p0;
   }
@@ -106,10 +71,10 @@ GroupParams clipSearch(const float* v, size_t r, const GroupParams& p0, float mn
     if (same_kind) {
       clipErrorsAvx2(v, r, cfg.bits, p0.symmetric, s, z, inv, err);
     } else {
-      for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorScalar(v, r, cand[k], cfg.bits);
+      for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorRef(v, r, cand[k], cfg.bits);
     }
   } else {
-    for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorScalar(v, r, cand[k], cfg.bits);
+    for (int k = 0; k < kClipCandidates; ++k) err[k] = groupErrorRef(v, r, cand[k], cfg.bits);
   }
   int best = 0;
   for (int k = 1; k < kClipCandidates; ++k)
@@ -130,24 +95,7 @@ void rotateGroup(bool simd, float* v, size_t g, bool inverse) {
 
 float rotationSign(size_t i) { return signs().d[i]; }
 
-void hadamardRotate(float* v, size_t g, bool inverse) {
-  const float* d = signs().d.data();
-  const float c = rotationFactor(g);
-  if (!inverse)
-    for (size_t i = 0; i < g; ++i) v[i] *= d[i];
-  for (size_t h = 1; h < g; h <<= 1) {
-    for (size_t j0 = 0; j0 < g; j0 += 2 * h) {
-      for (size_t j = j0; j < j0 + h; ++j) {
-        const float a = v[j], b = v[j + h];
-        v[j] = a + b;
-        v[j + h] = a - b;
-      }
-    }
-  }
-  for (size_t i = 0; i < g; ++i) v[i] *= c;
-  if (inverse)  // + 0.0f: -0.0 (a zero times a negative sign) becomes +0.0, nothing else changes
-    for (size_t i = 0; i < g; ++i) v[i] = v[i] * d[i] + 0.0f;
-}
+void hadamardRotate(float* v, size_t g, bool inverse) { hadamardRotateRef(v, g, inverse); }
 
 void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, uint8_t* out) {
   const size_t g = static_cast<size_t>(cfg.group_size);
@@ -163,6 +111,15 @@ void quantizeTransformed(Isa isa, const float* x, size_t n, const Config& cfg, u
   uint16_t pos[kMaxSpikes];
   size_t code_off = 0;
   const bool simd = isa != Isa::Scalar;
+  if (!simd) {  // the reference: the shared per-group encoder the CUDA kernels run (group_math.h)
+    for (size_t q = 0; q < groups; ++q) {
+      const size_t r = std::min(g, n - q * g);
+      encodeGroupRef(x + q * g, r, g, cfg.bits, cfg.symmetric, k, cfg.rotate, cfg.clip, buf,
+                     out + q * sizeof(GroupMeta), codes + groupCodeOffset(q, g, cfg.bits), idx_out + q * kk * 2,
+                     val_out + q * kk * 4);
+    }
+    return;
+  }
   for (size_t q = 0; q < groups; ++q) {
     const size_t r = std::min(g, n - q * g);
     const float* xg = x + q * g;
@@ -230,6 +187,14 @@ void dequantizeTransformed(Isa isa, const uint8_t* in, size_t n, const Config& c
   const uint8_t* val = idx + groups * kk * sizeof(uint16_t);
   checkSpikeIndices(idx, n, cfg);  // the whole section first, so that a corrupt run leaves `out` untouched
   alignas(64) float buf[kMaxGroup];
+  if (!simd) {  // the reference: the shared per-group decoder the CUDA kernels run (group_math.h)
+    for (size_t q = 0; q < groups; ++q) {
+      const size_t r = std::min(g, n - q * g);
+      decodeGroupRef(in + q * sizeof(GroupMeta), codes + groupCodeOffset(q, g, cfg.bits), r, g, cfg.bits, cfg.spikes,
+                     cfg.rotate, idx + q * kk * 2, val + q * kk * 4, buf, out + q * g, accumulate);
+    }
+    return;
+  }
   size_t code_off = 0;
   for (size_t q = 0; q < groups; ++q) {
     const size_t r = std::min(g, n - q * g);
