@@ -22,13 +22,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "common/host_device.h"
 #include "flashring/quant.h"
-
-#if defined(__CUDACC__)
-#define FR_HD __host__ __device__ __forceinline__
-#else
-#define FR_HD [[gnu::always_inline]] inline
-#endif
 
 namespace flashring::quant::detail {
 namespace {
