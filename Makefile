@@ -10,7 +10,9 @@ PY_FLAGS = -DFLASHRING_BUILD_PYTHON=ON -DPython_EXECUTABLE=$(PY) -DPython3_EXECU
 # turns them off, CUDA=ON insists.
 NVCC := $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
 CUDA ?= $(if $(NVCC),ON,OFF)
-CUDA_FLAGS = -DFLASHRING_WITH_CUDA=$(CUDA) $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
+# The NCCL transport, where NCCL's header sits beside the toolkit (NCCL=OFF turns it off).
+NCCL ?= $(if $(and $(filter ON,$(CUDA)),$(wildcard $(dir $(NVCC))../include/nccl.h)),ON,OFF)
+CUDA_FLAGS = -DFLASHRING_WITH_CUDA=$(CUDA) -DFLASHRING_WITH_NCCL=$(NCCL) $(if $(NVCC),-DCMAKE_CUDA_COMPILER=$(NVCC))
 
 .PHONY: deps build demo test pip-check sanitize asan tsan format format-check bench-kernels clean help
 

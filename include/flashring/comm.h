@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "flashring/error.h"
+#include "flashring/tensor.h"
 
 namespace flashring {
 
@@ -67,8 +68,11 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // "thread" or "mpi".
+  // "thread", "mpi" or "nccl".
   virtual std::string transport() const = 0;
+  // Whether isend/irecv accept buffers in this kind of memory (thread and MPI: host; NCCL: CUDA device memory).
+  // Collectives check it up front and name the transport and the memory in their error.
+  virtual bool movesMemory(MemoryKind kind) const { return kind == MemoryKind::Host; }
 
   // Post a send / receive of exactly `bytes` bytes. A receive whose size differs from the matching send
   // fails on both sides (and aborts the communicator) with an error naming both sizes.

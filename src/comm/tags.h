@@ -31,6 +31,7 @@ enum Space : Tag {
   kEngineDecodeOut = 13 << kStepBits,  // engine decode under SP: partial (out, lse) straight back to the owner
   kEngineToken = 14 << kStepBits,      // engine: the chosen next token, owner group to the other SP groups
   kTokenChoice = 24 << kStepBits,      // chooseToken / gatherLogits over a vocabulary-parallel head (sampling.h)
+  kBootstrap = 25 << kStepBits,        // setting up another transport over this one (NcclCommunicator::bootstrap)
 };
 static_assert((31 << kStepBits) + kStepMask <= kMaxTag, "tag spaces must fit MPI's guaranteed tag range");
 
