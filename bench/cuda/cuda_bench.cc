@@ -101,22 +101,23 @@ int main(int argc, char** argv) {
   dx.upload(x.data(), n * 4);
 
   // The baseline: a device-to-device copy moving the same traffic (read + write).
-  const double copy_ms = timeMs(iters, [&] {
-    check(cudaMemcpyAsync(dcopy.data(), dx.data(), n * 4, cudaMemcpyDeviceToDevice), "copy");
-  });
+  const double copy_ms =
+      timeMs(iters, [&] { check(cudaMemcpyAsync(dcopy.data(), dx.data(), n * 4, cudaMemcpyDeviceToDevice), "copy"); });
   const double copy_gbs = 2.0 * n * 4 / (copy_ms * 1e6);
   std::printf("d2d copy   %10.3f ms  %8.1f GB/s (read + write)\n", copy_ms, copy_gbs);
   out["copy_gbs"] = copy_gbs;
 
   std::printf("%-22s %10s %10s %8s %10s %10s %8s %10s %8s\n", "codec", "enc ms", "enc GB/s", "of copy", "dec ms",
               "dec GB/s", "of copy", "acc GB/s", "bad B");
-  for (const quant::Config& cfg : {quant::Config{8, 128}, quant::Config{4, 128}, quant::Config{4, 128, false, 1},
-                                   quant::Config{4, 128, false, 0, true}, quant::Config{4, 128, false, 1, true, true}}) {
+  for (const quant::Config& cfg :
+       {quant::Config{8, 128}, quant::Config{4, 128}, quant::Config{4, 128, false, 1},
+        quant::Config{4, 128, false, 0, true}, quant::Config{4, 128, false, 1, true, true}}) {
     const size_t eb = quant::encodedBytes(n, cfg);
     cuda::DeviceBuffer dq(eb);
     const double enc = timeMs(iters, [&] { cuda::quantize(dx.data(), DType::F32, n, cfg, dq.data()); });
     const double dec = timeMs(iters, [&] { cuda::dequantize(dq.data(), n, cfg, dcopy.data()); });
-    const double acc = timeMs(iters, [&] { cuda::dequantizeAccumulate(dq.data(), n, cfg, static_cast<float*>(dacc.data())); });
+    const double acc =
+        timeMs(iters, [&] { cuda::dequantizeAccumulate(dq.data(), n, cfg, static_cast<float*>(dacc.data())); });
     const double enc_gbs = (n * 4.0 + eb) / (enc * 1e6), dec_gbs = (n * 4.0 + eb) / (dec * 1e6);
     const double acc_gbs = (n * 8.0 + eb) / (acc * 1e6);
     std::vector<uint8_t> cpu(eb), gpu(eb);
@@ -126,9 +127,14 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < eb; ++i) bad += cpu[i] != gpu[i];
     std::printf("%-22s %10.3f %10.1f %7.0f%% %10.3f %10.1f %7.0f%% %10.1f %8zu\n", quant::describe(cfg).c_str(), enc,
                 enc_gbs, 100 * enc_gbs / copy_gbs, dec, dec_gbs, 100 * dec_gbs / copy_gbs, acc_gbs, bad);
-    out["codecs"].push_back({{"codec", quant::describe(cfg)}, {"encode_ms", enc}, {"encode_gbs", enc_gbs},
-                             {"decode_ms", dec}, {"decode_gbs", dec_gbs}, {"accumulate_gbs", acc_gbs},
-                             {"encode_fraction_of_copy", enc_gbs / copy_gbs}, {"mismatching_bytes", bad}});
+    out["codecs"].push_back({{"codec", quant::describe(cfg)},
+                             {"encode_ms", enc},
+                             {"encode_gbs", enc_gbs},
+                             {"decode_ms", dec},
+                             {"decode_gbs", dec_gbs},
+                             {"accumulate_gbs", acc_gbs},
+                             {"encode_fraction_of_copy", enc_gbs / copy_gbs},
+                             {"mismatching_bytes", bad}});
   }
 
   // Attention: LLaMA-7B-like heads, causal, one block of 2048 queries against 2048 keys.
@@ -145,7 +151,8 @@ int main(int argc, char** argv) {
   dv.upload(v.data(), nq * 4);
   const double flops = 4.0 * s.heads * s.head_dim * (double(s.q_len) * (s.q_len + 1) / 2);
   const double f32_ms = timeMs(std::max(3, iters / 4), [&] {
-    cuda::blockAttention(dq.data(), dk.data(), dv.data(), DType::F32, s, o, dout.data(), static_cast<float*>(dlse.data()));
+    cuda::blockAttention(dq.data(), dk.data(), dv.data(), DType::F32, s, o, dout.data(),
+                         static_cast<float*>(dlse.data()));
   });
   std::vector<float> gout(nq), glse(nl), cout_(nq), clse(nl);
   dout.download(gout.data(), nq * 4);
@@ -164,12 +171,17 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < nq; ++i) h[i] = quant::floatToBf16(v[i]);
   dv.upload(h.data(), nq * 2);
   const double bf16_ms = timeMs(std::max(3, iters / 4), [&] {
-    cuda::blockAttention(dq.data(), dk.data(), dv.data(), DType::BF16, s, o, dout.data(), static_cast<float*>(dlse.data()));
+    cuda::blockAttention(dq.data(), dk.data(), dv.data(), DType::BF16, s, o, dout.data(),
+                         static_cast<float*>(dlse.data()));
   });
   std::printf("attention bf16 same shape: %.3f ms, %.2f TFLOP/s\n", bf16_ms, flops / (bf16_ms * 1e9));
-  out["attention"] = {{"shape", "b1 s2048 h32 d128 causal"}, {"f32_ms", f32_ms}, {"bf16_ms", bf16_ms},
-                      {"f32_tflops", flops / (f32_ms * 1e9)}, {"bf16_tflops", flops / (bf16_ms * 1e9)},
-                      {"max_err_out", eo}, {"max_err_lse", el}};
+  out["attention"] = {{"shape", "b1 s2048 h32 d128 causal"},
+                      {"f32_ms", f32_ms},
+                      {"bf16_ms", bf16_ms},
+                      {"f32_tflops", flops / (f32_ms * 1e9)},
+                      {"bf16_tflops", flops / (bf16_ms * 1e9)},
+                      {"max_err_out", eo},
+                      {"max_err_lse", el}};
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   return 0;
 }

@@ -54,10 +54,12 @@ uint64_t key(int src, Tag tag) {
 class ThreadCommunicator;
 
 struct ThreadWorld::Impl {
-  explicit Impl(int n) : boxes(static_cast<size_t>(n)), inflight(static_cast<size_t>(n)) {}
+  Impl(int n, ThreadWorldOptions o)
+      : boxes(static_cast<size_t>(n)), inflight(static_cast<size_t>(n)), options(std::move(o)) {}
   std::vector<Mailbox> boxes;
   std::vector<std::atomic<int>> inflight;  // copies under way that touch each rank's buffers
   std::vector<std::unique_ptr<ThreadCommunicator>> comms;
+  ThreadWorldOptions options;
   std::atomic<bool> aborted{false};
   std::mutex abort_mu;
   std::string abort_reason;
@@ -133,7 +135,15 @@ struct ThreadWorld::Impl {
       recv->error = msg;
       abort(msg);
     } else if (send->bytes > 0) {
-      std::memcpy(recv->recv_buf, send->send_buf, send->bytes);
+      if (!options.copy) {
+        std::memcpy(recv->recv_buf, send->send_buf, send->bytes);
+      } else if (std::string err = options.copy(recv->recv_buf, send->send_buf, send->bytes); !err.empty()) {
+        const std::string msg = fmt::format("copying {} bytes from rank {} to rank {} (tag {}) failed: {}", send->bytes,
+                                            send->owner, recv->owner, send->tag, err);
+        send->error = msg;
+        recv->error = msg;
+        abort(msg);
+      }
     }
     const int so = send->owner, ro = recv->owner;
     finish(recv);
@@ -149,7 +159,10 @@ class ThreadCommunicator final : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return static_cast<int>(world_->boxes.size()); }
-  std::string transport() const override { return "thread"; }
+  std::string transport() const override { return world_->options.transport; }
+  bool movesMemory(MemoryKind kind) const override {
+    return kind == MemoryKind::Host || (kind == MemoryKind::Cuda && world_->options.moves_cuda);
+  }
 
   Request isend(const void* buf, size_t bytes, int peer, Tag tag) override {
     checkArgs(buf, bytes, peer, tag, "isend");
@@ -241,9 +254,9 @@ class ThreadCommunicator final : public Communicator {
   int rank_;
 };
 
-ThreadWorld::ThreadWorld(int size) {
+ThreadWorld::ThreadWorld(int size, ThreadWorldOptions options) {
   if (size < 1) throw InvalidArgument(fmt::format("ThreadWorld: size must be >= 1, got {}", size));
-  impl_ = std::make_unique<Impl>(size);
+  impl_ = std::make_unique<Impl>(size, std::move(options));
   for (int r = 0; r < size; ++r) impl_->comms.push_back(std::make_unique<ThreadCommunicator>(impl_.get(), r));
 }
 
@@ -256,8 +269,9 @@ Communicator& ThreadWorld::communicator(int r) {
 void ThreadWorld::abort(const std::string& reason) { impl_->abort(reason); }
 
 std::vector<std::exception_ptr> runThreadRanksCollect(int size, const std::function<void(Communicator&)>& fn,
-                                                      std::chrono::milliseconds timeout) {
-  ThreadWorld world(size);
+                                                      std::chrono::milliseconds timeout,
+                                                      const ThreadWorldOptions& options) {
+  ThreadWorld world(size, options);
   std::vector<std::exception_ptr> errors(static_cast<size_t>(size));
   std::vector<std::thread> threads;
   threads.reserve(static_cast<size_t>(size));
@@ -280,8 +294,9 @@ std::vector<std::exception_ptr> runThreadRanksCollect(int size, const std::funct
   return errors;
 }
 
-void runThreadRanks(int size, const std::function<void(Communicator&)>& fn, std::chrono::milliseconds timeout) {
-  auto errors = runThreadRanksCollect(size, fn, timeout);
+void runThreadRanks(int size, const std::function<void(Communicator&)>& fn, std::chrono::milliseconds timeout,
+                    const ThreadWorldOptions& options) {
+  auto errors = runThreadRanksCollect(size, fn, timeout, options);
   std::exception_ptr first;
   for (auto& e : errors) {
     if (!e) continue;
