@@ -56,6 +56,7 @@
 
 #include "flashring/comm.h"
 #include "flashring/quant.h"
+#include "flashring/tensor.h"
 
 namespace flashring {
 
@@ -121,6 +122,18 @@ struct AllreduceStats {
 };
 
 void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options = {},
+               AllreduceStats* stats = nullptr);
+
+// allreduce() of a tensor view (tensor.h), contiguous:
+//   host f32        the span version above;
+//   host f16/bf16   widened to fp32 (exact), reduced, rounded back to nearest even: the fp32 result rounded once;
+//   device memory   with ctx.ops the verbs of that memory (cuda::context(stream)) and a transport that moves it
+//                   (Communicator::movesMemory: NCCL, the one-GPU thread world); f32 only. The pipelined two-step
+//                   runs there with the same schedule and the same bytes as on the host, so the result is
+//                   bitwise the host all-reduce's. TwoStep and Quantized (Auto: Quantized at or above
+//                   auto_threshold_bytes, else TwoStep fp32); the other algorithms are InvalidArgument there.
+// Every failure names the tensor, the transport and what was wrong.
+void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options = {}, ExecContext ctx = {},
                AllreduceStats* stats = nullptr);
 
 // allreduce() that also hands back the error this rank knows about, for error feedback: `error` (as many

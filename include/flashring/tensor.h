@@ -32,10 +32,14 @@ struct Device {
 };
 std::string describe(const Device& d);  // "host", "cuda:1"
 
-// Where device work is queued. stream: a cudaStream_t (nullptr: the legacy default stream). Host work runs
-// on the calling thread and ignores it.
+class DeviceOps;  // device_ops.h
+
+// Where device work is queued and with what. stream: a cudaStream_t (nullptr: the legacy default stream); ops: the
+// verbs of the device's memory (cuda::context(stream) fills both). Host work runs on the calling thread and
+// ignores them.
 struct ExecContext {
   void* stream = nullptr;
+  const DeviceOps* ops = nullptr;
 };
 
 struct TensorView {

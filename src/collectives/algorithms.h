@@ -5,15 +5,17 @@
 #include <vector>
 
 #include "flashring/allreduce.h"
+#include "flashring/device_ops.h"
 
 namespace flashring::detail {
 
 void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
 // error: nullptr, or data.size() floats that receive this rank's share of the error (see allreduceWithError).
+// ctx: the verbs of data's memory (ctx.ops null: host memory); see device_ops.h.
 void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
-                      AllreduceStats& stats, float* error = nullptr);
+                      AllreduceStats& stats, float* error = nullptr, const ExecContext& ctx = {});
 void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
-                        AllreduceStats& stats, float* error = nullptr);
+                        AllreduceStats& stats, float* error = nullptr, const ExecContext& ctx = {});
 // OneShot with options.payload, or the reduce_scatter codec when options.oneshot_quantized.
 void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats& stats,
                       float* error = nullptr);

@@ -91,7 +91,7 @@ void validate(const AllreduceOptions& o, int rank) {
 }
 
 void allreduceImpl(Communicator& comm, std::span<float> data, float* error, const AllreduceOptions& options,
-                   AllreduceStats* stats) {
+                   AllreduceStats* stats, const ExecContext& ctx = {}) {
   AllreduceStats local;
   AllreduceStats& st = stats ? *stats : local;
   st = AllreduceStats{};
@@ -101,8 +101,17 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
   const bool multi = options.algorithm == AllreduceAlgorithm::Auto &&
                      data.size() * sizeof(float) >= options.auto_threshold_bytes && multiNode(comm, options);
   const AllreduceOptions run = resolve(options, data.size(), comm.size(), multi);
-  const AllreduceAlgorithm algo = run.algorithm;
+  AllreduceAlgorithm algo = run.algorithm;
   const Payload payload = run.payload;
+  const bool device = ctx.ops != nullptr && ctx.ops->memory() != MemoryKind::Host;
+  if (device && options.algorithm == AllreduceAlgorithm::Auto)  // the device runs the two-step only (so far)
+    algo = data.size() * sizeof(float) >= options.auto_threshold_bytes ? AllreduceAlgorithm::Quantized
+                                                                       : AllreduceAlgorithm::TwoStep;
+  if (device && algo != AllreduceAlgorithm::TwoStep && algo != AllreduceAlgorithm::Quantized)
+    throw InvalidArgument(fmt::format("allreduce: {} on {} memory is not available; the device runs twostep-* and "
+                                      "flash-* (the pipelined two-step)",
+                                      allreduceAlgorithmName(algo), ctx.ops->name()),
+                          comm.rank());
   st.algorithm = algo;
   if (comm.size() == 1) return;  // the sum over one rank is the buffer itself, bit for bit
   // An empty buffer still takes part (a peer with a non-empty one must get an error, not a hang); give
@@ -117,10 +126,10 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
         detail::ringAllreduce(comm, data, payload, st);
         break;
       case AllreduceAlgorithm::TwoStep:
-        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st, error);
+        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st, error, ctx);
         break;
       case AllreduceAlgorithm::Quantized:
-        detail::quantizedAllreduce(comm, data, run, st, error);
+        detail::quantizedAllreduce(comm, data, run, st, error, ctx);
         break;
       case AllreduceAlgorithm::OneShot:
         detail::oneShotAllreduce(comm, data, run, st, error);
@@ -144,6 +153,44 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
 
 void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats* stats) {
   allreduceImpl(comm, data, nullptr, options, stats);
+}
+
+void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options, ExecContext ctx,
+               AllreduceStats* stats) {
+  data.checkContiguous("allreduce");
+  const size_t n = static_cast<size_t>(data.numel());
+  if (data.device.kind == MemoryKind::Host) {
+    if (ctx.ops != nullptr && ctx.ops->memory() != MemoryKind::Host)
+      throw InvalidArgument(fmt::format("allreduce: {} is host memory but the context's verbs are {}'s",
+                                        data.describe(), ctx.ops->name()),
+                            comm.rank());
+    if (data.dtype == DType::F32) {
+      allreduceImpl(comm, std::span<float>(static_cast<float*>(data.data), n), nullptr, options, stats);
+      return;
+    }
+    if (data.dtype == DType::F16)
+      throw InvalidArgument(fmt::format("allreduce: {}: host fp16 is not supported; pass f32 or bf16", data.describe()),
+                            comm.rank());
+    std::vector<float> wide(n);
+    auto* b = static_cast<uint16_t*>(data.data);
+    quant::fromBf16(b, n, wide.data());
+    allreduceImpl(comm, wide, nullptr, options, stats);
+    quant::toBf16(wide.data(), n, b);
+    return;
+  }
+  if (ctx.ops == nullptr || ctx.ops->memory() != data.device.kind)
+    throw InvalidArgument(fmt::format("allreduce: {} needs the verbs of its memory in the ExecContext "
+                                      "(cuda::context(stream), flashring/cuda/context.h)",
+                                      data.describe()),
+                          comm.rank());
+  if (!comm.movesMemory(data.device.kind))
+    throw InvalidArgument(fmt::format("allreduce: the {} transport does not move {} memory ({}); use NCCL or the "
+                                      "one-GPU thread world (cuda/thread_world.h)",
+                                      comm.transport(), memoryKindName(data.device.kind), data.describe()),
+                          comm.rank());
+  if (data.dtype != DType::F32)
+    throw InvalidArgument(fmt::format("allreduce: {}: device tensors must be f32", data.describe()), comm.rank());
+  allreduceImpl(comm, std::span<float>(static_cast<float*>(data.data), n), nullptr, options, stats, ctx);
 }
 
 void allreduceWithError(Communicator& comm, std::span<float> data, std::span<float> error,

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include "flashring/device_ops.h"
 #include "flashring/quant.h"
 
 namespace flashring::detail {
@@ -26,6 +27,8 @@ struct Codec {
            static_cast<uint32_t>(cfg.rotate) << 10 | static_cast<uint32_t>(cfg.group_size / 32) << 11;
   }
   std::string name() const { return kind == Quant ? quant::describe(cfg) : (kind == Bf16 ? "bf16" : "fp32"); }
+  WireCodec wire() const { return WireCodec{static_cast<WireCodec::Kind>(kind), cfg}; }
+  static Codec of(const WireCodec& w) { return Codec{static_cast<Kind>(w.kind), w.cfg}; }
   size_t bytes(size_t n) const { return kind == Quant ? quant::encodedBytes(n, cfg) : n * (kind == Bf16 ? 2 : 4); }
   void encode(const float* x, size_t n, std::byte* out) const {
     if (kind == Quant)

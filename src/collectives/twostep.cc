@@ -15,11 +15,17 @@
 //
 // Every message starts with a 16-byte header (element count of the whole buffer, chunk index), so a rank
 // whose buffer size differs from its peers' is named in the error instead of corrupting a sum.
+//
+// The schedule touches its buffers only through the verbs of their memory (device_ops.h: encode, decode,
+// decode-accumulate, accumulate, zero, header copies), so the same code runs on host memory (the CPU codecs) and
+// on a GPU (cuda::deviceOps(), bitwise the same bytes); it synchronizes the verbs' stream before a transport
+// reads a message they wrote.
 #include <fmt/format.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,8 +40,27 @@ namespace {
 // error (nullable, data.size() floats): this rank's share of the error of the result. For a slice j sent to
 // rank j: the value minus what rank j decodes of it; for its own slice: the fp32 sum minus the decoded
 // all-gather value. Summed over the ranks, that is the exact fp32 sum minus the result.
+// Scratch of the verbs' memory kind for one call (device memory; the host path uses the per-thread scratch).
+class OpsScratch {
+ public:
+  OpsScratch(const DeviceOps& ops, void* stream, size_t bytes)
+      : ops_(ops), stream_(stream), p_(ops.allocate(bytes, stream)) {}
+  ~OpsScratch() { ops_.release(p_, stream_); }
+  OpsScratch(const OpsScratch&) = delete;
+  OpsScratch& operator=(const OpsScratch&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  const DeviceOps& ops_;
+  void* stream_;
+  void* p_;
+};
+
 void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
-                      AllreduceStats& stats, float* error) {
+                      AllreduceStats& stats, float* error, const ExecContext& ctx) {
+  const DeviceOps& ops = ctx.ops != nullptr ? *ctx.ops : hostDeviceOps();
+  void* const stream = ctx.stream;
+  const bool host = ops.memory() == MemoryKind::Host;
   const int n_ranks = comm.size(), me = comm.rank();
   const size_t N = static_cast<size_t>(n_ranks);
   const size_t n = data.size();
@@ -82,17 +107,27 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
   }
   thread_local std::vector<std::byte> arena_buf;
   thread_local std::vector<float> acc_buf;
-  std::byte* arena = scratch(arena_buf, off);
-  float* acc = scratch(acc_buf, max_slice);
+  std::unique_ptr<OpsScratch> device_arena;
+  std::byte* arena = nullptr;
+  float* acc = nullptr;
+  if (host) {
+    arena = scratch(arena_buf, off);
+    acc = scratch(acc_buf, max_slice);
+  } else {  // one allocation: the messages, then the accumulator (16-byte aligned)
+    const size_t acc_off = (off + 15) / 16 * 16;
+    device_arena = std::make_unique<OpsScratch>(ops, stream, acc_off + max_slice * sizeof(float));
+    arena = static_cast<std::byte*>(device_arena->get());
+    acc = reinterpret_cast<float*>(arena + acc_off);
+  }
   std::vector<Request> rs_recv(n_chunks * N), rs_send(n_chunks * N), ag_recv(n_chunks * N), ag_send(n_chunks * N);
 
   auto writeHeader = [&](std::byte* p, size_t c, const Codec& codec) {
     const Header h{n, static_cast<uint64_t>(codec.tag()) << 32 | c};
-    std::memcpy(p, &h, sizeof h);
+    ops.fromHost(p, &h, sizeof h, stream);
   };
   auto checkHeader = [&](const std::byte* p, size_t c, int from, const Codec& codec, const char* stage) {
     Header h;
-    std::memcpy(&h, p, sizeof h);
+    ops.toHost(&h, p, sizeof h, stream);
     if ((h.chunk & 0xFFFFFFFFu) == kOneShotChunk)
       throw InvalidArgument(fmt::format("all-reduce: rank {} ran the one-shot all-reduce on {} elements while rank {} "
                                         "runs the two-step on {} elements (every rank must pass the same count and "
@@ -132,11 +167,12 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       {
         Stopwatch w(stats.codec_s);
         writeHeader(buf, c, c1);
-        c1.encode(data.data() + r.begin, r.size(), buf + sizeof(Header));
-        if (error != nullptr) {  // what this rank meant minus what rank j will decode
+        ops.encode(c1.wire(), data.data() + r.begin, r.size(), buf + sizeof(Header), stream);
+        if (error != nullptr) {  // what this rank meant minus what rank j will decode (host memory only)
           c1.decode(buf + sizeof(Header), r.size(), error + r.begin);
           storeError(data.data() + r.begin, error + r.begin, r.size(), error + r.begin);
         }
+        ops.synchronize(stream);
       }
       rs_send[k] = comm.isend(buf, rsBytes(c, j), j, t1);
       comm.progress();
@@ -147,28 +183,28 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
     const Tag t2 = tags::make(tags::kTwoStepGather, static_cast<int>(c));
     const Range mine = slice(c, me);
     const size_t m = mine.size();
-    std::memset(acc, 0, m * sizeof(float));
+    ops.zero(acc, m, stream);
     for (int p = 0; p < n_ranks; ++p) {  // fixed rank order: identical rounding wherever it runs
       if (p == me) {
         Stopwatch w(stats.codec_s);
-        const float* x = data.data() + mine.begin;
-        for (size_t i = 0; i < m; ++i) acc[i] += x[i];
+        ops.accumulate(acc, data.data() + mine.begin, m, stream);
         continue;
       }
       const size_t k = c * N + static_cast<size_t>(p);
       waitOne(rs_recv[k]);
       Stopwatch w(stats.codec_s);
       checkHeader(arena + rs_recv_off[k], c, p, c1, "reduce-scatter");
-      c1.decodeAccumulate(arena + rs_recv_off[k] + sizeof(Header), m, acc);
+      ops.decodeAccumulate(c1.wire(), arena + rs_recv_off[k] + sizeof(Header), m, acc, stream);
     }
     std::byte* buf = arena + ag_send_off[c];
     {
       Stopwatch w(stats.codec_s);
       writeHeader(buf, c, c2);
-      c2.encode(acc, m, buf + sizeof(Header));
+      ops.encode(c2.wire(), acc, m, buf + sizeof(Header), stream);
       // The owner keeps the decoded bytes it sends (replica consistency).
-      c2.decode(buf + sizeof(Header), m, data.data() + mine.begin);
+      ops.decode(c2.wire(), buf + sizeof(Header), m, data.data() + mine.begin, stream);
       if (error != nullptr) storeError(acc, data.data() + mine.begin, m, error + mine.begin);
+      ops.synchronize(stream);
     }
     for (int i = 1; i < n_ranks; ++i) {
       const int p = (me + i) % n_ranks;
@@ -185,7 +221,7 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
       Stopwatch w(stats.codec_s);
       checkHeader(arena + ag_recv_off[k], c, p, c2, "all-gather");
       const Range r = slice(c, p);
-      c2.decode(arena + ag_recv_off[k] + sizeof(Header), r.size(), data.data() + r.begin);
+      ops.decode(c2.wire(), arena + ag_recv_off[k] + sizeof(Header), r.size(), data.data() + r.begin, stream);
     }
   };
 
@@ -197,20 +233,21 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
   Stopwatch w(stats.wait_s);
   comm.waitAll(rs_send, comm.deadline());
   comm.waitAll(ag_send, comm.deadline());
+  ops.synchronize(stream);  // the last decodes, before the arena goes and the caller reads data
 }
 
 }  // namespace
 
 void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats,
-                        float* error) {
+                        float* error, const ExecContext& ctx) {
   pipelinedTwoStep(comm, data, Codec{Codec::Quant, opt.reduce_scatter}, Codec{Codec::Quant, opt.all_gather},
-                   opt.chunk_elems, stats, error);
+                   opt.chunk_elems, stats, error, ctx);
 }
 
 void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
-                      AllreduceStats& stats, float* error) {
+                      AllreduceStats& stats, float* error, const ExecContext& ctx) {
   const Codec c{payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
-  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats, error);
+  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats, error, ctx);
 }
 
 }  // namespace flashring::detail
