@@ -35,7 +35,7 @@ namespace {
 // rank j: the value minus what rank j decodes of it; for its own slice: the fp32 sum minus the decoded
 // all-gather value. Summed over the ranks, that is the exact fp32 sum minus the result.
 void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
-                      AllreduceStats& stats, float* error) {
+                      Workspace& ws, AllreduceStats& stats, float* error) {
   const int n_ranks = comm.size(), me = comm.rank();
   const size_t N = static_cast<size_t>(n_ranks);
   const size_t n = data.size();
@@ -80,10 +80,9 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
     }
     max_slice = std::max(max_slice, slice(c, me).size());
   }
-  thread_local std::vector<std::byte> arena_buf;
-  thread_local std::vector<float> acc_buf;
-  std::byte* arena = scratch(arena_buf, off);
-  float* acc = scratch(acc_buf, max_slice);
+  Workspace::Frame frame(ws);
+  std::byte* arena = frame.get<std::byte>(off).data();
+  float* acc = frame.get<float>(max_slice).data();
   std::vector<Request> rs_recv(n_chunks * N), rs_send(n_chunks * N), ag_recv(n_chunks * N), ag_send(n_chunks * N);
 
   auto writeHeader = [&](std::byte* p, size_t c, const Codec& codec) {
@@ -201,16 +200,16 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
 
 }  // namespace
 
-void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats,
-                        float* error) {
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, Workspace& ws,
+                        AllreduceStats& stats, float* error) {
   pipelinedTwoStep(comm, data, Codec{Codec::Quant, opt.reduce_scatter}, Codec{Codec::Quant, opt.all_gather},
-                   opt.chunk_elems, stats, error);
+                   opt.chunk_elems, ws, stats, error);
 }
 
-void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems, Workspace& ws,
                       AllreduceStats& stats, float* error) {
   const Codec c{payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
-  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats, error);
+  pipelinedTwoStep(comm, data, c, c, chunk_elems, ws, stats, error);
 }
 
 }  // namespace flashring::detail
