@@ -112,6 +112,10 @@ struct AllreduceOptions {
   // Native: call the blocking MPI_Allreduce (fastest, what users have today) or poll MPI_Iallreduce
   // against the deadline (a dead peer becomes a TimeoutError instead of a hang). See comm.h.
   bool native_blocking = true;
+  // Scratch memory (encoded messages, accumulators): this rank's own workspace, never another rank's
+  // (workspace.h); nullptr: the communicator's (Communicator::workspace()). Reused across calls, so after the
+  // first call of a size no all-reduce allocates its buffers again.
+  Workspace* workspace = nullptr;
 };
 
 struct AllreduceStats {

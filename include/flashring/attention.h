@@ -21,6 +21,8 @@
 
 namespace flashring {
 
+class Workspace;  // workspace.h
+
 struct AttentionShape {
   int batch = 1;
   int q_len = 0;
@@ -37,17 +39,21 @@ struct BlockAttentionOptions {
   float scale = 0.f;     // softmax scale; 0 means 1/sqrt(head_dim)
   // Called between tiles, about every 0.5 ms of work (never more often; a call shorter than that may not
   // call it at all), so that a transport can move bytes while the kernel computes
-  // (MpiCommunicator::progress). Keep it cheap, and do not call blockAttention from it on the same thread
-  // (the kernel's per-thread scratch is in use).
+  // (MpiCommunicator::progress). Keep it cheap. A blockAttention called from it on the same thread with the
+  // same workspace runs in a frame nested in this call's (workspace.h), so it does not clobber this call.
   std::function<void()> progress;
+  // Scratch memory (packed K/V, the running max/sum and the output accumulator): the caller's workspace, kept
+  // between calls. nullptr: a workspace local to the call, so every call allocates and frees its scratch (one
+  // allocation of the size below, plus its page faults when the allocator maps fresh memory for it).
+  Workspace* workspace = nullptr;
 };
 
 // Throws InvalidArgument naming the bad field (non-positive sizes, heads % kv_heads != 0, null pointers).
 void validate(const AttentionShape& s);
 
 // out and lse are overwritten. Runs on the calling thread only: it never starts threads (callers run one
-// rank per thread or process). Scratch memory is per thread and kept between calls: about
-// 2 * kv_len * head_dim floats (one KV head's K and V, packed) plus a few row blocks. Accuracy against
+// rank per thread or process). Scratch memory comes from options.workspace: about 2 * kv_len * head_dim
+// floats (one KV head's K and V, packed) plus a few row blocks. Accuracy against
 // blockAttentionReference: max abs error <= 1e-5 on out and lse for scaled scores up to ~10-15 in
 // magnitude (larger scores are limited by the fp32 rounding of the scores themselves). Deterministic: the
 // same inputs give the same bits. Uses AVX2/FMA micro-kernels when the CPU has them, else OpenBLAS sgemm

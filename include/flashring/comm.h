@@ -22,6 +22,7 @@
 
 #include "flashring/error.h"
 #include "flashring/tensor.h"
+#include "flashring/workspace.h"
 
 namespace flashring {
 
@@ -124,6 +125,12 @@ class Communicator {
   uint64_t bytesSent() const { return bytes_sent_; }
   void resetBytesSent() { bytes_sent_ = 0; }
 
+  // The scratch memory of the collectives called on this communicator without a workspace of their own
+  // (options.workspace == nullptr): empty until first used, then kept for every later call, freed with the
+  // communicator (workspace.h). One per rank, like the communicator itself: not for use by two threads at
+  // once. A GroupCommunicator hands out its parent's (the same rank, so the same thread).
+  virtual Workspace& workspace() { return workspace_; }
+
  protected:
   Communicator();
   void countSent(size_t bytes) { bytes_sent_ += bytes; }
@@ -133,6 +140,7 @@ class Communicator {
  private:
   std::chrono::milliseconds timeout_;
   uint64_t bytes_sent_ = 0;
+  Workspace workspace_;
 
  protected:
   std::vector<int> node_ids_;  // empty: all ranks on node 0 (unless a subclass's nodeIds() says otherwise)

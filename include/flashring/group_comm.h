@@ -2,7 +2,7 @@
 //
 // The engine runs a 2-D grid of ranks: tensor-parallel groups (ranks that share a sequence shard) and
 // sequence-parallel groups (ranks that share a set of heads). Each group is a GroupCommunicator: rank i
-// of the group is parent rank members[i]; sends, receives, progress and abort go to the parent. Tags are
+// of the group is parent rank members[i]; sends, receives, progress, abort and the workspace go to the parent. Tags are
 // not translated, so two groups over one parent must never share a pair of ranks (true of the rows and
 // columns of a grid: two ranks share a row or a column, never both) — the constructor cannot check that
 // across groups, so it is the caller's invariant. An abort of a group aborts the parent: a failure in a
@@ -31,7 +31,8 @@ class GroupCommunicator final : public Communicator {
   void progress() override { parent_.progress(); }
   void abort(const std::string& reason) override { parent_.abort(reason); }
   bool aborted() const override { return parent_.aborted(); }
-  std::vector<int> nodeIds() const override;  // the parent's, for the members (unless setNodeIds)
+  std::vector<int> nodeIds() const override;                       // the parent's, for the members (unless setNodeIds)
+  Workspace& workspace() override { return parent_.workspace(); }  // this rank's, shared with the parent
 
   Communicator& parent() const { return parent_; }
   const std::vector<int>& members() const { return members_; }

@@ -65,6 +65,9 @@ struct SpAttentionOptions {
   bool causal = true;
   float scale = 0.f;                 // 0: 1/sqrt(head_dim)
   const CostModel* model = nullptr;  // Auto: the calibrated model (nullptr: a default, uncalibrated one)
+  // Scratch memory (Q/KV/result buffers, all-to-all staging, the block kernel's tiles): this rank's own
+  // workspace, never another rank's (workspace.h); nullptr: the communicator's (Communicator::workspace()).
+  Workspace* workspace = nullptr;
 };
 
 struct SpAttentionStats {
@@ -123,7 +126,8 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
 // [q_len, heads, head_dim]; its cache ends with the q_len new tokens' K/V (causal among them, every earlier
 // entry visible), out receives [q_len, heads, head_dim]. Elsewhere q and out are not read (may be null) and
 // the whole local cache precedes the new tokens. `step` keeps consecutive calls' messages apart (the
-// engine passes the layer). Shapes must agree on every rank.
+// engine passes the layer). Shapes must agree on every rank. workspace: the scratch memory of the call (the
+// partials, the received Q or K/V, the kernel's tiles), as SpAttentionOptions::workspace; nullptr: sp's.
 struct SpQueryShape {
   int q_len = 1;
   int heads = 1;
@@ -131,7 +135,8 @@ struct SpQueryShape {
   int head_dim = 64;
 };
 void spPassQAttention(Communicator& sp, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
-                      const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr);
+                      const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr,
+                      Workspace* workspace = nullptr);
 
 // The same attention by passing the cache instead (pass-KV, Meta's context-parallel inference's other
 // option): every other rank sends its K/V (a length, then the data) to the owner, which attends its queries
@@ -140,7 +145,8 @@ void spPassQAttention(Communicator& sp, int owner, const float* q, const float* 
 // head_dim floats from every rank instead of Q along the ring and (out, lse) back) and where the work runs
 // (all on the owner). Same arguments and contract as spPassQAttention.
 void spPassKVAttention(Communicator& sp, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
-                       const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr);
+                       const SpQueryShape& shape, int step, float* out, SpAttentionStats* stats = nullptr,
+                       Workspace* workspace = nullptr);
 
 // Which of the two an appended turn should use: TokenRing (pass-Q) or AllGatherKV (pass-KV), from the link
 // and kernel figures of `params` (CostModel::params(): latency, bandwidth, topology, kernel FLOP/s) for

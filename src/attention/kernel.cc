@@ -33,6 +33,7 @@
 #include "attention/kernel_internal.h"
 #include "flashring/cpu.h"
 #include "flashring/error.h"
+#include "flashring/workspace.h"
 
 namespace flashring {
 namespace attn {
@@ -60,29 +61,13 @@ void prefetchRow(const float* p, int d) {
   for (int64_t off = 0; off < static_cast<int64_t>(d) * 4; off += 64) __builtin_prefetch(c + off);
 }
 
-// Per-thread scratch: one rank per thread, so each keeps its buffers between calls.
-// Buffers are not value-initialised: zeroing megabytes of fresh scratch before the first tile would delay the
-// first progress call; pages are touched tile by tile instead.
-class Buffer {
- public:
-  void growTo(size_t n) {
-    if (n > size_) {
-      data_.reset(new float[n]);
-      size_ = n;
-    }
-  }
-  float* data() { return data_.get(); }
-  float& operator[](size_t i) { return data_[i]; }
-
- private:
-  std::unique_ptr<float[]> data_;
-  size_t size_ = 0;
-};
-
+// Scratch of one call, from the caller's workspace (or one local to the call). Not value-initialised: zeroing
+// megabytes of fresh scratch before the first tile would delay the first progress call; pages are touched
+// tile by tile instead.
 struct Scratch {
-  Buffer o, m, l, s, alpha, q_packed, k_panels, v_packed;
+  float *o = nullptr, *m = nullptr, *l = nullptr, *s = nullptr, *alpha = nullptr;
+  float *q_packed = nullptr, *k_panels = nullptr, *v_packed = nullptr;
 };
-thread_local Scratch t_scratch;
 
 // ---------------------------------------------------------------------------------------------------------
 // Portable pieces of the BLAS tile.
@@ -170,20 +155,26 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   const int q_block = std::clamp(block_rows / g, 1, sq);
   const int rows_max = q_block * g;
 
-  Scratch& sc = t_scratch;
   // Micro-kernels: O and the V panels are padded to a multiple of 16 columns.
   const int ldo = micro ? (d + kPanel - 1) / kPanel * kPanel : d;
-  sc.o.growTo(static_cast<size_t>(rows_max) * ldo);
-  sc.m.growTo(static_cast<size_t>(rows_max));
-  sc.l.growTo(static_cast<size_t>(rows_max));
-  sc.alpha.growTo(static_cast<size_t>(rows_max));
-  sc.s.growTo(static_cast<size_t>(rows_max) * key_tile);
   const int panels_total = (skv + kPanel - 1) / kPanel;
-  if (micro) {
-    sc.q_packed.growTo(static_cast<size_t>(rows_max) * d);
-    sc.k_panels.growTo(static_cast<size_t>(panels_total) * kPanel * d);
-    sc.v_packed.growTo(static_cast<size_t>(skv) * ldo);
-  }
+  const size_t rows_sz = static_cast<size_t>(rows_max);
+  const size_t sizes[] = {rows_sz * ldo,
+                          rows_sz,
+                          rows_sz,
+                          rows_sz,
+                          rows_sz * key_tile,
+                          micro ? rows_sz * d : 0,
+                          micro ? static_cast<size_t>(panels_total) * kPanel * d : 0,
+                          micro ? static_cast<size_t>(skv) * ldo : 0};
+  Workspace local;  // used only without options.workspace
+  Workspace::Frame frame(options.workspace != nullptr ? *options.workspace : local);
+  size_t need = 0;
+  for (size_t n : sizes) need += Workspace::footprint(n * sizeof(float));
+  frame.reserve(need);  // one allocation when the workspace is new (or local)
+  Scratch sc;
+  float** slots[] = {&sc.o, &sc.m, &sc.l, &sc.alpha, &sc.s, &sc.q_packed, &sc.k_panels, &sc.v_packed};
+  for (size_t i = 0; i < std::size(sizes); ++i) *slots[i] = frame.get<float>(sizes[i]).data();
 
   // Progress: the clock is read only every ~1M multiply-adds (~20-40 us), the hook called every >= 0.5 ms.
   using Clock = std::chrono::steady_clock;
@@ -200,13 +191,13 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
   a.head_dim = d;
   a.causal = options.causal;
   a.scale2 = scale2;
-  a.o = sc.o.data();
+  a.o = sc.o;
   a.ldo = ldo;
   a.v_panel_stride = static_cast<int64_t>(skv) * kPanel;
-  a.m = sc.m.data();
-  a.l = sc.l.data();
-  a.s = sc.s.data();
-  a.alpha = sc.alpha.data();
+  a.m = sc.m;
+  a.l = sc.l;
+  a.s = sc.s;
+  a.alpha = sc.alpha;
 
   for (int b = 0; b < shape.batch; ++b) {
     for (int kh = 0; kh < hkv; ++kh) {
@@ -229,10 +220,10 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
               prefetchRow(vbase + j * ldk, d);
             }
           }
-          avx2::packKeyPanels(kbase + key0 * ldk, ldk, nk, d, sc.k_panels.data() + key0 * d);
+          avx2::packKeyPanels(kbase + key0 * ldk, ldk, nk, d, sc.k_panels + key0 * d);
           for (int j = 0; j < nk; ++j) {
             const float* src = vbase + (key0 + j) * ldk;
-            float* dst = sc.v_packed.data() + (key0 + j) * kPanel;
+            float* dst = sc.v_packed + (key0 + j) * kPanel;
             for (int c = 0; c < ldo; c += kPanel, dst += a.v_panel_stride) {
               const int n = std::min(kPanel, d - c);
               std::memcpy(dst, src + c, sizeof(float) * n);
@@ -255,9 +246,9 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
           diag0 = options.q_offset + i0 - options.k_offset;
           kend = static_cast<int>(std::clamp<int64_t>(diag0 + qc, 0, skv));
         }
-        std::fill_n(sc.m.data(), rows, kNegInf);
-        std::fill_n(sc.l.data(), rows, 0.f);
-        std::fill_n(sc.o.data(), static_cast<size_t>(rows) * ldo, 0.f);
+        std::fill_n(sc.m, rows, kNegInf);
+        std::fill_n(sc.l, rows, 0.f);
+        std::fill_n(sc.o, static_cast<size_t>(rows) * ldo, 0.f);
         a.q = q + ((static_cast<int64_t>(b) * sq + i0) * h + static_cast<int64_t>(kh) * g) * d;
         a.rows = rows;
 
@@ -267,7 +258,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
               const int ahead = r + kPrefetchRows;
               prefetchRow(a.q + static_cast<int64_t>(ahead / g) * ldq + static_cast<int64_t>(ahead % g) * d, d);
             }
-            std::memcpy(sc.q_packed.data() + static_cast<int64_t>(r) * d,
+            std::memcpy(sc.q_packed + static_cast<int64_t>(r) * d,
                         a.q + static_cast<int64_t>(r / g) * ldq + static_cast<int64_t>(r % g) * d, sizeof(float) * d);
           }
         }
@@ -277,9 +268,9 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
           if (micro) packPanelsUpTo((j0 + a.keys + kPanel - 1) / kPanel);
           a.k = kbase + static_cast<int64_t>(j0) * ldk;
           a.v = vbase + static_cast<int64_t>(j0) * ldk;
-          a.q_packed = micro ? sc.q_packed.data() : nullptr;
-          a.k_panels = micro ? sc.k_panels.data() + static_cast<int64_t>(j0) * d : nullptr;
-          a.v_packed = micro ? sc.v_packed.data() + static_cast<int64_t>(j0) * kPanel : nullptr;
+          a.q_packed = micro ? sc.q_packed : nullptr;
+          a.k_panels = micro ? sc.k_panels + static_cast<int64_t>(j0) * d : nullptr;
+          a.v_packed = micro ? sc.v_packed + static_cast<int64_t>(j0) * kPanel : nullptr;
           // The tile needs masking only if the first query does not see all of it.
           a.causal = options.causal && diag0 - j0 < a.keys - 1;
           a.diag = diag0 - j0;
@@ -314,7 +305,7 @@ void run(KernelImpl impl, const float* q, const float* k, const float* v, const 
           const float lsum = sc.l[static_cast<size_t>(r)];
           if (lsum > 0.f) {
             const float inv = 1.f / lsum;
-            const float* src = sc.o.data() + static_cast<int64_t>(r) * ldo;
+            const float* src = sc.o + static_cast<int64_t>(r) * ldo;
             for (int c = 0; c < d; ++c) dst[c] = src[c] * inv;
             lse[row] = static_cast<float>(
                 (static_cast<double>(sc.m[static_cast<size_t>(r)]) + std::log2(static_cast<double>(lsum))) * kLn2);

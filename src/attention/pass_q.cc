@@ -11,6 +11,7 @@
 #include "flashring/attention.h"
 #include "flashring/costmodel.h"
 #include "flashring/sp_attention.h"
+#include "flashring/workspace.h"
 
 namespace flashring {
 namespace {
@@ -20,7 +21,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // This rank's partial: its cache against the queries. Causal on the owner (its cache ends with the queries'
 // own tokens), full elsewhere. An empty cache gives out = 0, lse = -inf.
 void partial(const float* q, const float* k, const float* v, int64_t kv_len, const SpQueryShape& s, bool owner,
-             float* out, float* lse) {
+             float* out, float* lse, Workspace& ws) {
   const size_t rows = static_cast<size_t>(s.q_len) * s.heads;
   if (kv_len == 0) {
     std::fill(out, out + rows * s.head_dim, 0.f);
@@ -32,6 +33,7 @@ void partial(const float* q, const float* k, const float* v, int64_t kv_len, con
   bo.causal = owner;
   bo.q_offset = owner ? kv_len - s.q_len : 0;
   bo.k_offset = 0;
+  bo.workspace = &ws;
   blockAttention(q, k, v, as, bo, out, lse);
 }
 
@@ -48,21 +50,21 @@ void checkArgs(const char* what, int owner, int S, int me, int64_t kv_len, const
 }
 
 // The owner's merge of the S partials (parts[r] = rank r's (out, lse)), in SP-rank order.
-void mergeParts(const std::vector<float>& parts, size_t qdim, size_t part_floats, int S, const SpQueryShape& s,
-                float* out) {
-  std::memcpy(out, parts.data(), qdim * sizeof(float));
-  std::vector<float> lse(parts.begin() + static_cast<std::ptrdiff_t>(qdim),
-                         parts.begin() + static_cast<std::ptrdiff_t>(part_floats));
+void mergeParts(const float* parts, size_t qdim, size_t part_floats, int S, const SpQueryShape& s, float* out,
+                Workspace::Frame& frame) {
+  std::memcpy(out, parts, qdim * sizeof(float));
+  float* const lse = frame.get<float>(part_floats - qdim).data();
+  std::memcpy(lse, parts + qdim, (part_floats - qdim) * sizeof(float));
   for (int r = 1; r < S; ++r) {
-    const float* p = parts.data() + part_floats * static_cast<size_t>(r);
-    mergeAttention(out, lse.data(), p, p + qdim, s.q_len, s.heads, s.head_dim);
+    const float* p = parts + part_floats * static_cast<size_t>(r);
+    mergeAttention(out, lse, p, p + qdim, s.q_len, s.heads, s.head_dim);
   }
 }
 
 }  // namespace
 
 void spPassQAttention(Communicator& c, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
-                      const SpQueryShape& s, int step, float* out, SpAttentionStats* stats) {
+                      const SpQueryShape& s, int step, float* out, SpAttentionStats* stats, Workspace* workspace) {
   SpAttentionStats local;
   SpAttentionStats& st = stats != nullptr ? *stats : local;
   const int S = c.size(), me = c.rank();
@@ -72,20 +74,22 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
   const int next = (me + 1) % S, prev = (me + S - 1) % S;
   const Tag tq = tags::make(tags::kEngineDecodeQ, step), to = tags::make(tags::kEngineDecodeOut, step);
   st.scheme = SpScheme::TokenRing;
+  Workspace& ws = detail::workspaceOf(c, workspace);
+  Workspace::Frame frame(ws);
   if (me == owner) {
     Request fwd;
     if (S > 1) {
       fwd = c.isend(q, qdim * sizeof(float), next, tq);
       st.bytes_fwd += qdim * sizeof(float);
     }
-    std::vector<float> parts(part_floats * static_cast<size_t>(S));
+    float* const parts = frame.get<float>(part_floats * static_cast<size_t>(S)).data();
     std::vector<Request> recvs;
     for (int r = 0; r < S; ++r)
-      if (r != me) recvs.push_back(c.irecv(parts.data() + part_floats * r, part_floats * sizeof(float), r, to));
-    float* mine = parts.data() + part_floats * static_cast<size_t>(me);
+      if (r != me) recvs.push_back(c.irecv(parts + part_floats * r, part_floats * sizeof(float), r, to));
+    float* mine = parts + part_floats * static_cast<size_t>(me);
     {
       detail::Stopwatch sw(st.compute_s);
-      partial(q, k, v, kv_len, s, true, mine, mine + qdim);
+      partial(q, k, v, kv_len, s, true, mine, mine + qdim, ws);
     }
     {
       detail::Stopwatch sw(st.comm_s);
@@ -93,24 +97,25 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
       c.waitAll(recvs, c.deadline());
     }
     detail::Stopwatch sw(st.compute_s);
-    mergeParts(parts, qdim, part_floats, S, s, out);
+    mergeParts(parts, qdim, part_floats, S, s, out, frame);
   } else {
-    std::vector<float> qin(qdim), part(part_floats);
-    Request r = c.irecv(qin.data(), qdim * sizeof(float), prev, tq);
+    float* const qin = frame.get<float>(qdim).data();
+    float* const part = frame.get<float>(part_floats).data();
+    Request r = c.irecv(qin, qdim * sizeof(float), prev, tq);
     {
       detail::Stopwatch sw(st.comm_s);
       c.wait(r, c.deadline());
     }
     Request fwd;
     if (next != owner) {
-      fwd = c.isend(qin.data(), qdim * sizeof(float), next, tq);
+      fwd = c.isend(qin, qdim * sizeof(float), next, tq);
       st.bytes_fwd += qdim * sizeof(float);
     }
     {
       detail::Stopwatch sw(st.compute_s);
-      partial(qin.data(), k, v, kv_len, s, false, part.data(), part.data() + qdim);
+      partial(qin, k, v, kv_len, s, false, part, part + qdim, ws);
     }
-    Request back = c.isend(part.data(), part_floats * sizeof(float), owner, to);
+    Request back = c.isend(part, part_floats * sizeof(float), owner, to);
     st.bytes_bwd += part_floats * sizeof(float);
     detail::Stopwatch sw(st.comm_s);
     if (fwd.valid()) c.wait(fwd, c.deadline());
@@ -119,7 +124,7 @@ void spPassQAttention(Communicator& c, int owner, const float* q, const float* k
 }
 
 void spPassKVAttention(Communicator& c, int owner, const float* q, const float* k, const float* v, int64_t kv_len,
-                       const SpQueryShape& s, int step, float* out, SpAttentionStats* stats) {
+                       const SpQueryShape& s, int step, float* out, SpAttentionStats* stats, Workspace* workspace) {
   SpAttentionStats local;
   SpAttentionStats& st = stats != nullptr ? *stats : local;
   const int S = c.size(), me = c.rank();
@@ -147,13 +152,14 @@ void spPassKVAttention(Communicator& c, int owner, const float* q, const float* 
   std::vector<Request> len_recv(static_cast<size_t>(S));
   for (int r = 0; r < S; ++r)
     if (r != me) len_recv[static_cast<size_t>(r)] = c.irecv(&lens[static_cast<size_t>(r)], sizeof(int64_t), r, tlen);
-  std::vector<float> parts(part_floats * static_cast<size_t>(S));
+  Workspace& ws = detail::workspaceOf(c, workspace);
+  Workspace::Frame frame(ws);
+  float* const parts = frame.get<float>(part_floats * static_cast<size_t>(S)).data();
   {
     detail::Stopwatch sw(st.compute_s);
-    float* mine = parts.data() + part_floats * static_cast<size_t>(me);
-    partial(q, k, v, kv_len, s, true, mine, mine + qdim);
+    float* mine = parts + part_floats * static_cast<size_t>(me);
+    partial(q, k, v, kv_len, s, true, mine, mine + qdim, ws);
   }
-  std::vector<float> kr, vr;
   for (int r = 0; r < S; ++r) {
     if (r == me) continue;
     {
@@ -162,21 +168,24 @@ void spPassKVAttention(Communicator& c, int owner, const float* q, const float* 
     }
     const int64_t len = lens[static_cast<size_t>(r)];
     if (len < 0) throw InvalidArgument(fmt::format("spPassKVAttention: rank {} sent a cache length {}", r, len), me);
-    kr.resize(static_cast<size_t>(len) * row);
-    vr.resize(static_cast<size_t>(len) * row);
+    // One rank's cache at a time: its frame ends before the next rank's K/V arrive.
+    Workspace::Frame cache(ws);
+    const size_t n = static_cast<size_t>(len) * row;
+    float* const kr = cache.get<float>(n).data();
+    float* const vr = cache.get<float>(n).data();
     if (len > 0) {
-      Request rk = c.irecv(kr.data(), kr.size() * sizeof(float), r, tkv);
-      Request rv = c.irecv(vr.data(), vr.size() * sizeof(float), r, tkv);
+      Request rk = c.irecv(kr, n * sizeof(float), r, tkv);
+      Request rv = c.irecv(vr, n * sizeof(float), r, tkv);
       detail::Stopwatch sw(st.comm_s);
       c.wait(rk, c.deadline());
       c.wait(rv, c.deadline());
     }
     detail::Stopwatch sw(st.compute_s);
-    float* p = parts.data() + part_floats * static_cast<size_t>(r);
-    partial(q, kr.data(), vr.data(), len, s, false, p, p + qdim);
+    float* p = parts + part_floats * static_cast<size_t>(r);
+    partial(q, kr, vr, len, s, false, p, p + qdim, ws);
   }
   detail::Stopwatch sw(st.compute_s);
-  mergeParts(parts, qdim, part_floats, S, s, out);
+  mergeParts(parts, qdim, part_floats, S, s, out, frame);
 }
 
 SpScheme chooseAppendScheme(const CostModelParams& p, const SpQueryShape& s, int64_t cache_per_rank, int ranks,

@@ -184,21 +184,27 @@ std::vector<Segment> subSegments(const std::vector<Segment>& segs, int64_t a) {
   return out;
 }
 
-// Scratch of one rank for one call (thread_local: survives unwinding, reused across calls).
-struct Scratch {
-  std::vector<float> tmp_out, tmp_lse;
-};
+// Scratch memory: every scheme opens a frame on the call's workspace (SpAttentionOptions::workspace, else the
+// communicator's) and takes its buffers from it; the block kernel's frames nest inside. The buffers outlive
+// an unwinding (workspace.h), as the transports need until the abort.
 
 // Attention of packed queries q [B, qrows, H, D] (global positions qsegs) against packed keys/values
 // [B, kvrows, Hkv, D] (positions ksegs), merged into (out, lse) [B, qrows, H, D] / [B, qrows, H].
 void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vector<Segment>& qsegs, const float* k,
                 const float* v, int64_t kvrows, const std::vector<Segment>& ksegs, float* out, float* lse,
-                Communicator& comm, Scratch& sc) {
+                Communicator& comm, Workspace& ws) {
   if (qrows == 0 || kvrows == 0) return;
   const size_t H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   BlockAttentionOptions bo;
   bo.scale = g.scale;
   bo.progress = [&comm] { comm.progress(); };
+  bo.workspace = &ws;
+  // One partial result of the longest query segment, reused for every block.
+  size_t max_tokens = 0;
+  for (const auto& qs : qsegs) max_tokens = std::max(max_tokens, static_cast<size_t>(qs.length));
+  Workspace::Frame frame(ws);
+  float* const tmp_out = frame.get<float>(max_tokens * H * D).data();
+  float* const tmp_lse = frame.get<float>(max_tokens * H).data();
   for (size_t b = 0; b < g.B(); ++b) {
     int64_t qa = 0;
     for (const auto& qs : qsegs) {
@@ -206,9 +212,6 @@ void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vec
       float* o = out + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * H * D;
       float* l = lse + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * H;
       const float* qp = q + (b * static_cast<size_t>(qrows) + static_cast<size_t>(qa)) * g.qrow;
-      const size_t tokens = static_cast<size_t>(qs.length);
-      sc.tmp_out.resize(tokens * H * D);
-      sc.tmp_lse.resize(tokens * H);
       // Non-causal: all keys at once (positions do not matter, and the packed K/V rows are contiguous).
       if (!g.causal) {
         AttentionShape as{1,
@@ -218,8 +221,8 @@ void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vec
                           g.shape.kv_heads,
                           g.shape.head_dim};
         const size_t kb = b * static_cast<size_t>(kvrows) * g.kvrow;
-        blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
-        mergeAttention(o, l, sc.tmp_out.data(), sc.tmp_lse.data(), qs.length, g.shape.heads, g.shape.head_dim);
+        blockAttention(qp, k + kb, v + kb, as, bo, tmp_out, tmp_lse);
+        mergeAttention(o, l, tmp_out, tmp_lse, qs.length, g.shape.heads, g.shape.head_dim);
       } else {
         int64_t ka = 0;
         for (const auto& ks : ksegs) {
@@ -237,8 +240,8 @@ void attendInto(const Geometry& g, const float* q, int64_t qrows, const std::vec
                             g.shape.kv_heads,
                             g.shape.head_dim};
           const size_t kb = (b * static_cast<size_t>(kvrows) + static_cast<size_t>(krow)) * g.kvrow;
-          blockAttention(qp, k + kb, v + kb, as, bo, sc.tmp_out.data(), sc.tmp_lse.data());
-          mergeAttention(o, l, sc.tmp_out.data(), sc.tmp_lse.data(), qs.length, g.shape.heads, g.shape.head_dim);
+          blockAttention(qp, k + kb, v + kb, as, bo, tmp_out, tmp_lse);
+          mergeAttention(o, l, tmp_out, tmp_lse, qs.length, g.shape.heads, g.shape.head_dim);
         }
       }
       qa += qs.length;
@@ -258,14 +261,14 @@ void packRows(const float* src, size_t B, size_t total, size_t a, size_t rows, s
 
 // ---------------------------------------------------------------------------------------------------- TokenRing
 void tokenRing(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-               float* lse, SpAttentionStats& st) {
+               float* lse, SpAttentionStats& st, Workspace& ws) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   const size_t resw = H * D + H;  // floats per result row: out then lse, packed per message as [out | lse]
-  thread_local Scratch sc;
-  thread_local std::vector<float> acc_lse, qbuf[3], res[2], rres;
   const size_t Lr = g.L(r);
-  acc_lse.assign(B * Lr * H, kNegInf);
+  Workspace::Frame frame(ws);
+  float* const acc_lse = frame.get<float>(B * Lr * H).data();
+  std::fill(acc_lse, acc_lse + B * Lr * H, kNegInf);
   std::fill(out, out + B * Lr * H * D, 0.f);
   st.step_compute_s.assign(static_cast<size_t>(N), 0);
   st.step_comm_s.assign(static_cast<size_t>(N), 0);
@@ -287,16 +290,31 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     res_off[static_cast<size_t>(s)] = total;
     total += B * (Lr - need(r, ring::wrap(r, -s, N))) * resw;
   }
-  rres.resize(std::max<size_t>(total, 1));
+  float* const rres = frame.get<float>(total).data();
+  // Q buffers (three, in turn: received, being forwarded, being computed on) and result buffers (two), each as
+  // large as the largest step that uses it.
+  size_t qmax[3] = {0, 0, 0}, resmax[2] = {0, 0};
+  if (N > 1) {
+    qmax[0] = B * (Lr - need(r, prev)) * g.qrow;
+    const int o1 = ring::wrap(r, 1, N);
+    qmax[1] = B * (g.L(o1) - need(o1, r)) * g.qrow;
+  }
+  for (int s = 1; s < N; ++s) {
+    const int o = ring::wrap(r, s, N), o2 = ring::wrap(r, s + 1, N);
+    if (s + 1 < N) qmax[(s + 1) % 3] = std::max(qmax[(s + 1) % 3], B * (g.L(o2) - need(o2, r)) * g.qrow);
+    resmax[s % 2] = std::max(resmax[s % 2], B * (g.L(o) - need(o, r)) * resw);
+  }
+  float* const qbuf[3] = {frame.get<float>(qmax[0]).data(), frame.get<float>(qmax[1]).data(),
+                          frame.get<float>(qmax[2]).data()};
+  float* const res[2] = {frame.get<float>(resmax[0]).data(), frame.get<float>(resmax[1]).data()};
   std::vector<Request> res_recv(static_cast<size_t>(N)), res_send(static_cast<size_t>(N)),
       q_send(static_cast<size_t>(N)), q_recv(static_cast<size_t>(N));
-  std::vector<std::vector<float>> fwdbufs(static_cast<size_t>(N));
   for (int s = 1; s < N; ++s) {
     const int h = ring::wrap(r, -s, N);
     const size_t rows = Lr - need(r, h);
     if (rows == 0) continue;
-    res_recv[static_cast<size_t>(s)] = comm.irecv(rres.data() + res_off[static_cast<size_t>(s)], B * rows * resw * 4, h,
-                                                  tags::make(tags::kSpBackward, s));
+    res_recv[static_cast<size_t>(s)] =
+        comm.irecv(rres + res_off[static_cast<size_t>(s)], B * rows * resw * 4, h, tags::make(tags::kSpBackward, s));
   }
   auto waitTimed = [&](Request& req, int s) {
     detail::Stopwatch t(st.step_comm_s[static_cast<size_t>(s)]);
@@ -306,27 +324,23 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
   // Step 0 -> 1: my Q to rank r-1 (the rows it needs), and the receive of the Q I hold at step 1.
   if (N > 1) {
     const size_t a = need(r, prev), rows = Lr - a;
-    qbuf[0].resize(std::max<size_t>(B * rows * g.qrow, 1));
-    packRows(q, B, Lr, a, rows, g.qrow, qbuf[0].data());
+    packRows(q, B, Lr, a, rows, g.qrow, qbuf[0]);
     if (rows > 0) {
-      q_send[0] = comm.isend(qbuf[0].data(), B * rows * g.qrow * 4, prev, tags::make(tags::kSpForward, 1));
+      q_send[0] = comm.isend(qbuf[0], B * rows * g.qrow * 4, prev, tags::make(tags::kSpForward, 1));
       st.bytes_fwd += B * rows * g.qrow * 4;
     }
     const int o = ring::wrap(r, 1, N);
     const size_t rrows = g.L(o) - need(o, r);
-    qbuf[1].resize(std::max<size_t>(B * rrows * g.qrow, 1));
-    if (rrows > 0)
-      q_recv[1] = comm.irecv(qbuf[1].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
+    if (rrows > 0) q_recv[1] = comm.irecv(qbuf[1], B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, 1));
   }
   {
     detail::Stopwatch t(st.step_compute_s[0]);
-    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), k, v, static_cast<int64_t>(Lr), g.S(r), out, acc_lse.data(),
-               comm, sc);
+    attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), k, v, static_cast<int64_t>(Lr), g.S(r), out, acc_lse, comm, ws);
   }
   for (int s = 1; s < N; ++s) {
     const int o = ring::wrap(r, s, N);  // owner of the Q I hold at step s
     const size_t a = need(o, r), rows = g.L(o) - a;
-    float* qcur = qbuf[s % 3].data();
+    float* qcur = qbuf[s % 3];
     if (rows > 0) waitTimed(q_recv[static_cast<size_t>(s)], s);
     // Forward what rank r-1 needs at step s+1 (a suffix of what I hold), and post my next receive.
     if (s + 1 < N) {
@@ -338,10 +352,9 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
       if (rows2 > 0) {
         const float* src = qcur;
         if (B > 1 && a2 > a) {  // a shorter suffix of every batch: repack (kept until the send completes)
-          auto& fwd = fwdbufs[static_cast<size_t>(s)];
-          fwd.resize(B * rows2 * g.qrow);
-          packRows(qcur, B, rows, a2 - a, rows2, g.qrow, fwd.data());
-          src = fwd.data();
+          float* fwd = frame.get<float>(B * rows2 * g.qrow).data();
+          packRows(qcur, B, rows, a2 - a, rows2, g.qrow, fwd);
+          src = fwd;
         } else {
           src = qcur + (a2 - a) * g.qrow;
         }
@@ -353,25 +366,23 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
       const size_t rrows = g.L(o2) - need(o2, r);
       // The buffer for step s+1 held step s-2's Q; its forward send must be done before we overwrite it.
       if (s >= 2) waitTimed(q_send[static_cast<size_t>(s - 2)], s);
-      qbuf[(s + 1) % 3].resize(std::max<size_t>(B * rrows * g.qrow, 1));
       if (rrows > 0)
         q_recv[static_cast<size_t>(s + 1)] =
-            comm.irecv(qbuf[(s + 1) % 3].data(), B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, s + 1));
+            comm.irecv(qbuf[(s + 1) % 3], B * rrows * g.qrow * 4, next, tags::make(tags::kSpForward, s + 1));
     }
     if (rows == 0) continue;
     // Compute the visiting Q against my K/V into a result buffer [out | lse], and send it to its owner.
-    std::vector<float>& rb = res[s % 2];
+    float* const rb = res[s % 2];
     if (s >= 3 && res_send[static_cast<size_t>(s - 2)].valid()) waitTimed(res_send[static_cast<size_t>(s - 2)], s);
-    rb.resize(B * rows * resw);
     {
       detail::Stopwatch t(st.step_compute_s[static_cast<size_t>(s)]);
-      float* ro = rb.data();
-      float* rl = rb.data() + B * rows * H * D;
+      float* ro = rb;
+      float* rl = rb + B * rows * H * D;
       initAcc(ro, rl, B * rows, H, D);
       attendInto(g, qcur, static_cast<int64_t>(rows), subSegments(g.S(o), static_cast<int64_t>(a)), k, v,
-                 static_cast<int64_t>(Lr), g.S(r), ro, rl, comm, sc);
+                 static_cast<int64_t>(Lr), g.S(r), ro, rl, comm, ws);
     }
-    res_send[static_cast<size_t>(s)] = comm.isend(rb.data(), B * rows * resw * 4, o, tags::make(tags::kSpBackward, s));
+    res_send[static_cast<size_t>(s)] = comm.isend(rb, B * rows * resw * 4, o, tags::make(tags::kSpBackward, s));
     st.bytes_bwd += B * rows * resw * 4;
   }
   // Merge the partial results for my queries, in step order.
@@ -381,84 +392,87 @@ void tokenRing(Communicator& comm, const Geometry& g, const float* q, const floa
     if (rows == 0) continue;
     waitTimed(res_recv[static_cast<size_t>(s)], s);
     detail::Stopwatch t(st.compute_s);
-    const float* ro = rres.data() + res_off[static_cast<size_t>(s)];
+    const float* ro = rres + res_off[static_cast<size_t>(s)];
     const float* rl = ro + B * rows * H * D;
     for (size_t b = 0; b < B; ++b)
-      mergeAttention(out + (b * Lr + a) * H * D, acc_lse.data() + (b * Lr + a) * H, ro + b * rows * H * D,
-                     rl + b * rows * H, static_cast<int64_t>(rows), g.shape.heads, g.shape.head_dim);
+      mergeAttention(out + (b * Lr + a) * H * D, acc_lse + (b * Lr + a) * H, ro + b * rows * H * D, rl + b * rows * H,
+                     static_cast<int64_t>(rows), g.shape.heads, g.shape.head_dim);
   }
   for (auto& rq : q_send) waitTimed(rq, N - 1);
   for (auto& rq : res_send) waitTimed(rq, N - 1);
-  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
+  if (lse) copyFloats(lse, acc_lse, B * Lr * H);
 }
 
 // ------------------------------------------------------------------------------------------------------ RingKV
 void ringKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-            float* lse, SpAttentionStats& st) {
+            float* lse, SpAttentionStats& st, Workspace& ws) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
-  thread_local Scratch sc;
-  thread_local std::vector<float> acc_lse, kvbuf[3];
   const size_t Lr = g.L(r);
-  acc_lse.assign(B * Lr * H, kNegInf);
+  Workspace::Frame frame(ws);
+  float* const acc_lse = frame.get<float>(B * Lr * H).data();
+  std::fill(acc_lse, acc_lse + B * Lr * H, kNegInf);
   std::fill(out, out + B * Lr * H * D, 0.f);
   st.step_compute_s.assign(static_cast<size_t>(N), 0);
   st.step_comm_s.assign(static_cast<size_t>(N), 0);
   const int prev = ring::prev(r, N), next = ring::next(r, N);
   std::vector<Request> sends(static_cast<size_t>(N)), recvs(static_cast<size_t>(N));
   auto kvFloats = [&](int owner) { return 2 * B * g.L(owner) * g.kvrow; };
+  // Three [K | V] buffers in turn (step s computes on s % 3), each as large as the largest shard it holds.
+  size_t kvmax[3] = {kvFloats(r), 0, 0};
+  for (int s = 0; s + 1 < N; ++s)
+    kvmax[(s + 1) % 3] = std::max(kvmax[(s + 1) % 3], kvFloats(ring::wrap(r, -(s + 1), N)));
+  float* const kvbuf[3] = {frame.get<float>(kvmax[0]).data(), frame.get<float>(kvmax[1]).data(),
+                           frame.get<float>(kvmax[2]).data()};
   // Packed [K | V] of my shard.
-  kvbuf[0].resize(std::max<size_t>(kvFloats(r), 1));
-  copyFloats(kvbuf[0].data(), k, B * Lr * g.kvrow);
-  copyFloats(kvbuf[0].data() + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
+  copyFloats(kvbuf[0], k, B * Lr * g.kvrow);
+  copyFloats(kvbuf[0] + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
   auto waitTimed = [&](Request& req, int s) {
     detail::Stopwatch t(st.step_comm_s[static_cast<size_t>(s)]);
     comm.wait(req, comm.deadline());
   };
   for (int s = 0; s < N; ++s) {
     const int owner = ring::wrap(r, -s, N);  // whose K/V I hold at step s
-    const float* kv = kvbuf[s % 3].data();
+    const float* kv = kvbuf[s % 3];
     if (s > 0) waitTimed(recvs[static_cast<size_t>(s)], s);
     if (s + 1 < N) {
       if (s >= 2) waitTimed(sends[static_cast<size_t>(s - 2)], s);
       const int o2 = ring::wrap(r, -(s + 1), N);
-      kvbuf[(s + 1) % 3].resize(std::max<size_t>(kvFloats(o2), 1));
       recvs[static_cast<size_t>(s + 1)] =
-          comm.irecv(kvbuf[(s + 1) % 3].data(), kvFloats(o2) * 4, prev, tags::make(tags::kSpForward, s + 1));
+          comm.irecv(kvbuf[(s + 1) % 3], kvFloats(o2) * 4, prev, tags::make(tags::kSpForward, s + 1));
       sends[static_cast<size_t>(s)] = comm.isend(kv, kvFloats(owner) * 4, next, tags::make(tags::kSpForward, s + 1));
       st.bytes_fwd += kvFloats(owner) * 4;
     }
     detail::Stopwatch t(st.step_compute_s[static_cast<size_t>(s)]);
     const size_t Lo = g.L(owner);
     attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kv, kv + B * Lo * g.kvrow, static_cast<int64_t>(Lo), g.S(owner),
-               out, acc_lse.data(), comm, sc);
+               out, acc_lse, comm, ws);
   }
   for (auto& rq : sends) waitTimed(rq, N - 1);
-  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
+  if (lse) copyFloats(lse, acc_lse, B * Lr * H);
 }
 
 // ------------------------------------------------------------------------------------------------- AllGatherKV
 void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-                 float* lse, SpAttentionStats& st) {
+                 float* lse, SpAttentionStats& st, Workspace& ws) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), H = static_cast<size_t>(g.shape.heads), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
-  thread_local std::vector<float> kfull, vfull, recvbuf, acc_lse;
-  thread_local Scratch sc;
-  kfull.resize(std::max<size_t>(B * S * g.kvrow, 1));
-  vfull.resize(std::max<size_t>(B * S * g.kvrow, 1));
+  Workspace::Frame frame(ws);
+  float* const kfull = frame.get<float>(B * S * g.kvrow).data();
+  float* const vfull = frame.get<float>(B * S * g.kvrow).data();
   std::vector<size_t> off(static_cast<size_t>(N) + 1, 0);
   for (int p = 0; p < N; ++p) off[static_cast<size_t>(p) + 1] = off[static_cast<size_t>(p)] + 2 * B * g.L(p) * g.kvrow;
-  recvbuf.resize(std::max<size_t>(off[static_cast<size_t>(N)], 1));
+  float* const recvbuf = frame.get<float>(off[static_cast<size_t>(N)]).data();
+  float* const acc_lse = frame.get<float>(B * Lr * H).data();
   // My packed [K | V] lives in my slot of recvbuf and is sent to everyone.
-  float* mine = recvbuf.data() + off[static_cast<size_t>(r)];
+  float* mine = recvbuf + off[static_cast<size_t>(r)];
   copyFloats(mine, k, B * Lr * g.kvrow);
   copyFloats(mine + B * Lr * g.kvrow, v, B * Lr * g.kvrow);
   std::vector<Request> reqs;
   const Tag tag = tags::make(tags::kSpAllToAll, 0);
   for (int p = 0; p < N; ++p)
-    if (p != r)
-      reqs.push_back(comm.irecv(recvbuf.data() + off[static_cast<size_t>(p)], 2 * B * g.L(p) * g.kvrow * 4, p, tag));
+    if (p != r) reqs.push_back(comm.irecv(recvbuf + off[static_cast<size_t>(p)], 2 * B * g.L(p) * g.kvrow * 4, p, tag));
   for (int i = 1; i < N; ++i) {
     const int p = (r + i) % N;
     reqs.push_back(comm.isend(mine, 2 * B * Lr * g.kvrow * 4, p, tag));
@@ -471,7 +485,7 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
   detail::Stopwatch t(st.compute_s);
   // Assemble K and V in global order.
   for (int p = 0; p < N; ++p) {
-    const float* src = recvbuf.data() + off[static_cast<size_t>(p)];
+    const float* src = recvbuf + off[static_cast<size_t>(p)];
     const size_t Lp = g.L(p);
     for (size_t b = 0; b < B; ++b) {
       int64_t row = 0;
@@ -479,18 +493,18 @@ void allGatherKV(Communicator& comm, const Geometry& g, const float* q, const fl
         const size_t n = static_cast<size_t>(seg.length) * g.kvrow;
         const size_t dst = (b * S + static_cast<size_t>(seg.global_offset)) * g.kvrow;
         const size_t srow = (b * Lp + static_cast<size_t>(row)) * g.kvrow;
-        copyFloats(kfull.data() + dst, src + srow, n);
-        copyFloats(vfull.data() + dst, src + B * Lp * g.kvrow + srow, n);
+        copyFloats(kfull + dst, src + srow, n);
+        copyFloats(vfull + dst, src + B * Lp * g.kvrow + srow, n);
         row += seg.length;
       }
     }
   }
-  acc_lse.assign(B * Lr * H, kNegInf);
+  std::fill(acc_lse, acc_lse + B * Lr * H, kNegInf);
   std::fill(out, out + B * Lr * H * D, 0.f);
   const std::vector<Segment> all{{0, static_cast<int64_t>(S)}};
-  attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kfull.data(), vfull.data(), static_cast<int64_t>(S), all, out,
-             acc_lse.data(), comm, sc);
-  if (lse) copyFloats(lse, acc_lse.data(), B * Lr * H);
+  attendInto(g, q, static_cast<int64_t>(Lr), g.S(r), kfull, vfull, static_cast<int64_t>(S), all, out, acc_lse, comm,
+             ws);
+  if (lse) copyFloats(lse, acc_lse, B * Lr * H);
 }
 
 // All-to-all of variable-size float blocks: block p of `send` (offsets soff[p]..soff[p+1]) goes to rank p
@@ -518,8 +532,10 @@ void allToAllv(Communicator& comm, const float* send, const std::vector<size_t>&
 // ulyssesIn turns my sequence shard into full-sequence tensors of my heads (qf [B, S, hq, D], kf/vf
 // [B, S, hk_local, D], S = g.shape.seq_len, rows at the segments' offsets), ulyssesOut sends rows of of/lf
 // ([B, S, hq, D] / [B, S, hq]) back to their ranks' out/lse.
+// The buffers of one call, from the caller's frame (ulyssesIn takes the first five, ulyssesOut the last two).
 struct UlyssesBuffers {
-  std::vector<float> sendbuf, recvbuf, qf, kf, vf, of, lf, obuf, orecv;
+  float *sendbuf = nullptr, *recvbuf = nullptr, *qf = nullptr, *kf = nullptr, *vf = nullptr, *of = nullptr,
+        *lf = nullptr, *obuf = nullptr, *orecv = nullptr;
 };
 struct UlyssesHeads {
   Range myq, mykv;
@@ -547,7 +563,7 @@ UlyssesHeads ulyssesHeads(const Geometry& g) {
 }
 
 void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v,
-               UlyssesBuffers& ub, SpAttentionStats& st) {
+               UlyssesBuffers& ub, Workspace::Frame& frame, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r);
@@ -563,12 +579,12 @@ void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const floa
     soff[static_cast<size_t>(p) + 1] = soff[static_cast<size_t>(p)] + inFloats(p, Lr);
     roff[static_cast<size_t>(p) + 1] = roff[static_cast<size_t>(p)] + B * g.L(p) * (hq + 2 * hk) * D;
   }
-  ub.sendbuf.resize(std::max<size_t>(soff[static_cast<size_t>(N)], 1));
-  ub.recvbuf.resize(std::max<size_t>(roff[static_cast<size_t>(N)], 1));
+  ub.sendbuf = frame.get<float>(soff[static_cast<size_t>(N)]).data();
+  ub.recvbuf = frame.get<float>(roff[static_cast<size_t>(N)]).data();
   {
     detail::Stopwatch t(st.compute_s);
     for (int p = 0; p < N; ++p) {
-      float* dst = ub.sendbuf.data() + soff[static_cast<size_t>(p)];
+      float* dst = ub.sendbuf + soff[static_cast<size_t>(p)];
       const Range hp = qh(p), kp = kvh(p);
       for (size_t row = 0; row < B * Lr; ++row) {
         copyFloats(dst + row * hp.size() * D, q + row * H * D + hp.begin * D, hp.size() * D);
@@ -582,15 +598,15 @@ void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const floa
     }
   }
   const Tag tin = tags::make(tags::kSpAllToAll, 1);
-  allToAllv(comm, ub.sendbuf.data(), soff, ub.recvbuf.data(), roff, tin, st.bytes_fwd, st.comm_s);
+  allToAllv(comm, ub.sendbuf, soff, ub.recvbuf, roff, tin, st.bytes_fwd, st.comm_s);
   // Full-sequence tensors of my heads, in global order.
   const size_t hk_local = u.hk_local;
   detail::Stopwatch t(st.compute_s);
-  ub.qf.resize(std::max<size_t>(B * S * hq * D, 1));
-  ub.kf.resize(std::max<size_t>(B * S * hk_local * D, 1));
-  ub.vf.resize(std::max<size_t>(B * S * hk_local * D, 1));
+  ub.qf = frame.get<float>(B * S * hq * D).data();
+  ub.kf = frame.get<float>(B * S * hk_local * D).data();
+  ub.vf = frame.get<float>(B * S * hk_local * D).data();
   for (int p = 0; p < N; ++p) {
-    const float* src = ub.recvbuf.data() + roff[static_cast<size_t>(p)];
+    const float* src = ub.recvbuf + roff[static_cast<size_t>(p)];
     const size_t Lp = g.L(p);
     const float* sq = src;
     const float* sk = src + B * Lp * hq * D;
@@ -601,15 +617,15 @@ void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const floa
         for (int64_t i = 0; i < seg.length; ++i) {
           const size_t lrow = b * Lp + static_cast<size_t>(row + i);
           const size_t grow = b * S + static_cast<size_t>(seg.global_offset + i);
-          copyFloats(ub.qf.data() + grow * hq * D, sq + lrow * hq * D, hq * D);
+          copyFloats(ub.qf + grow * hq * D, sq + lrow * hq * D, hq * D);
           if (u.aligned) {
-            copyFloats(ub.kf.data() + grow * hk * D, sk + lrow * hk * D, hk * D);
-            copyFloats(ub.vf.data() + grow * hk * D, sv + lrow * hk * D, hk * D);
+            copyFloats(ub.kf + grow * hk * D, sk + lrow * hk * D, hk * D);
+            copyFloats(ub.vf + grow * hk * D, sv + lrow * hk * D, hk * D);
           } else {
             for (size_t h = 0; h < hq; ++h) {
               const size_t kh = (u.myq.begin + h) / grp - u.mykv.begin;
-              copyFloats(ub.kf.data() + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D);
-              copyFloats(ub.vf.data() + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D);
+              copyFloats(ub.kf + (grow * hq + h) * D, sk + (lrow * hk + kh) * D, D);
+              copyFloats(ub.vf + (grow * hq + h) * D, sv + (lrow * hk + kh) * D, D);
             }
           }
         }
@@ -619,8 +635,8 @@ void ulyssesIn(Communicator& comm, const Geometry& g, const float* q, const floa
   }
 }
 
-void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, float* out, float* lse,
-                SpAttentionStats& st) {
+void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, Workspace::Frame& frame, float* out,
+                float* lse, SpAttentionStats& st) {
   const int N = g.N, r = g.r;
   const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim);
   const size_t S = static_cast<size_t>(g.shape.seq_len), Lr = g.L(r), H = static_cast<size_t>(g.shape.heads);
@@ -630,20 +646,20 @@ void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, float
     // Back to sequence-sharded: rank p gets its rows of my heads, [out (B, Lp, hq, D) | lse (B, Lp, hq)] (the
     // lse part only when the call asks for lse, which every rank agrees on: checkInputs).
     detail::Stopwatch t(st.compute_s);
-    ub.obuf.resize(std::max<size_t>(B * S * hq * (D + lw), 1));
+    ub.obuf = frame.get<float>(B * S * hq * (D + lw)).data();
     size_t o = 0;
     for (int p = 0; p < N; ++p) {
       for (size_t b = 0; b < B; ++b)
         for (const auto& seg : g.S(p)) {
           const size_t n = static_cast<size_t>(seg.length) * hq * D;
-          copyFloats(ub.obuf.data() + o, ub.of.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
+          copyFloats(ub.obuf + o, ub.of + (b * S + static_cast<size_t>(seg.global_offset)) * hq * D, n);
           o += n;
         }
       if (lw == 0) continue;
       for (size_t b = 0; b < B; ++b)
         for (const auto& seg : g.S(p)) {
           const size_t n = static_cast<size_t>(seg.length) * hq;
-          copyFloats(ub.obuf.data() + o, ub.lf.data() + (b * S + static_cast<size_t>(seg.global_offset)) * hq, n);
+          copyFloats(ub.obuf + o, ub.lf + (b * S + static_cast<size_t>(seg.global_offset)) * hq, n);
           o += n;
         }
     }
@@ -653,13 +669,13 @@ void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, float
     ooff[static_cast<size_t>(p) + 1] = ooff[static_cast<size_t>(p)] + B * g.L(p) * hq * (D + lw);
     rooff[static_cast<size_t>(p) + 1] = rooff[static_cast<size_t>(p)] + B * Lr * ulyssesQHeads(g, p).size() * (D + lw);
   }
-  ub.orecv.resize(std::max<size_t>(rooff[static_cast<size_t>(N)], 1));
+  ub.orecv = frame.get<float>(rooff[static_cast<size_t>(N)]).data();
   const Tag tout = tags::make(tags::kSpAllToAll, 2);
-  allToAllv(comm, ub.obuf.data(), ooff, ub.orecv.data(), rooff, tout, st.bytes_bwd, st.comm_s);
+  allToAllv(comm, ub.obuf, ooff, ub.orecv, rooff, tout, st.bytes_bwd, st.comm_s);
   detail::Stopwatch t(st.compute_s);
   for (int p = 0; p < N; ++p) {
     const Range hp = ulyssesQHeads(g, p);
-    const float* src = ub.orecv.data() + rooff[static_cast<size_t>(p)];
+    const float* src = ub.orecv + rooff[static_cast<size_t>(p)];
     for (size_t row = 0; row < B * Lr; ++row)
       copyFloats(out + row * H * D + hp.begin * D, src + row * hp.size() * D, hp.size() * D);
     if (lw == 0) continue;
@@ -669,26 +685,28 @@ void ulyssesOut(Communicator& comm, const Geometry& g, UlyssesBuffers& ub, float
 }
 
 void ulysses(Communicator& comm, const Geometry& g, const float* q, const float* k, const float* v, float* out,
-             float* lse, SpAttentionStats& st) {
-  thread_local UlyssesBuffers ub;
-  ulyssesIn(comm, g, q, k, v, ub, st);
+             float* lse, SpAttentionStats& st, Workspace& ws) {
+  Workspace::Frame frame(ws);
+  UlyssesBuffers ub;
+  ulyssesIn(comm, g, q, k, v, ub, frame, st);
   const UlyssesHeads u = ulyssesHeads(g);
   const size_t B = g.B(), D = static_cast<size_t>(g.shape.head_dim), S = static_cast<size_t>(g.shape.seq_len);
   {
     detail::Stopwatch t(st.compute_s);
-    ub.of.resize(std::max<size_t>(B * S * u.hq * D, 1));
-    ub.lf.resize(std::max<size_t>(B * S * u.hq, 1));
+    ub.of = frame.get<float>(B * S * u.hq * D).data();
+    ub.lf = frame.get<float>(B * S * u.hq).data();
     if (u.hq > 0 && S > 0) {
       BlockAttentionOptions bo;
       bo.causal = g.causal;
       bo.scale = g.scale;
       bo.progress = [&comm] { comm.progress(); };
+      bo.workspace = &ws;
       AttentionShape as{g.shape.batch,          static_cast<int>(S),          static_cast<int>(S),
                         static_cast<int>(u.hq), static_cast<int>(u.hk_local), g.shape.head_dim};
-      blockAttention(ub.qf.data(), ub.kf.data(), ub.vf.data(), as, bo, ub.of.data(), ub.lf.data());
+      blockAttention(ub.qf, ub.kf, ub.vf, as, bo, ub.of, ub.lf);
     }
   }
-  ulyssesOut(comm, g, ub, out, lse, st);
+  ulyssesOut(comm, g, ub, frame, out, lse, st);
 }
 
 // -------------------------------------------------------------------------------------------------- Two-level
@@ -722,7 +740,7 @@ int64_t combinedRow(const std::vector<Segment>& ns, int64_t pos) {
 
 void twoLevel(Communicator& comm, const std::vector<std::vector<int>>& members, SpScheme scheme, const SpShape& shape,
               const SpAttentionOptions& o, const float* q, const float* k, const float* v, float* out, float* lse,
-              SpAttentionStats& st) {
+              SpAttentionStats& st, Workspace& ws) {
   const int R = static_cast<int>(members.size()), K = static_cast<int>(members[0].size()), N = comm.size();
   int node = -1, local = -1;
   for (int n = 0; n < R; ++n)
@@ -748,20 +766,23 @@ void twoLevel(Communicator& comm, const std::vector<std::vector<int>>& members, 
   SpShape is = shape;
   is.seq_len = Lnode;
   const Geometry gi(K, local, is, o, std::move(intra_segs));
+  Workspace::Frame frame(ws);
   UlyssesBuffers ub;
-  ulyssesIn(intra, gi, q, k, v, ub, st);
+  ulyssesIn(intra, gi, q, k, v, ub, frame, st);
   const UlyssesHeads u = ulyssesHeads(gi);
   const size_t B = gi.B(), D = static_cast<size_t>(shape.head_dim), L = static_cast<size_t>(Lnode);
-  ub.of.assign(std::max<size_t>(B * L * u.hq * D, 1), 0.f);
-  ub.lf.assign(std::max<size_t>(B * L * u.hq, 1), kNegInf);
+  ub.of = frame.get<float>(B * L * u.hq * D).data();
+  ub.lf = frame.get<float>(B * L * u.hq).data();
+  std::fill(ub.of, ub.of + B * L * u.hq * D, 0.f);
+  std::fill(ub.lf, ub.lf + B * L * u.hq, kNegInf);
   if (u.hq > 0) {  // the same on every rank of my ring (it depends on my local index only)
     const SpShape es{shape.batch, shape.seq_len, static_cast<int>(u.hq), static_cast<int>(u.hk_local), shape.head_dim};
     const Geometry ge(R, node, es, o, node_segs);
     SpAttentionStats rs;
     if (scheme == SpScheme::UlyssesTokenRing)
-      tokenRing(inter, ge, ub.qf.data(), ub.kf.data(), ub.vf.data(), ub.of.data(), ub.lf.data(), rs);
+      tokenRing(inter, ge, ub.qf, ub.kf, ub.vf, ub.of, ub.lf, rs, ws);
     else
-      ringKV(inter, ge, ub.qf.data(), ub.kf.data(), ub.vf.data(), ub.of.data(), ub.lf.data(), rs);
+      ringKV(inter, ge, ub.qf, ub.kf, ub.vf, ub.of, ub.lf, rs, ws);
     st.bytes_fwd += rs.bytes_fwd;
     st.bytes_bwd += rs.bytes_bwd;
     st.bytes_inter += rs.bytes_fwd + rs.bytes_bwd;
@@ -770,7 +791,7 @@ void twoLevel(Communicator& comm, const std::vector<std::vector<int>>& members, 
     st.step_compute_s = std::move(rs.step_compute_s);
     st.step_comm_s = std::move(rs.step_comm_s);
   }
-  ulyssesOut(intra, gi, ub, out, lse, st);
+  ulyssesOut(intra, gi, ub, frame, out, lse, st);
 }
 
 // Local checks; throws before any message.
@@ -854,22 +875,23 @@ void spAttention(Communicator& comm, const float* q, const float* k, const float
     st.scheme = o.scheme;
     st.predicted_s = model.predict(o.scheme, shape, nl, o);
     const Geometry g(comm.size(), comm.rank(), shape, o);
+    Workspace& ws = options.workspace != nullptr ? *options.workspace : comm.workspace();
     switch (o.scheme) {
       case SpScheme::TokenRing:
-        tokenRing(comm, g, q, k, v, out, lse, st);
+        tokenRing(comm, g, q, k, v, out, lse, st, ws);
         break;
       case SpScheme::RingKV:
-        ringKV(comm, g, q, k, v, out, lse, st);
+        ringKV(comm, g, q, k, v, out, lse, st, ws);
         break;
       case SpScheme::Ulysses:
-        ulysses(comm, g, q, k, v, out, lse, st);
+        ulysses(comm, g, q, k, v, out, lse, st, ws);
         break;
       case SpScheme::AllGatherKV:
-        allGatherKV(comm, g, q, k, v, out, lse, st);
+        allGatherKV(comm, g, q, k, v, out, lse, st, ws);
         break;
       case SpScheme::UlyssesTokenRing:
       case SpScheme::UlyssesRingKV:
-        twoLevel(comm, members, o.scheme, shape, o, q, k, v, out, lse, st);
+        twoLevel(comm, members, o.scheme, shape, o, q, k, v, out, lse, st, ws);
         break;
       case SpScheme::Auto:
         break;

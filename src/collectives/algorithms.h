@@ -9,16 +9,17 @@
 
 namespace flashring::detail {
 
-void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats);
+// ws: the scratch memory of the call (each algorithm opens its own frame on it).
+void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, Workspace& ws, AllreduceStats& stats);
 // error: nullptr, or data.size() floats that receive this rank's share of the error (see allreduceWithError).
-// ctx: the verbs of data's memory (ctx.ops null: host memory); see device_ops.h.
-void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
+// ctx: the verbs of data's memory (ctx.ops null: host memory); see device_ops.h. ws: host scratch.
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems, Workspace& ws,
                       AllreduceStats& stats, float* error = nullptr, const ExecContext& ctx = {});
-void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, Workspace& ws,
                         AllreduceStats& stats, float* error = nullptr, const ExecContext& ctx = {});
 // OneShot with options.payload, or the reduce_scatter codec when options.oneshot_quantized.
-void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, AllreduceStats& stats,
-                      float* error = nullptr);
+void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, Workspace& ws,
+                      AllreduceStats& stats, float* error = nullptr);
 
 // Hierarchical all-reduce (hierarchical.cc): the node layout it runs on, the stage codecs, the inter-node options.
 struct NodeLayout {
@@ -32,7 +33,7 @@ NodeLayout nodeLayout(const Communicator& comm, const AllreduceOptions& options)
 struct Codec;
 Codec stageCodec(const StageCodec& stage, const quant::Config& group);
 AllreduceOptions interOptions(const AllreduceOptions& options);
-void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options,
+void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& options, Workspace& ws,
                            AllreduceStats& stats, float* error = nullptr);
 
 // Element alignment of slice boundaries for the exact algorithms (a cache line of fp32).

@@ -120,22 +120,23 @@ void allreduceImpl(Communicator& comm, std::span<float> data, float* error, cons
   if (data.empty()) data = std::span<float>(&empty_slot, 0);
 
   const uint64_t sent0 = comm.bytesSent();
+  Workspace& ws = detail::workspaceOf(comm, options.workspace);
   detail::abortOnError(comm, "all-reduce", [&] {
     switch (algo) {
       case AllreduceAlgorithm::Ring:
-        detail::ringAllreduce(comm, data, payload, st);
+        detail::ringAllreduce(comm, data, payload, ws, st);
         break;
       case AllreduceAlgorithm::TwoStep:
-        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, st, error, ctx);
+        detail::twoStepAllreduce(comm, data, payload, options.chunk_elems, ws, st, error, ctx);
         break;
       case AllreduceAlgorithm::Quantized:
-        detail::quantizedAllreduce(comm, data, run, st, error, ctx);
+        detail::quantizedAllreduce(comm, data, run, ws, st, error, ctx);
         break;
       case AllreduceAlgorithm::OneShot:
-        detail::oneShotAllreduce(comm, data, run, st, error);
+        detail::oneShotAllreduce(comm, data, run, ws, st, error);
         break;
       case AllreduceAlgorithm::Hierarchical:
-        detail::hierarchicalAllreduce(comm, data, run, st, error);
+        detail::hierarchicalAllreduce(comm, data, run, ws, st, error);
         break;
       case AllreduceAlgorithm::Native: {
         if (options.check_sizes) checkSameOnAllRanks(comm, data.size(), "allreduce element count");

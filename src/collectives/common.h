@@ -1,4 +1,4 @@
-// Shared pieces of the collectives: partitioning, the abort-on-unwind guard, scratch memory, timers.
+// Shared pieces of the collectives: partitioning, the abort-on-unwind guard, the workspace choice, timers.
 #pragma once
 
 #include <algorithm>
@@ -29,8 +29,8 @@ inline Range part(size_t n, int parts, int i, size_t align = 1) {
 
 // Runs a collective's body; if it throws, aborts the communicator with the reason (so every rank fails
 // fast with a message naming the cause instead of hanging) and rethrows. Collectives keep their buffers in
-// thread_local scratch or the caller's memory, which outlive the unwinding, and the transports stop
-// touching buffers once abort() returns.
+// a Workspace or the caller's memory, which outlive the unwinding (a frame that ends by an exception frees
+// nothing, workspace.h), and the transports stop touching buffers once abort() returns.
 template <typename F>
 void abortOnError(Communicator& comm, const char* what, F&& body) {
   try {
@@ -48,13 +48,8 @@ void abortOnError(Communicator& comm, const char* what, F&& body) {
   }
 }
 
-// Per-thread scratch that grows and is reused across calls (no page faults on the hot path).
-// Never null, even for n = 0, so that memset/memcpy of zero bytes stay defined.
-template <typename T>
-T* scratch(std::vector<T>& v, size_t n) {
-  if (v.size() < std::max<size_t>(n, 1)) v.resize(std::max<size_t>(n, 1));
-  return v.data();
-}
+// The workspace a collective runs in: the caller's (options), else the communicator's.
+inline Workspace& workspaceOf(Communicator& comm, Workspace* ws) { return ws != nullptr ? *ws : comm.workspace(); }
 
 class Stopwatch {
  public:

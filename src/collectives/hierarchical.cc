@@ -131,8 +131,8 @@ size_t alignOf(const Codec& a, const Codec& b) {
 //   E  decode the node's other slices into data
 // Step s runs A(s), B(s-1), C(s-2), D(s-3), E(s-4), so quantizing and summing one chunk overlaps the transfers
 // of its neighbours on both levels of links.
-void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& o, AllreduceStats& stats,
-                           float* error) {
+void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& o, Workspace& ws,
+                           AllreduceStats& stats, float* error) {
   const NodeLayout L = nodeLayout(comm, o);
   const int K = L.per_node, R = L.nodes, kme = L.local, rme = L.node;
   const size_t Ks = static_cast<size_t>(K), Rs = static_cast<size_t>(R);
@@ -190,17 +190,18 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     f.acc = floats, floats += m;
     max_sub = std::max({max_sub, m, sub(c, rme).size()});
   }
-  // Not zero-filled (every byte read is written first); glibc recycles blocks this size after the first call.
-  std::unique_ptr<std::byte[]> arena(new std::byte[std::max<size_t>(bytes, 1)]);
-  std::unique_ptr<float[]> accs(new float[std::max<size_t>(floats, 1)]);
-  std::unique_ptr<float[]> tmp(new float[max_sub]);  // C's sum, and the error scratch
+  // Not zero-filled (every byte read is written first); from the workspace, so reused across calls.
+  Workspace::Frame frame(ws);
+  std::byte* const arena = frame.get<std::byte>(bytes).data();
+  float* const accs = frame.get<float>(floats).data();
+  float* const tmp = frame.get<float>(max_sub).data();  // C's sum, and the error scratch
   std::unique_ptr<GroupCommunicator> intra, inter;
   if (K > 1) intra = std::make_unique<GroupCommunicator>(comm, L.intra);
   if (R > 1) inter = std::make_unique<GroupCommunicator>(comm, L.inter);
   const size_t nreq = nch * std::max(Ks, Rs);
   std::vector<Request> rs1_recv(nreq), rs1_send(nreq), ag1_recv(nreq), ag1_send(nreq), x_recv(nreq), x_send(nreq),
       ag2_recv(nreq), ag2_send(nreq);
-  auto at = [&](size_t o2) { return arena.get() + o2; };
+  auto at = [&](size_t o2) { return arena + o2; };
   auto idx = [&](size_t c, int p) { return c * std::max(Ks, Rs) + static_cast<size_t>(p); };
   auto waitOne = [&](Request& r) {
     Stopwatch w(stats.wait_s);
@@ -267,7 +268,7 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     const Off& f = off[c];
     const Range mine = islice(c, kme);
     const size_t m = mine.size();
-    float* acc = accs.get() + f.acc;
+    float* acc = accs + f.acc;
     std::memset(acc, 0, m * sizeof(float));
     for (int p = 0; p < K; ++p) {  // local-rank order
       if (p == kme) {
@@ -289,8 +290,8 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
         header(buf, c, c2);
         c2.encode(acc, m, buf + H);
         if (error != nullptr) {
-          c2.decode(buf + H, m, tmp.get());
-          addError(acc, tmp.get(), m, error + mine.begin);
+          c2.decode(buf + H, m, tmp);
+          addError(acc, tmp, m, error + mine.begin);
         }
       }
       for (int i = 1; i < R; ++i) {
@@ -309,8 +310,8 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
         header(buf, c, c2);
         c2.encode(acc + s.begin, s.size(), buf + H);
         if (error != nullptr) {
-          c2.decode(buf + H, s.size(), tmp.get());
-          addError(acc + s.begin, tmp.get(), s.size(), error + mine.begin + s.begin);
+          c2.decode(buf + H, s.size(), tmp);
+          addError(acc + s.begin, tmp, s.size(), error + mine.begin + s.begin);
         }
       }
       x_send[idx(c, t)] = inter->isend(buf, H + c2.bytes(s.size()), t, tag(tX, c));
@@ -322,8 +323,8 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     if (R == 1) return;
     const Off& f = off[c];
     const Range mine = islice(c, kme);
-    float* acc = accs.get() + f.acc;
-    float* sum = tmp.get();
+    float* acc = accs + f.acc;
+    float* sum = tmp;
     if (oneshot) {
       const size_t m = mine.size();
       std::memset(sum, 0, m * sizeof(float));
@@ -370,7 +371,7 @@ void hierarchicalAllreduce(Communicator& comm, std::span<float> data, const Allr
     const Off& f = off[c];
     const Range mine = islice(c, kme);
     const size_t m = mine.size();
-    float* acc = accs.get() + f.acc;
+    float* acc = accs + f.acc;
     if (R > 1 && !oneshot) {
       for (int i = 1; i < R; ++i) {
         const int t = (rme + R - i) % R;

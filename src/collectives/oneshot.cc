@@ -22,16 +22,16 @@
 
 namespace flashring::detail {
 
-void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats,
-                      float* error) {
+void oneShotAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, Workspace& ws,
+                      AllreduceStats& stats, float* error) {
   const Codec codec = opt.oneshot_quantized ? Codec{Codec::Quant, opt.reduce_scatter}
                                             : Codec{opt.payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
   const int n_ranks = comm.size(), me = comm.rank();
   const size_t N = static_cast<size_t>(n_ranks), n = data.size();
   const size_t msg = sizeof(Header) + codec.bytes(n);
   // Slot p holds rank p's message; this rank's own encoding sits in slot `me` and is what it sends.
-  thread_local std::vector<std::byte> arena_buf;
-  std::byte* arena = scratch(arena_buf, N * msg);
+  Workspace::Frame frame(ws);
+  std::byte* arena = frame.get<std::byte>(N * msg).data();
   auto slot = [&](int p) { return arena + static_cast<size_t>(p) * msg; };
   const Tag tag = tags::make(tags::kTwoStepScatter, 0);
   std::vector<Request> recv(N), send(N);

@@ -2,7 +2,6 @@
 #include "comm/patterns/ring.h"
 
 #include <cstdint>
-#include <vector>
 
 #include "collectives/algorithms.h"
 #include "collectives/common.h"
@@ -10,7 +9,7 @@
 
 namespace flashring::detail {
 
-void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, AllreduceStats& stats) {
+void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, Workspace& ws, AllreduceStats& stats) {
   const int n_ranks = comm.size(), me = comm.rank();
   const size_t n = data.size();
   const int next = ring::next(me, n_ranks), prev = ring::prev(me, n_ranks);
@@ -18,11 +17,10 @@ void ringAllreduce(Communicator& comm, std::span<float> data, Payload payload, A
   const size_t max_chunk = chunk(0).size();
   const bool bf16 = payload == Payload::BF16;
 
-  thread_local std::vector<float> tmp_f32;
-  thread_local std::vector<uint16_t> tmp_bf16, all_bf16;
-  float* tmp = scratch(tmp_f32, max_chunk);
-  uint16_t* tmpb = bf16 ? scratch(tmp_bf16, 2 * max_chunk) : nullptr;  // [send | recv]
-  uint16_t* allb = bf16 ? scratch(all_bf16, n) : nullptr;              // bf16 image for the all-gather
+  Workspace::Frame frame(ws);
+  float* tmp = bf16 ? nullptr : frame.get<float>(max_chunk).data();
+  uint16_t* tmpb = bf16 ? frame.get<uint16_t>(2 * max_chunk).data() : nullptr;  // [send | recv]
+  uint16_t* allb = bf16 ? frame.get<uint16_t>(n).data() : nullptr;              // bf16 image for the all-gather
 
   auto exchange = [&](const void* send, size_t send_bytes, void* recv, size_t recv_bytes, Tag tag) {
     Request reqs[2] = {comm.irecv(recv, recv_bytes, prev, tag), comm.isend(send, send_bytes, next, tag)};

@@ -57,7 +57,7 @@ class OpsScratch {
 };
 
 void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
-                      AllreduceStats& stats, float* error, const ExecContext& ctx) {
+                      Workspace& ws, AllreduceStats& stats, float* error, const ExecContext& ctx) {
   const DeviceOps& ops = ctx.ops != nullptr ? *ctx.ops : hostDeviceOps();
   void* const stream = ctx.stream;
   const bool host = ops.memory() == MemoryKind::Host;
@@ -105,15 +105,14 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
     }
     max_slice = std::max(max_slice, slice(c, me).size());
   }
-  thread_local std::vector<std::byte> arena_buf;
-  thread_local std::vector<float> acc_buf;
+  Workspace::Frame frame(ws);
   std::unique_ptr<OpsScratch> device_arena;
   std::byte* arena = nullptr;
   float* acc = nullptr;
   if (host) {
-    arena = scratch(arena_buf, off);
-    acc = scratch(acc_buf, max_slice);
-  } else {  // one allocation: the messages, then the accumulator (16-byte aligned)
+    arena = frame.get<std::byte>(off).data();
+    acc = frame.get<float>(max_slice).data();
+  } else {  // device memory from the verbs, one allocation: the messages, then the accumulator (16-byte aligned)
     const size_t acc_off = (off + 15) / 16 * 16;
     device_arena = std::make_unique<OpsScratch>(ops, stream, acc_off + max_slice * sizeof(float));
     arena = static_cast<std::byte*>(device_arena->get());
@@ -238,16 +237,16 @@ void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1
 
 }  // namespace
 
-void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, AllreduceStats& stats,
-                        float* error, const ExecContext& ctx) {
+void quantizedAllreduce(Communicator& comm, std::span<float> data, const AllreduceOptions& opt, Workspace& ws,
+                        AllreduceStats& stats, float* error, const ExecContext& ctx) {
   pipelinedTwoStep(comm, data, Codec{Codec::Quant, opt.reduce_scatter}, Codec{Codec::Quant, opt.all_gather},
-                   opt.chunk_elems, stats, error, ctx);
+                   opt.chunk_elems, ws, stats, error, ctx);
 }
 
-void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems,
+void twoStepAllreduce(Communicator& comm, std::span<float> data, Payload payload, size_t chunk_elems, Workspace& ws,
                       AllreduceStats& stats, float* error, const ExecContext& ctx) {
   const Codec c{payload == Payload::BF16 ? Codec::Bf16 : Codec::F32, {}};
-  pipelinedTwoStep(comm, data, c, c, chunk_elems, stats, error, ctx);
+  pipelinedTwoStep(comm, data, c, c, chunk_elems, ws, stats, error, ctx);
 }
 
 }  // namespace flashring::detail

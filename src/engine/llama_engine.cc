@@ -43,6 +43,10 @@ struct LlamaEngine::Impl {
   const CostModel* model = nullptr;
   std::unique_ptr<engine::Backend> ops = engine::makeCpuBackend();
   Sampler sampler;
+  // This rank's scratch for every collective and attention call (workspace.h): one per engine, so after the
+  // first prompt and decode step of a length the forward pass allocates no communication or attention
+  // buffers. Options' workspace fields are replaced by it (engines of one process are different ranks).
+  Workspace ws;
 
   int kvh;  // local KV heads (after replication)
   // KV cache, per layer [len, kvh, hd], holding this rank's tokens (prompt shard, plus decoded tokens on the
@@ -64,6 +68,7 @@ struct LlamaEngine::Impl {
 
   Impl(Communicator& wc, std::shared_ptr<const LlamaWeights> weights, const EngineOptions& o_)
       : world(wc), w(std::move(weights)), opts(o_), cfg(w->cfg), shard(w->shard) {
+    opts.allreduce.workspace = &ws;
     if (opts.tp < 1 || opts.sp < 1 || opts.tp * opts.sp != world.size())
       throw InvalidArgument(fmt::format("LlamaEngine: tp {} x sp {} != {} ranks", opts.tp, opts.sp, world.size()),
                             world.rank());
@@ -259,6 +264,7 @@ struct LlamaEngine::Impl {
         so.layout = opts.layout;
         so.causal = true;
         so.model = model;
+        so.workspace = &ws;
         SpAttentionStats ss;
         spAttention(*sp_comm, q.data(), kc.data(), vc.data(), shape, so, att.data(), &ss);
         st.comm_s += ss.comm_s;
@@ -302,7 +308,7 @@ struct LlamaEngine::Impl {
     SpAttentionStats ss;
     auto* run = append_scheme == SpScheme::AllGatherKV ? &spPassKVAttention : &spPassQAttention;
     run(*sp_comm, owner, am_owner ? q.data() : nullptr, k_cache[static_cast<size_t>(layer)].data(),
-        v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr, &ss);
+        v_cache[static_cast<size_t>(layer)].data(), kv_len, s, layer, am_owner ? att.data() : nullptr, &ss, &ws);
     st.comm_s += ss.comm_s;
     st.attn_s += ss.compute_s;
   }
@@ -555,7 +561,10 @@ std::vector<float> LlamaEngine::allLogits(std::span<const TokenId> tokens) {
   return full;
 }
 
-void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) { impl_->opts.allreduce = options; }
+void LlamaEngine::setAllreduceOptions(const AllreduceOptions& options) {
+  impl_->opts.allreduce = options;
+  impl_->opts.allreduce.workspace = &impl_->ws;
+}
 void LlamaEngine::setSampling(const SamplingOptions& options) {
   validateSamplingOptions(options);
   impl_->opts.sampling = options;

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "flashring/error.h"
@@ -270,16 +271,15 @@ void quantizeWithSpikes(Isa isa, const Kernels& kern, const float* x, size_t n, 
   uint8_t* val_out = idx_out + groups * kk * sizeof(uint16_t);
 
   const size_t chunk_groups = std::max<size_t>(1, (direct ? kDirectChunkValues : kChunkValues) / g);
-  thread_local std::vector<float> tmp_buf, mags_buf;
-  thread_local std::vector<uint8_t> enc_buf;
+  // Scratch on the stack (~37 KiB, bounded by the chunk: no allocation, nothing kept between calls).
   // 64-byte aligned copies: the vector loads and stores of the selection and the kernels never cross a line.
-  constexpr size_t kAlignFloats = 64 / sizeof(float);
-  if (tmp_buf.size() < chunk_groups * g + kAlignFloats) tmp_buf.resize(chunk_groups * g + kAlignFloats);
-  if (mags_buf.size() < g) mags_buf.resize(g);
-  if (enc_buf.size() < encodedSize(chunk_groups * g, base)) enc_buf.resize(encodedSize(chunk_groups * g, base));
-  const size_t misalign = reinterpret_cast<uintptr_t>(tmp_buf.data()) / sizeof(float) % kAlignFloats;
-  float* tmp = tmp_buf.data() + (kAlignFloats - misalign) % kAlignFloats;
-  uint8_t* enc = enc_buf.data();
+  static_assert(static_cast<size_t>(kMaxGroup) <= kChunkValues, "a chunk holds at least one group");
+  constexpr size_t kMaxChunkEncoded = kMaxChunkGroups * sizeof(GroupMeta) + kChunkValues;  // bits <= 8
+  alignas(64) float tmp[kChunkValues];
+  alignas(64) float mags_buf[kMaxGroup];
+  alignas(64) uint8_t enc[kMaxChunkEncoded];
+  if (chunk_groups * g > kChunkValues || encodedSize(chunk_groups * g, base) > kMaxChunkEncoded)
+    throw Error("quantizeWithSpikes: a chunk outgrows its stack scratch (internal error)");
   // A chunk's spike entries, written to the spike section with one copy per array.
   uint16_t pos_chunk[kMaxChunkGroups * kMaxSpikes];
   float val_chunk[kMaxChunkGroups * kMaxSpikes];
@@ -293,7 +293,7 @@ void quantizeWithSpikes(Isa isa, const Kernels& kern, const float* x, size_t n, 
       uint16_t* pos = pos_chunk + j * kk;
       float* val = val_chunk + j * kk;
       int m = avx2 ? selectGroupSpikesFiniteAvx2(x + begin + j * g, r, k, xg, pos) : -1;
-      if (m < 0) m = selectGroupSpikesReference(x + begin + j * g, r, k, xg, mags_buf.data(), pos);
+      if (m < 0) m = selectGroupSpikesReference(x + begin + j * g, r, k, xg, mags_buf, pos);
       for (int e = 0; e < m; ++e) val[e] = xg[pos[e]];
       for (int e = m; e < k; ++e) {
         pos[e] = kNoSpike;
@@ -336,9 +336,12 @@ void dequantizeAccumulateWithSpikes(const Kernels& kern, const uint8_t* in, size
   const size_t g = static_cast<size_t>(cfg.group_size), k = static_cast<size_t>(cfg.spikes);
   const size_t entries = numGroups(n, g) * k;
   const uint8_t* val = idx + entries * sizeof(uint16_t);
-  thread_local std::vector<float> saved_buf;
-  if (saved_buf.size() < entries) saved_buf.resize(entries);
-  float* saved = saved_buf.data();
+  // The accumulator's values at the spike positions: on the stack up to kSavedOnStack entries (decode-sized
+  // runs), else allocated for this call (one allocation, small next to decoding the run's groups).
+  constexpr size_t kSavedOnStack = 1024;
+  float saved_stack[kSavedOnStack];
+  std::unique_ptr<float[]> saved_heap(entries > kSavedOnStack ? new float[entries] : nullptr);
+  float* saved = entries > kSavedOnStack ? saved_heap.get() : saved_stack;
   for (size_t e = 0; e < entries; ++e) {
     uint16_t p;
     std::memcpy(&p, idx + e * sizeof p, sizeof p);
