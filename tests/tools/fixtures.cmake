@@ -48,6 +48,19 @@ if(TARGET flashring_cli)
   set_tests_properties(cli.simulate PROPERTIES LABELS cli TIMEOUT 120)
 endif()
 
+# `flashring bench allreduce --device cuda`: on a GPU it runs the device all-reduce; without one it must fail with
+# the CUDA runtime's reason (or, in a build without CUDA, say so), never crash. ring-* is refused on the device.
+if(TARGET flashring_cli)
+  add_test(NAME cli.bench_allreduce_cuda
+           COMMAND $<TARGET_FILE:flashring_cli> bench allreduce --device cuda -b 64K -e 64K -n 5 -w 1 --ranks 2)
+  set_tests_properties(cli.bench_allreduce_cuda PROPERTIES LABELS "cli;cuda" TIMEOUT 120
+                       PASS_REGULAR_EXPRESSION "no usable CUDA device|built without CUDA|flash-int4 ")
+  add_test(NAME cli.bench_allreduce_cuda_refuses_ring
+           COMMAND $<TARGET_FILE:flashring_cli> bench allreduce --device cuda --algos ring-fp32 -n 5)
+  set_tests_properties(cli.bench_allreduce_cuda_refuses_ring PROPERTIES LABELS cli TIMEOUT 60
+                       PASS_REGULAR_EXPRESSION "does not run on the device yet|built without CUDA")
+endif()
+
 # `flashring run --chat` and `--interactive` end to end (test_cli_chat.py): on the default model when it is
 # installed (else the tiny fixture), and always on the tiny fixture; with MPI also under 2 MPI ranks.
 if(TARGET flashring_cli)

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <numeric>
@@ -18,6 +19,12 @@
 
 #include "cli.h"
 #include "flashring/allreduce.h"
+#include "flashring/config.h"
+#if FLASHRING_WITH_CUDA
+#include "flashring/cuda/context.h"
+#include "flashring/cuda/runtime.h"
+#include "flashring/cuda/thread_world.h"
+#endif
 #include "flashring/comm.h"
 #include "flashring/costmodel.h"
 
@@ -42,6 +49,7 @@ struct Config {
   size_t chunk_elems = size_t{1} << 20;
   std::string json;
   uint64_t seed = 1;
+  std::string device = "cpu";  // cpu, or cuda: buffers in GPU memory, thread ranks sharing one GPU
   TransportOptions transport;
 };
 
@@ -201,16 +209,36 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
     for (int r = 0; r < N; ++r)
       for (size_t i = chk_b; i < chk_e; ++i) exact[i - chk_b] += inputValue(cfg.seed, r, i);
 
+#if FLASHRING_WITH_CUDA
+    std::unique_ptr<cuda::DeviceBuffer> dbuf;
+    if (cfg.device == "cuda") dbuf = std::make_unique<cuda::DeviceBuffer>(n * 4);
+#endif
     for (int it = 0; it < cfg.warmup + cfg.iters; ++it) {
       for (size_t a = 0; a < opts.size(); ++a) {  // alternate algorithms within each iteration
         std::copy(input.begin(), input.end(), buf.begin());
         AllreduceOptions o = opts[a];
         if (it > 0) o.check_sizes = false;  // checked on the first call; not part of the baseline's timing
+#if FLASHRING_WITH_CUDA
+        if (dbuf) dbuf->upload(input.data(), n * 4);  // untimed: the buffer starts in GPU memory
+#endif
         barrier(comm);
         const auto t0 = Clock::now();
         AllreduceStats st;
+#if FLASHRING_WITH_CUDA
+        if (dbuf) {
+          allreduce(comm,
+                    TensorView::contiguous(dbuf->data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}),
+                    o, cuda::context(), &st);
+        } else {
+          allreduce(comm, buf, o, &st);
+        }
+#else
         allreduce(comm, buf, o, &st);
+#endif
         const auto t1 = Clock::now();
+#if FLASHRING_WITH_CUDA
+        if (dbuf) dbuf->download(buf.data(), n * 4);  // for the error check
+#endif
         // On one host every rank reads the same monotonic clock: time the window from the first rank's
         // start to the last rank's end, so the skew of leaving the barrier cannot hide part of the work.
         // Across hosts, the slowest rank's own duration (nccl-tests' convention).
@@ -323,11 +351,18 @@ void addBenchAllreduce(CLI::App& bench) {
       ->capture_default_str();
   app->add_option("--seed", cfg->seed, "input seed")->capture_default_str();
   app->add_option("--json", cfg->json, "write one JSON object per (algorithm, size) row to this file");
+  app->add_option("--device", cfg->device,
+                  "where the buffers live: cpu, or cuda (GPU memory; the thread ranks share one GPU; twostep-* and "
+                  "flash-* only)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cfg->transport.add(*app);
   app->callback([cfg] {
     Config& c = *cfg;
     const bool mpi = c.transport.transport == "mpi";
-    if (c.algos.empty()) {
+    if (c.algos.empty() && c.device == "cuda") {
+      c.algos = {"twostep-fp32", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
+    } else if (c.algos.empty()) {
       c.algos = {"ring-fp32", "ring-bf16", "twostep-bf16", "flash-int8", "flash-int4", "flash-int4-int8"};
       if (mpi) c.algos.insert(c.algos.begin() + 3, "mpi");
     }
@@ -355,12 +390,30 @@ void addBenchAllreduce(CLI::App& bench) {
       throw InvalidArgument(fmt::format("--baseline {} is not among --algos", c.baseline));
     quant::validate({8, c.group_size, c.symmetric, c.spikes, c.rotate, c.clip});
     (void)sizes(c);
+    if (c.device == "cuda") {
+#if FLASHRING_WITH_CUDA
+      if (mpi)
+        throw InvalidArgument(
+            "--device cuda runs thread ranks sharing one GPU (--transport thread); NCCL ranks are "
+            "not wired into the CLI yet");
+      for (const auto& a : c.algos)
+        if (a.rfind("twostep-", 0) != 0 && a.rfind("flash-", 0) != 0 && a != "auto")
+          throw InvalidArgument(
+              fmt::format("--device cuda: '{}' does not run on the device yet; use twostep-* or "
+                          "flash-* (the pipelined two-step)",
+                          a));
+      if (cuda::deviceCount() == 0)
+        throw DeviceError("--device cuda: no usable CUDA device: " + cuda::unavailableReason());
+#else
+      throw InvalidArgument("--device cuda: this flashring was built without CUDA (FLASHRING_WITH_CUDA=OFF)");
+#endif
+    }
 
     std::vector<Row> rows;
     std::mutex mu;
     int ranks = 0;
     std::string transport;
-    runOnTransport(c.transport, [&](Communicator& comm) {
+    auto rank_fn = [&](Communicator& comm) {
       std::vector<Row> mine;
       runBench(comm, c, mine);
       if (comm.rank() == 0) {
@@ -369,7 +422,17 @@ void addBenchAllreduce(CLI::App& bench) {
         ranks = comm.size();
         transport = comm.transport();
       }
-    });
+    };
+#if FLASHRING_WITH_CUDA
+    if (c.device == "cuda") {
+      cuda::runOneGpuRanks(c.transport.ranks, rank_fn, 0,
+                           std::chrono::milliseconds(c.transport.timeout_ms > 0 ? c.transport.timeout_ms : 0));
+    } else {
+      runOnTransport(c.transport, rank_fn);
+    }
+#else
+    runOnTransport(c.transport, rank_fn);
+#endif
     if (!c.json.empty() && !rows.empty()) {
       nlohmann::json out = nlohmann::json::array();
       for (const auto& r : rows)
@@ -394,6 +457,7 @@ void addBenchAllreduce(CLI::App& bench) {
                        {"twin", r.twin},
                        {"speedup_vs_twin", r.vs_twin},
                        {"replicas_identical", r.replicas_identical},
+                       {"device", c.device},
                        {"link", std::getenv("FLASHRING_LINK") ? std::getenv("FLASHRING_LINK") : ""}});
       std::ofstream f(c.json);
       if (!f) throw InvalidArgument(fmt::format("cannot write --json {}", c.json));
