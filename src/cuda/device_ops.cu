@@ -2,6 +2,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "flashring/cuda/codec.h"
 #include "flashring/cuda/context.h"
 #include "flashring/error.h"
@@ -12,11 +13,7 @@ namespace {
 
 namespace qd = flashring::quant::detail;
 constexpr int kThreads = 256;
-
-unsigned blocksFor(size_t n) {
-  const size_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 65535u * 16u ? b : 65535u * 16u);
-}
+unsigned blocks(size_t work) { return detail::blocksFor(work, kThreads); }
 
 __global__ void accumulateKernel(float* acc, const float* x, size_t n) {
   for (size_t i = blockIdx.x * size_t{blockDim.x} + threadIdx.x; i < n; i += size_t{gridDim.x} * blockDim.x)
@@ -44,7 +41,7 @@ class CudaOps final : public DeviceOps {
     if (c.kind == WireCodec::Quant) {
       quantize(x, DType::F32, n, c.cfg, out, ExecContext{s, this});
     } else if (c.kind == WireCodec::Bf16) {
-      f32ToBf16Kernel<<<blocksFor(n), kThreads, 0, st(s)>>>(x, n, reinterpret_cast<uint16_t*>(out));
+      f32ToBf16Kernel<<<blocks(n), kThreads, 0, st(s)>>>(x, n, reinterpret_cast<uint16_t*>(out));
       FLASHRING_CUDA_CHECK(cudaGetLastError());
     } else {
       FLASHRING_CUDA_CHECK(cudaMemcpyAsync(out, x, n * 4, cudaMemcpyDeviceToDevice, st(s)));
@@ -55,7 +52,7 @@ class CudaOps final : public DeviceOps {
     if (c.kind == WireCodec::Quant) {
       dequantize(in, n, c.cfg, out, DType::F32, ExecContext{s, this});
     } else if (c.kind == WireCodec::Bf16) {
-      bf16ToF32Kernel<<<blocksFor(n), kThreads, 0, st(s)>>>(reinterpret_cast<const uint16_t*>(in), n, out, false);
+      bf16ToF32Kernel<<<blocks(n), kThreads, 0, st(s)>>>(reinterpret_cast<const uint16_t*>(in), n, out, false);
       FLASHRING_CUDA_CHECK(cudaGetLastError());
     } else {
       FLASHRING_CUDA_CHECK(cudaMemcpyAsync(out, in, n * 4, cudaMemcpyDeviceToDevice, st(s)));
@@ -66,7 +63,7 @@ class CudaOps final : public DeviceOps {
     if (c.kind == WireCodec::Quant) {
       dequantizeAccumulate(in, n, c.cfg, acc, ExecContext{s, this});
     } else if (c.kind == WireCodec::Bf16) {
-      bf16ToF32Kernel<<<blocksFor(n), kThreads, 0, st(s)>>>(reinterpret_cast<const uint16_t*>(in), n, acc, true);
+      bf16ToF32Kernel<<<blocks(n), kThreads, 0, st(s)>>>(reinterpret_cast<const uint16_t*>(in), n, acc, true);
       FLASHRING_CUDA_CHECK(cudaGetLastError());
     } else {
       accumulate(acc, reinterpret_cast<const float*>(in), n, s);
@@ -74,7 +71,7 @@ class CudaOps final : public DeviceOps {
   }
   void accumulate(float* acc, const float* x, size_t n, void* s) const override {
     if (n == 0) return;
-    accumulateKernel<<<blocksFor(n), kThreads, 0, st(s)>>>(acc, x, n);
+    accumulateKernel<<<blocks(n), kThreads, 0, st(s)>>>(acc, x, n);
     FLASHRING_CUDA_CHECK(cudaGetLastError());
   }
   void zero(float* p, size_t n, void* s) const override {

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "flashring/allreduce.h"
 #include "flashring/cuda/context.h"
 #include "flashring/cuda/runtime.h"
@@ -15,7 +16,7 @@ namespace flashring {
 namespace {
 
 TEST(CudaAllreduce, OneGpuRanksGiveTheHostBits) {
-  if (cuda::deviceCount() == 0) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailableReason();
+  REQUIRE_CUDA_DEVICE();
   const size_t n = (size_t{1} << 20) + 333;
   auto input = [&](int rank) {
     std::mt19937 rng(static_cast<uint32_t>(rank + 1));

@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "flashring/attention.h"
 #include "flashring/cuda/attention.h"
 #include "flashring/cuda/runtime.h"
@@ -15,18 +16,7 @@
 namespace flashring {
 namespace {
 
-#define REQUIRE_CUDA_DEVICE()                                                                             \
-  do {                                                                                                    \
-    if (cuda::deviceCount() == 0) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailableReason(); \
-  } while (0)
-
-std::vector<float> randn(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
+using testing::randn;
 
 TEST(CudaAttention, ShapesAreCheckedWithoutADevice) {
   AttentionShape s{1, 4, 4, 2, 2, 512};

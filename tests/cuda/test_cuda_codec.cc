@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "flashring/cuda/codec.h"
 #include "flashring/cuda/runtime.h"
 #include "flashring/error.h"
@@ -19,11 +20,6 @@
 
 namespace flashring {
 namespace {
-
-#define REQUIRE_CUDA_DEVICE()                                                                             \
-  do {                                                                                                    \
-    if (cuda::deviceCount() == 0) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailableReason(); \
-  } while (0)
 
 std::vector<float> input(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

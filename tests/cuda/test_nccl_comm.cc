@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "flashring/cuda/runtime.h"
 #include "flashring/error.h"
 #include "flashring/nccl/nccl_comm.h"
@@ -17,11 +18,6 @@
 
 namespace flashring {
 namespace {
-
-#define REQUIRE_CUDA_DEVICE()                                                                             \
-  do {                                                                                                    \
-    if (cuda::deviceCount() == 0) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailableReason(); \
-  } while (0)
 
 TEST(NcclComm, ConstructionNeedsADevice) {
   if (cuda::deviceCount() > 0) GTEST_SKIP() << "a device is present: the no-device error path does not apply";

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_test_util.h"
 #include "flashring/cuda/runtime.h"
 #include "flashring/cuda/thread_world.h"
 #include "flashring/error.h"
@@ -15,7 +16,7 @@ namespace flashring {
 namespace {
 
 TEST(OneGpuWorld, RanksExchangeDeviceBuffers) {
-  if (cuda::deviceCount() == 0) GTEST_SKIP() << "no usable CUDA device: " << cuda::unavailableReason();
+  REQUIRE_CUDA_DEVICE();
   cuda::runOneGpuRanks(4, [](Communicator& c) {
     EXPECT_EQ(c.transport(), "thread-cuda");
     EXPECT_TRUE(c.movesMemory(MemoryKind::Cuda));

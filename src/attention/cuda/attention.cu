@@ -11,6 +11,7 @@
 
 #include "attention/common/attention_math.h"
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "flashring/cuda/attention.h"
 #include "flashring/error.h"
 
@@ -19,6 +20,7 @@ namespace {
 
 namespace ad = flashring::attn::detail;
 constexpr int kThreads = 128;
+unsigned blocks(size_t work) { return detail::blocksFor(work, kThreads); }
 
 struct LoadF32 {
   __device__ float operator()(const float* p, int64_t i) const { return p[i]; }
@@ -58,11 +60,6 @@ __global__ void mergeKernel(float* out, float* lse, const float* out_b, const fl
     ad::mergePair(out + p * head_dim, lse + p, out_b + p * head_dim, lse_b[p], head_dim);
 }
 
-unsigned blocksFor(int64_t work) {
-  const int64_t b = (work + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 65535 * 16 ? b : 65535 * 16);
-}
-
 }  // namespace
 
 void blockAttention(const void* q, const void* k, const void* v, DType dtype, const AttentionShape& shape,
@@ -81,17 +78,17 @@ void blockAttention(const void* q, const void* k, const void* v, DType dtype, co
   const cudaStream_t s = detail::streamOf(ctx.stream);
   switch (dtype) {
     case DType::F32:
-      blockAttentionKernel<float, LoadF32, StoreF32><<<blocksFor(rows), kThreads, 0, s>>>(
+      blockAttentionKernel<float, LoadF32, StoreF32><<<blocks(rows), kThreads, 0, s>>>(
           static_cast<const float*>(q), static_cast<const float*>(k), static_cast<const float*>(v), g, shape.batch,
           static_cast<float*>(out), lse);
       break;
     case DType::F16:
-      blockAttentionKernel<__half, LoadF16, StoreF16><<<blocksFor(rows), kThreads, 0, s>>>(
+      blockAttentionKernel<__half, LoadF16, StoreF16><<<blocks(rows), kThreads, 0, s>>>(
           static_cast<const __half*>(q), static_cast<const __half*>(k), static_cast<const __half*>(v), g, shape.batch,
           static_cast<__half*>(out), lse);
       break;
     case DType::BF16:
-      blockAttentionKernel<__nv_bfloat16, LoadBf16, StoreBf16><<<blocksFor(rows), kThreads, 0, s>>>(
+      blockAttentionKernel<__nv_bfloat16, LoadBf16, StoreBf16><<<blocks(rows), kThreads, 0, s>>>(
           static_cast<const __nv_bfloat16*>(q), static_cast<const __nv_bfloat16*>(k),
           static_cast<const __nv_bfloat16*>(v), g, shape.batch, static_cast<__nv_bfloat16*>(out), lse);
       break;
@@ -107,7 +104,7 @@ void mergeAttention(float* out, float* lse, const float* out_b, const float* lse
   if (out == nullptr || lse == nullptr || out_b == nullptr || lse_b == nullptr)
     throw InvalidArgument("cuda::mergeAttention: null pointer");
   const int64_t pairs = rows * heads;
-  mergeKernel<<<blocksFor(pairs), kThreads, 0, detail::streamOf(ctx.stream)>>>(out, lse, out_b, lse_b, pairs, head_dim);
+  mergeKernel<<<blocks(pairs), kThreads, 0, detail::streamOf(ctx.stream)>>>(out, lse, out_b, lse_b, pairs, head_dim);
   FLASHRING_CUDA_CHECK(cudaGetLastError());
 }
 

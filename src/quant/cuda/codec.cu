@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda/check.h"
+#include "cuda/launch.h"
 #include "flashring/cuda/codec.h"
 #include "flashring/error.h"
 #include "quant/common/group_math.h"
@@ -25,11 +26,7 @@ namespace {
 namespace qd = flashring::quant::detail;
 
 constexpr int kThreads = 128;
-
-unsigned blocksFor(size_t work) {
-  const size_t b = (work + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 65535u * 16u ? b : 65535u * 16u);  // grid-stride loops cover the rest
-}
+unsigned blocks(size_t work) { return detail::blocksFor(work, kThreads); }
 
 // A run's parameters as the kernels need them.
 struct Run {
@@ -197,7 +194,7 @@ void decodeInto(const void* in, size_t n, const quant::Config& cfg, void* out, O
     StreamScratch flag(sizeof(int), s);
     int* bad = reinterpret_cast<int*>(flag.f32());
     FLASHRING_CUDA_CHECK(cudaMemsetAsync(bad, 0, sizeof(int), s));
-    checkSpikesKernel<<<blocksFor(run.groups), kThreads, 0, s>>>(bytes, run, bad);
+    checkSpikesKernel<<<blocks(run.groups), kThreads, 0, s>>>(bytes, run, bad);
     FLASHRING_CUDA_CHECK(cudaGetLastError());
     int host_bad = 0;
     FLASHRING_CUDA_CHECK(cudaMemcpyAsync(&host_bad, bad, sizeof(int), cudaMemcpyDeviceToHost, s));
@@ -207,17 +204,17 @@ void decodeInto(const void* in, size_t n, const quant::Config& cfg, void* out, O
     }
   }
   if (!run.rotate) {
-    decodeElemKernel<<<blocksFor(n), kThreads, 0, s>>>(bytes, run, out, mode);
+    decodeElemKernel<<<blocks(n), kThreads, 0, s>>>(bytes, run, out, mode);
     FLASHRING_CUDA_CHECK(cudaGetLastError());
     return;
   }
   const bool f32_dst = mode == Out::F32 || mode == Out::Accumulate;
   StreamScratch scratch(n * sizeof(float) * (f32_dst ? 1 : 2), s);
   float* dst = f32_dst ? static_cast<float*>(out) : scratch.f32() + n;
-  decodeGroupKernel<<<blocksFor(run.groups), kThreads, 0, s>>>(bytes, run, scratch.f32(), dst, mode == Out::Accumulate);
+  decodeGroupKernel<<<blocks(run.groups), kThreads, 0, s>>>(bytes, run, scratch.f32(), dst, mode == Out::Accumulate);
   FLASHRING_CUDA_CHECK(cudaGetLastError());
   if (!f32_dst) {
-    narrowKernel<<<blocksFor(n), kThreads, 0, s>>>(dst, n, out, mode);
+    narrowKernel<<<blocks(n), kThreads, 0, s>>>(dst, n, out, mode);
     FLASHRING_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -235,16 +232,16 @@ void quantize(const void* x, DType dtype, size_t n, const quant::Config& cfg, vo
   StreamScratch scratch(n * sizeof(float) * ((wide ? 1 : 0) + (transformed ? 1 : 0)), s);
   const float* xf = static_cast<const float*>(x);
   if (wide) {
-    widenKernel<<<blocksFor(n), kThreads, 0, s>>>(x, dtype, n, scratch.f32());
+    widenKernel<<<blocks(n), kThreads, 0, s>>>(x, dtype, n, scratch.f32());
     FLASHRING_CUDA_CHECK(cudaGetLastError());
     xf = scratch.f32();
   }
   auto* o = static_cast<uint8_t*>(out);
   if (transformed) {
     float* buf = scratch.f32() + (wide ? n : 0);
-    encodeRefKernel<<<blocksFor(run.groups), kThreads, 0, s>>>(xf, run, buf, o);
+    encodeRefKernel<<<blocks(run.groups), kThreads, 0, s>>>(xf, run, buf, o);
   } else {
-    encodePlainKernel<<<blocksFor(run.groups), kThreads, 0, s>>>(xf, run, o);
+    encodePlainKernel<<<blocks(run.groups), kThreads, 0, s>>>(xf, run, o);
   }
   FLASHRING_CUDA_CHECK(cudaGetLastError());
 }
