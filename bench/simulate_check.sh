@@ -2,14 +2,17 @@
 # bench/simulate_check.sh: `flashring simulate` against measurement on emulated links (bench/netem).
 #
 #   bench/simulate_check.sh [--quick] [--json OUT.json] [--repeats N] [--bin PATH] [--model GGUF] [--keep DIR]
+#                           [--reuse DIR]
+# --keep DIR keeps the calibrations, measurements and predictions there; --reuse DIR re-calibrates and
+# re-predicts against the measurements of an earlier --keep DIR (no benchmark runs).
 #
-# 1. Calibrates once: `flashring simulate --profile local --save-profile` under mpirun, 4 ranks over MPI's TCP
-#    transport on loopback with the MCA settings of bench/netem/run.sh (so the transport's CPU per byte and per
-#    message are those of TCP here), every CPU rate measured with all 4 ranks running at once.
+# 1. Calibrates: `flashring simulate --profile local --save-profile` with 4 ranks under bench/netem/run.sh on each
+#    emulated topology run unshaped (--rate 100gbit), so the transport's CPU per byte and per message are those
+#    of MPI's TCP on that veth / bridge path; every CPU rate is measured with all 4 ranks running at once.
 # 2. Measures 16 configurations (4 ranks each) under bench/netem/run.sh:
 #      all-reduce 1 MiB and 16 MiB x ring-fp32 / flash-int8 / flash-int4 on a 1 Gbit/s star and mesh (12),
 #      16 MiB hier-bf16-int4 and flat flash-int4 on nodes:2x2 (10 Gbit/s inside, 1 Gbit/s uplinks) (2),
-#      SP attention tokenring / ring-kv / ulysses on a 1 Gbit/s mesh (3: seq 4096, 8 heads x 64, causal),
+#      SP attention tokenring / ring-kv / ulysses on a 1 Gbit/s mesh (3: seq 4096, 8 heads x 128, causal),
 #      TTFT of a 512-token prompt, TP4 (4x1) and TP2 x SP2 (2x2), int8 all-reduces, 1 Gbit/s star (2).
 #    Noise: this machine has 2 cores shared with other jobs. Every benchmark reports the median of its own
 #    iterations (all-reduce 5, attention 5, TTFT 3, after warm-up); the whole measurement is repeated --repeats
@@ -28,6 +31,7 @@ repeats=3
 json=""
 model=""
 keep=""
+reuse=""
 quick=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +41,8 @@ while [ $# -gt 0 ]; do
     --bin) bin=$2; shift ;;
     --model) model=$2; shift ;;
     --keep) keep=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --reuse) reuse=$2; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "simulate_check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -63,15 +68,28 @@ PROMPT=512
 log() { echo "# $*" >&2; }
 
 # ---------------------------------------------------------------------------------------------- 1. calibrate
-log "calibrating (4 ranks, MPI over TCP on loopback)"
-mpirun -n 4 --oversubscribe --bind-to none --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo \
-  --mca osc '^ucx,sm' --mca coll '^sm' --mca mpi_yield_when_idle 1 --mca btl_tcp_flags send,inplace,need-ack,need-csum \
-  "$bin" simulate --profile local --transport mpi --save-profile "$work/local.json" --allreduce 1M >/dev/null
-[ -s "$work/local.json" ] || { echo "simulate_check: calibration failed" >&2; exit 2; }
+# Once per emulated topology, unshaped (100gbit: the CPU, not a link, is the limit), so that the transport's CPU
+# per byte and per message are those of that veth / bridge path; the links are then replaced by the shaped ones
+# (--link-rate) when predicting.
+netem() { "$here/netem/run.sh" -q "$@"; }
+calibrate() {  # name, then run.sh topology arguments
+  local name=$1; shift
+  netem "$@" -- "$bin" simulate --profile local --transport mpi --save-profile "$work/$name.json" --allreduce 1M \
+    >/dev/null 2>&1 || true
+  [ -s "$work/$name.json" ] || { echo "simulate_check: calibration on $* failed" >&2; exit 2; }
+}
+log "calibrating: 4 ranks on each emulated topology, unshaped"
+calibrate cal_star --ranks 4 --rate 100gbit --topology star
+calibrate cal_mesh --ranks 4 --rate 100gbit --topology mesh
+calibrate cal_nodes --topology nodes:2x2 --rate 100gbit --node-rate 100gbit
 
 # ---------------------------------------------------------------------------------------------- 2. measure
-netem() { "$here/netem/run.sh" -q "$@"; }
+if [ -n "$reuse" ]; then  # the measurements of an earlier --keep DIR run (to re-predict only)
+  cp "$reuse"/ar_*_[0-9]*.json "$reuse"/attn_*_[0-9]*.json "$reuse"/ttft_*_[0-9]*.json "$work/"
+  repeats=$(ls "$work"/ar_star_[0-9]*.json | wc -l)
+fi
 for r in $(seq 1 "$repeats"); do
+  [ -z "$reuse" ] || break
   log "measuring, repeat $r of $repeats"
   netem --ranks 4 --rate 1gbit --topology star -- "$bin" bench allreduce --transport mpi -b 1M -e 16M -f 16 \
     --algos ring-fp32,flash-int8,flash-int4 -n 5 -w 1 --json "$work/ar_star_$r.json" >/dev/null 2>&1
@@ -80,34 +98,32 @@ for r in $(seq 1 "$repeats"); do
   netem --topology nodes:2x2 --rate 10gbit --node-rate 1gbit -- "$bin" bench allreduce --transport mpi -b 16M -e 16M \
     --algos flash-int4,hier-bf16-int4 -n 5 -w 1 --json "$work/ar_nodes_$r.json" >/dev/null 2>&1
   netem --ranks 4 --rate 1gbit --topology mesh -- "$bin" bench attention --transport mpi --seq 4096 --heads 8 \
-    --head-dim 64 --schemes tokenring,ring-kv,ulysses --no-check -n 5 -w 1 --json "$work/attn_mesh_$r.json" >/dev/null 2>&1
+    --head-dim 128 --schemes tokenring,ring-kv,ulysses --no-check -n 5 -w 1 --json "$work/attn_mesh_$r.json" >/dev/null 2>&1
   netem --ranks 4 --rate 1gbit --topology star -- "$bin" bench ttft --transport mpi -m "$model" --grids 4x1,2x2 \
     --comms int8 --prompt-tokens $PROMPT -n 3 -w 1 --json "$work/ttft_star_$r.json" >/dev/null 2>&1
 done
 
 # ---------------------------------------------------------------------------------------------- 3. predict
-sim() { "$bin" simulate --profile-file "$work/local.json" "$@" >/dev/null; }
-i=0
-pred() {  # name, then simulate arguments; writes $work/pred_<name>.json
-  local name=$1; shift
-  sim "$@" --json "$work/pred_$name.json"
+pred() {  # name, calibration, then simulate arguments; writes $work/pred_<name>.json
+  local name=$1 cal=$2; shift 2
+  "$bin" simulate --profile-file "$work/$cal.json" "$@" --json "$work/pred_$name.json" >"$work/pred_$name.txt"
 }
 for topo in star mesh; do
   for size in 1M 16M; do
     for algo in ring-fp32 flash-int8 flash-int4; do
-      pred "ar_${topo}_${size}_${algo}" --link-rate 1gbit --link-topology $topo --allreduce $size --comm $algo
+      pred "ar_${topo}_${size}_${algo}" cal_$topo --link-rate 1gbit --link-topology $topo --allreduce $size --comm $algo
     done
   done
 done
 for algo in flash-int4 hier-bf16-int4; do
-  pred "ar_nodes_16M_${algo}" --link-rate 10gbit --link-topology nodes:2x2 --node-rate 1gbit --allreduce 16M --comm $algo
+  pred "ar_nodes_16M_${algo}" cal_nodes --link-rate 10gbit --link-topology nodes:2x2 --node-rate 1gbit --allreduce 16M --comm $algo
 done
 for scheme in tokenring ring-kv ulysses; do
-  pred "attn_mesh_${scheme}" --link-rate 1gbit --link-topology mesh --attention --seq 4096 --heads 8 --head-dim 64 \
+  pred "attn_mesh_${scheme}" cal_mesh --link-rate 1gbit --link-topology mesh --attention --seq 4096 --heads 8 --head-dim 128 \
     --attn $scheme
 done
-pred "ttft_star_4x1" --link-rate 1gbit --link-topology star -m "$model" --tp 4 --sp 1 -p $PROMPT -n 0 --comm int8 --spikes 2
-pred "ttft_star_2x2" --link-rate 1gbit --link-topology star -m "$model" --tp 2 --sp 2 -p $PROMPT -n 0 --comm int8 --spikes 2
+pred "ttft_star_4x1" cal_star --link-rate 1gbit --link-topology star -m "$model" --tp 4 --sp 1 -p $PROMPT -n 0 --comm int8 --spikes 2
+pred "ttft_star_2x2" cal_star --link-rate 1gbit --link-topology star -m "$model" --tp 2 --sp 2 -p $PROMPT -n 0 --comm int8 --spikes 2
 
 # ---------------------------------------------------------------------------------------------- 4. compare
 python3 - "$work" "$repeats" "$json" "$model" <<'EOF'
@@ -137,7 +153,7 @@ for algo in ("flash-int4", "hier-bf16-int4"):
     add(f"allreduce 16M {algo} nodes:2x2 10gbit/1gbit", f"ar_nodes_16M_{algo}", "time_ms", "ar_nodes",
         lambda r, a=algo: r["algo"] == a, "time_us", 1e-3)
 for s in ("tokenring", "ring-kv", "ulysses"):
-    add(f"attention {s} S=4096 8x64 mesh 1gbit", f"attn_mesh_{s}", "time_ms", "attn_mesh",
+    add(f"attention {s} S=4096 8x128 mesh 1gbit", f"attn_mesh_{s}", "time_ms", "attn_mesh",
         lambda r, s=s: r["scheme"] == s, "time_us", 1e-3)
 for g in ("4x1", "2x2"):
     add(f"ttft {g} int8 {os.path.basename(model)} p512 star 1gbit", f"ttft_star_{g}", "ttft_ms", "ttft_star",

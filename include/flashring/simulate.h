@@ -4,7 +4,8 @@
 //
 // What it predicts for one prefill of `prompt` tokens x `batch` sequences and the decode after it, per rank
 // (world rank = sp_rank * tp + tp_rank, as the engine; ranks fill the nodes in order, gpus_per_node each):
-//   linear layers   per layer 2 * tokens * params / tp FLOPs and params / tp * weight_bytes bytes of weights:
+//   linear layers   per layer 2 * tokens * params FLOPs and params * weight_bytes bytes of weights of the slowest
+//                   TP rank's shard (tpShard: its query heads, KV heads and FFN units; params / tp when even):
 //                   time = max(FLOPs / (peak * gemm_eff), bytes / (mem_bw * mem_eff)) (compute- or memory-bound)
 //   attention       causal, zigzag-balanced: 4 * batch * heads/tp * head_dim * S^2 * (S+1)/(2S) / sp FLOPs at
 //                   peak * attn_eff; under SP the scheme's communication from CostModel::predict (costmodel.h)
@@ -46,7 +47,13 @@ struct LinkSpec {
   double efficiency = 1;  // achieved fraction of peak_Bps (large messages)
   double latency_s = 0;   // per message round
   Topology topology = Topology::Star;
+  // A token-bucket shaper (bench/netem's tbf; 0 = none): after idle, `burst_bytes` may pass ahead of the rate,
+  // but at most `peak_ratio` x the rate beyond the first `peak_bytes` (payload bytes).
+  double burst_bytes = 0, peak_bytes = 0, peak_ratio = 0;
   double bandwidthBps() const { return peak_Bps * efficiency; }
+  // Seconds to move `bytes` over this link starting with full buckets: max((b - burst) / rate, (b - peak_bytes)
+  // / (peak_ratio x rate), 0); without a shaper, b / rate.
+  double seconds(double bytes) const;
 };
 
 struct Profile {
@@ -77,15 +84,19 @@ struct Profile {
   //   wire_cpu_s_per_byte  the transport's CPU time per byte a rank sends (MPI over TCP: the copies into and out
   //                    of the sockets and the TCP stack, on the same cores; measured on loopback, where the CPU and
   //                    not a link is the limit); added to the transfer, not overlapped
-  //   msg_cpu_s        the transport's overhead per message beyond latency and bytes (MPI's rendezvous, the
-  //                    syscalls and wake-ups of one more message)
+  //   msg_cpu_s        the transport's overhead per message beyond latency and bytes, for messages larger than
+  //                    eager_bytes (MPI's rendezvous: a handshake more, the wake-ups of one more message)
   //   merge_Bps        SP attention's merges of partial (out, lse) blocks, memory traffic per second
+  //   sync_s           ranks that time-share cores do not finish a compute phase together: the wait of each
+  //                    collective that follows one (every TP all-reduce and SP attention call of a layer)
   //   cores            CPU cores the ranks of a node share (0: every rank has its own device); the rates above
   //                    were measured with all ranks running at once, so they already include the sharing
   std::vector<std::pair<std::string, double>> codec_rates;
   double wire_cpu_s_per_byte = 0;
   double msg_cpu_s = 0;
+  double eager_bytes = 65536;  // OpenMPI's TCP eager limit
   double merge_Bps = 0;
+  double sync_s = 0;
   int cores = 0;
   int ranks() const { return gpus_per_node * nodes; }
   // The codec rate of one stage codec (bits 0: the exact payload), codec_Bps when not measured.
@@ -99,7 +110,9 @@ Profile profileFromJson(const std::string& json);
 // The profile with its links replaced by emulated ones as bench/netem/run.sh builds them: `topology` star, mesh
 // or nodes:RxK (R nodes of K ranks: a star of `rate_bps` inside each node, one shared uplink of `node_rate_bps`
 // per node), rates in bit/s. Bandwidth = the TCP goodput of the rate (1448 payload bytes per 1514-byte frame);
-// latencies and every CPU cost stay the profile's. InvalidArgument for a bad topology or rate.
+// latencies and every CPU cost stay the profile's. The links get run.sh's default tbf buckets (burst max(1 MiB, 8 ms
+// of the rate), peak rate 1.2x beyond max(128 KiB, 1 ms of the rate)), so a call's first bytes on a link pass
+// faster than the rate (calls are assumed to start with full buckets). InvalidArgument for a bad topology or rate.
 Profile withEmulatedLinks(const Profile& p, const std::string& topology, double rate_bps, double node_rate_bps = 0);
 // A tc-style rate ("1gbit", "500mbit", "10gbit", "125mbps" = bytes/s) in bit/s; InvalidArgument otherwise.
 double parseRate(const std::string& rate);
@@ -161,8 +174,12 @@ struct AllreduceCost {
   int rounds = 0;                                           // message rounds
   double comm_s = 0;                                        // latency + transfer (+ transport CPU)
   double codec_s = 0;                                       // quantize / dequantize / reduce
-  double transport_cpu_s = 0;  // of comm_s: the transport's CPU per byte and per message (CPU profiles)
+  double link_s = 0;                                        // latency + transfer on the links alone
+  double transport_cpu_s = 0;  // the transport's CPU per byte and per rendezvous message (CPU profiles)
   int messages = 0;            // messages one rank sends
+  int stages = 1;              // pipelined pieces the CPU work overlaps the links over (CPU profiles)
+  // comm_s + codec_s = the all-reduce. GPU profiles (cores 0): comm_s = link_s + transport_cpu_s, codec_s
+  // not overlapped. CPU profiles: max(link_s, P) + min(link_s, P) / stages with P = codec_s + transport_cpu_s.
 };
 // `options` as the engine would hold them (commAllreduceOptions); the link model and node layout are filled in
 // from the profile here, as a calibrated engine on that machine would.

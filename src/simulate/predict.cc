@@ -91,7 +91,7 @@ double twoStepCodecSeconds(double M, double N, double a, double e1, double r1, d
 // Link time of `bytes` one rank sends to `peers` peers at once: a mesh gives each peer its own link.
 double transfer(double bytes, const LinkSpec& l, int peers) {
   const double links = l.topology == Topology::Mesh ? std::max(1, peers) : 1;
-  return bytes / (l.bandwidthBps() * links);
+  return l.seconds(bytes / links);
 }
 
 }  // namespace
@@ -165,7 +165,8 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
     case AllreduceAlgorithm::Hierarchical: {
       const bool intra_q = r.hier.intra.bits > 0, inter_q = r.hier.inter.bits > 0;
       c.rounds = (K > 1 ? 2 : 0) + (nodes > 1 ? (r.hier.inter_oneshot ? 1 : 2) : 0);
-      c.messages = chunks * ((K > 1 ? 2 * (K - 1) : 0) + (nodes > 1 ? (r.hier.inter_oneshot ? 1 : 2) * (nodes - 1) : 0));
+      c.messages =
+          chunks * ((K > 1 ? 2 * (K - 1) : 0) + (nodes > 1 ? (r.hier.inter_oneshot ? 1 : 2) * (nodes - 1) : 0));
       const double ei = perValue(r.hier.intra, r.reduce_scatter), eo = perValue(r.hier.inter, r.reduce_scatter);
       if (intra_q || !exact_fused) codec_s += twoStepTraffic(M, K, a, ei, ei) / rate(r.hier.intra);
       if (inter_q || !exact_fused)
@@ -179,7 +180,7 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
   c.codec_s = codec_s;
   // The link to other nodes as one rank sees it: a node's ranks send through one shared uplink at once.
   LinkSpec up = p.inter;
-  if (multi && p.inter_shared) up.peak_Bps /= K;
+  if (multi && p.inter_shared) up.peak_Bps /= K, up.burst_bytes /= K, up.peak_bytes /= K;
   if (!multi) {
     c.comm_s = c.rounds * p.intra.latency_s + transfer(wire, p.intra, peers);
   } else if (r.algorithm == AllreduceAlgorithm::Hierarchical) {
@@ -191,13 +192,31 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
   } else {
     // A flat algorithm sends to every peer at once: the intra-node part on the node's links, the rest through the
     // NIC, concurrently; each round waits for the slower (inter-node) peer.
-    c.comm_s = c.rounds * p.inter.latency_s + std::max(K > 1 ? transfer(wire - inter, p.intra, peers == 1 ? 1 : K - 1)
-                                                             : 0.0,
-                                                       transfer(inter, up, peers == 1 ? 1 : N - K));
+    c.comm_s =
+        c.rounds * p.inter.latency_s + std::max(K > 1 ? transfer(wire - inter, p.intra, peers == 1 ? 1 : K - 1) : 0.0,
+                                                transfer(inter, up, peers == 1 ? 1 : N - K));
   }
-  // The transport's CPU: per byte sent (as many received) and per message; it shares the cores, not overlapped.
-  c.transport_cpu_s = wire * p.wire_cpu_s_per_byte + c.messages * p.msg_cpu_s;
-  c.comm_s += c.transport_cpu_s;
+  c.link_s = c.comm_s;
+  // The transport's CPU: per byte sent (as many received), and per message MPI sends by rendezvous (larger than
+  // the eager limit: a handshake more per message).
+  const bool rendezvous = c.messages > 0 && wire / c.messages > p.eager_bytes;
+  c.transport_cpu_s = wire * p.wire_cpu_s_per_byte + (rendezvous ? c.messages * p.msg_cpu_s : 0.0);
+  if (p.cores > 0) {
+    // CPU machines: the codec and the transport's CPU (P) run on the cores while the links move the bytes (L).
+    // Over `stages` pipelined pieces (the two-step's chunks, the ring's rounds) each resource works while the
+    // other does, but for one piece: max(L, P) + min(L, P) / stages (one piece: L + P, nothing hidden). The
+    // codec stays quantization time; communication is the rest.
+    int stages = 1;
+    if (r.algorithm == AllreduceAlgorithm::Ring) stages = c.rounds;
+    if (r.algorithm == AllreduceAlgorithm::TwoStep || r.algorithm == AllreduceAlgorithm::Quantized ||
+        r.algorithm == AllreduceAlgorithm::Hierarchical)
+      stages = chunks;
+    c.stages = stages;
+    const double L = c.link_s, P = c.codec_s + c.transport_cpu_s;
+    c.comm_s = std::max(L, P) + std::min(L, P) / stages - c.codec_s;
+  } else {
+    c.comm_s += c.transport_cpu_s;
+  }
   return c;
 }
 
@@ -293,8 +312,16 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   const double layer_macs = m.linearMacsPerToken() / m.n_layer;
   const double gemm = p.peak_flops * p.gemm_eff, mem = p.mem_Bps * p.mem_eff, attn_rate = p.peak_flops * p.attn_eff;
 
-  // Linear layers of one layer on one rank.
-  const double lin_s = std::max(2 * tokens * layer_macs / tp / gemm, layer_macs / tp * p.weight_bytes / mem);
+  // Linear layers of one layer on the slowest rank (tpShard's uneven head splits; KV heads replicated when tp
+  // exceeds them): Q and O projections of its heads, K and V of its KV heads, its FFN units.
+  double rank_macs = 0;
+  for (int t = 0; t < tp; ++t) {
+    const TpShard sh = tpShard(m, tp, t);
+    const double dm = m.n_embd, hd = m.head_dim;
+    rank_macs = std::max(
+        rank_macs, 2 * dm * sh.heads * hd + 2 * dm * static_cast<double>(sh.kv_heads.size()) * hd + 3 * dm * sh.ff);
+  }
+  const double lin_s = std::max(2 * tokens * rank_macs / gemm, rank_macs * p.weight_bytes / mem);
   // Causal attention, zigzag-balanced (CostModel's rankFlops).
   const double causal = 4.0 * B * heads * d * S * S * (S + 1) / (2 * S);
   const double attn_flops =
@@ -362,8 +389,10 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   r.linear_s = L * lin_s;
   r.attention_s = L * attn_c;
   r.compute_s = r.linear_s + r.attention_s + head_s;
-  r.tp_comm_s = L * 2 * ar.comm_s;
-  r.sp_comm_s = sp_s;
+  // Ranks that time-share cores do not finish a layer's compute together: every collective after it waits for
+  // the last one (sync_s; CPU profiles).
+  r.tp_comm_s = L * 2 * (ar.comm_s + (tp > 1 ? p.sync_s : 0.0));
+  r.sp_comm_s = sp_s + (sp > 1 ? L * p.sync_s : 0.0);
   r.comm_s = r.tp_comm_s + r.sp_comm_s;
   r.quant_s = L * 2 * ar.codec_s;
   r.prefill_s = r.compute_s + r.comm_s + r.quant_s;

@@ -197,6 +197,14 @@ Profile withLinkScale(const Profile& p, double scale) {
   return q;
 }
 
+double LinkSpec::seconds(double bytes) const {
+  const double bw = bandwidthBps();
+  if (burst_bytes <= 0) return bytes / bw;
+  double t = std::max(0.0, (bytes - burst_bytes) / bw);
+  if (peak_ratio > 1) t = std::max(t, (bytes - peak_bytes) / (peak_ratio * bw));
+  return t;
+}
+
 double Profile::codecRate(int bits, Payload payload) const {
   const std::string key = bits > 0 ? fmt::format("int{}", bits) : payload == Payload::BF16 ? "bf16" : "fp32";
   for (const auto& [k, v] : codec_rates)
@@ -207,10 +215,10 @@ double Profile::codecRate(int bits, Payload payload) const {
 namespace {
 
 nlohmann::json linkJson(const LinkSpec& l) {
-  return {{"peak_Bps", l.peak_Bps},
-          {"efficiency", l.efficiency},
-          {"latency_s", l.latency_s},
-          {"topology", topologyName(l.topology)}};
+  return {{"peak_Bps", l.peak_Bps},       {"efficiency", l.efficiency},
+          {"latency_s", l.latency_s},     {"topology", topologyName(l.topology)},
+          {"burst_bytes", l.burst_bytes}, {"peak_bytes", l.peak_bytes},
+          {"peak_ratio", l.peak_ratio}};
 }
 LinkSpec linkFrom(const nlohmann::json& j) {
   LinkSpec l;
@@ -220,6 +228,9 @@ LinkSpec linkFrom(const nlohmann::json& j) {
   const std::string t = j.at("topology").get<std::string>();
   if (t != "star" && t != "mesh") throw InvalidArgument(fmt::format("profile JSON: topology '{}'", t));
   l.topology = t == "star" ? Topology::Star : Topology::Mesh;
+  l.burst_bytes = j.value("burst_bytes", 0.0);
+  l.peak_bytes = j.value("peak_bytes", 0.0);
+  l.peak_ratio = j.value("peak_ratio", 0.0);
   return l;
 }
 
@@ -249,7 +260,9 @@ std::string profileToJson(const Profile& p) {
                          {"codec_rates", rates},
                          {"wire_cpu_s_per_byte", p.wire_cpu_s_per_byte},
                          {"msg_cpu_s", p.msg_cpu_s},
+                         {"eager_bytes", p.eager_bytes},
                          {"merge_Bps", p.merge_Bps},
+                         {"sync_s", p.sync_s},
                          {"cores", p.cores}};
   return j.dump(1);
 }
@@ -280,11 +293,14 @@ Profile profileFromJson(const std::string& text) {
       for (const auto& [k, v] : j.at("codec_rates").items()) p.codec_rates.emplace_back(k, v.get<double>());
     p.wire_cpu_s_per_byte = j.value("wire_cpu_s_per_byte", 0.0);
     p.msg_cpu_s = j.value("msg_cpu_s", 0.0);
+    p.eager_bytes = j.value("eager_bytes", 65536.0);
     p.merge_Bps = j.value("merge_Bps", 0.0);
+    p.sync_s = j.value("sync_s", 0.0);
     p.cores = j.value("cores", 0);
     if (p.gpus_per_node < 1 || p.nodes < 1 || !(p.peak_flops > 0) || !(p.mem_Bps > 0) || !(p.codec_Bps > 0) ||
         !(p.intra.bandwidthBps() > 0) || !(p.act_bytes > 0))
-      throw InvalidArgument("profile JSON: ranks, peak_flops, mem_Bps, codec_Bps, the link and act_bytes must be positive");
+      throw InvalidArgument(
+          "profile JSON: ranks, peak_flops, mem_Bps, codec_Bps, the link and act_bytes must be positive");
     return p;
   } catch (const nlohmann::json::exception& e) {
     throw InvalidArgument(fmt::format("profile JSON: {}", e.what()));
@@ -302,22 +318,29 @@ double parseRate(const std::string& rate) {
   }
   std::string unit = rate.substr(i);
   for (char& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  const std::pair<const char*, double> units[] = {{"bit", 1},      {"kbit", 1e3},   {"mbit", 1e6},
-                                                  {"gbit", 1e9},   {"bps", 8},      {"kbps", 8e3},
-                                                  {"mbps", 8e6},   {"gbps", 8e9}};
+  const std::pair<const char*, double> units[] = {{"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9},
+                                                  {"bps", 8}, {"kbps", 8e3}, {"mbps", 8e6}, {"gbps", 8e9}};
   for (const auto& [u, f] : units)
     if (unit == u && v > 0) return v * f;
-  throw InvalidArgument(
-      fmt::format("rate '{}': expected a number and a tc unit (bit, kbit, mbit, gbit; bps, kbps, mbps, gbps = bytes/s)",
-                  rate));
+  throw InvalidArgument(fmt::format(
+      "rate '{}': expected a number and a tc unit (bit, kbit, mbit, gbit; bps, kbps, mbps, gbps = bytes/s)", rate));
 }
 
 Profile withEmulatedLinks(const Profile& p, const std::string& topology, double rate_bps, double node_rate_bps) {
   if (!(rate_bps > 0)) throw InvalidArgument(fmt::format("emulated link rate {}: must be positive", rate_bps));
   constexpr double goodput = 1448.0 / 1514.0;  // TCP payload per Ethernet frame at MTU 1500 (tbf counts frames)
+  // run.sh's tbf defaults for a rate: burst max(1 MiB, 8 ms of it), peak 1.2x with a bucket of max(128 KiB, 1 ms).
+  auto shaped = [&](LinkSpec l, double bps) {
+    const double Bps = bps / 8;
+    l.peak_Bps = Bps * goodput;
+    l.efficiency = 1;
+    l.burst_bytes = std::max(1048576.0, Bps * 8e-3) * goodput;
+    l.peak_bytes = std::min(std::max(131072.0, Bps * 1e-3), std::max(1048576.0, Bps * 8e-3)) * goodput;
+    l.peak_ratio = 1.2;
+    return l;
+  };
   Profile q = p;
-  q.intra.peak_Bps = rate_bps / 8 * goodput;
-  q.intra.efficiency = 1;
+  q.intra = shaped(q.intra, rate_bps);
   q.inter = q.intra;
   q.inter_shared = false;
   if (topology == "star" || topology == "mesh") {
@@ -332,14 +355,15 @@ Profile withEmulatedLinks(const Profile& p, const std::string& topology, double 
     q.gpus_per_node = K;
     q.nodes = R;
     q.intra.topology = Topology::Star;
-    q.inter.peak_Bps = node_rate_bps / 8 * goodput;
+    q.inter = shaped(q.inter, node_rate_bps);
     q.inter.topology = Topology::Star;
     q.inter_shared = true;
   } else {
     throw InvalidArgument(fmt::format("emulated topology '{}': expected star, mesh or nodes:RxK", topology));
   }
-  q.description = fmt::format("{}; links emulated as bench/netem {} at {:g} Mbit/s{}", p.description, topology,
-                              rate_bps / 1e6, node_rate_bps > 0 ? fmt::format(", uplinks {:g} Mbit/s", node_rate_bps / 1e6) : "");
+  q.description =
+      fmt::format("{}; links emulated as bench/netem {} at {:g} Mbit/s{}", p.description, topology, rate_bps / 1e6,
+                  node_rate_bps > 0 ? fmt::format(", uplinks {:g} Mbit/s", node_rate_bps / 1e6) : "");
   return q;
 }
 
