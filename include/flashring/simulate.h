@@ -179,7 +179,8 @@ struct AllreduceCost {
   int messages = 0;            // messages one rank sends
   int stages = 1;              // pipelined pieces the CPU work overlaps the links over (CPU profiles)
   // comm_s + codec_s = the all-reduce. GPU profiles (cores 0): comm_s = link_s + transport_cpu_s, codec_s
-  // not overlapped. CPU profiles: max(link_s, P) + min(link_s, P) / stages with P = codec_s + transport_cpu_s.
+  // not overlapped. CPU profiles: max(link_s, P) + min(link_s, codec_s) / stages with P = codec_s +
+  // transport_cpu_s (the transport's CPU streams with the link; the codec hides behind it but for one piece).
 };
 // `options` as the engine would hold them (commAllreduceOptions); the link model and node layout are filled in
 // from the profile here, as a calibrated engine on that machine would.

@@ -3,11 +3,11 @@
 // Every CPU rate is measured with all ranks running the same kernel at once, one thread each (as the engine runs
 // ranks that share a machine), for fixed windows (each rank counts the calls it completes), so ranks that share
 // cores (4 MPI ranks on 2 cores) see the share they get when the engine runs them together; per window the
-// slowest rank counts, and the best of 3 windows. Measured:
+// slowest rank counts, and the median of 5 windows (as benchmarks report medians). Measured:
 //   link            CostModel::calibrate: bandwidth and topology of the transport's link (on loopback MPI/TCP
 //                   this is the CPU-bound transport, on emulated links the link)
 //   GEMMs           sgemm of 512 x 1024 x 1024 (the engine's prefill runs sgemm on dequantized panels)
-//   latency         8-byte ping-pongs between ranks 0 and 1, best of 5
+//   latency         8-byte ping-pongs between ranks 0 and 1, median of 5 runs of 10
 //   attention       the block kernel on 512 x 512 x 8 heads x 128, non-causal
 //   memory          a 64 MiB copy
 //   codecs          per codec (fp32, bf16, int8, int6, int5, int4), the passes of one rank's two-step all-reduce
@@ -17,7 +17,7 @@
 //   sync            every rank runs ~10 ms of sgemm, then a barrier, 8 times: the excess per iteration over the
 //                   calls' own (concurrent) time and the barrier's rounds of latency
 //   merges          mergeAttention of 1024 rows x 8 heads x 128 (3 passes over (out, lse))
-//   transport CPU   every rank sends 4 MiB to the next and receives 4 MiB from the previous at once (best of 5):
+//   transport CPU   every rank sends 4 MiB to the next and receives 4 MiB from the previous at once (median of 5):
 //                   seconds per byte sent; and the same bytes as 16 messages of 256 KiB: the excess per message.
 //                   Only meaningful where the CPU and not a link is the limit: loopback, or emulated links run
 //                   unshaped (bench/simulate_check.sh calibrates under bench/netem/run.sh --rate 100gbit, so the
@@ -44,14 +44,21 @@ namespace {
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Seconds per call of fn while every rank runs it at once: one untimed call, then 3 windows (each after a
+// The median of v (v not empty).
+double medianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Seconds per call of fn while every rank runs it at once: one untimed call, then 5 windows (each after a
 // barrier) of calls for `window` seconds; per window the slowest rank's mean (ranks that share cores slow each
-// other down in the same window), and the best window (other jobs on the machine only ever slow one down).
+// other down in the same window), and the median window (as the benchmarks report medians: a best window would
+// catch a moment the machine's other jobs left free, which a longer benchmark does not get).
 template <class F>
-double concurrentSeconds(Communicator& comm, F&& fn, double window = 0.08) {
+double concurrentSeconds(Communicator& comm, F&& fn, double window = 0.06) {
   fn();
-  double best = 1e30;
-  for (int w = 0; w < 3; ++w) {
+  std::vector<double> ws;
+  for (int w = 0; w < 5; ++w) {
     barrier(comm);
     const auto t0 = Clock::now();
     int calls = 0;
@@ -59,9 +66,9 @@ double concurrentSeconds(Communicator& comm, F&& fn, double window = 0.08) {
       fn();
       ++calls;
     } while (since(t0) < window);
-    best = std::min(best, allreduceMax(comm, since(t0) / calls));
+    ws.push_back(allreduceMax(comm, since(t0) / calls));
   }
-  return std::max(best, 1e-9);
+  return std::max(medianOf(ws), 1e-9);
 }
 
 // The codec passes of one rank's two-step all-reduce of M values over N ranks with one codec.
@@ -145,13 +152,13 @@ Profile calibratedProfile(Communicator& comm, double weight_bytes) {
   const CostModel cm = CostModel::calibrate(comm);
   const CostModelParams& cp = cm.params();
 
-  // Latency: 8-byte ping-pongs between ranks 0 and 1, best of 5 runs of 10 (CostModel's single run is noisy on a
-  // loaded machine, and other jobs only ever add time).
+  // Latency: 8-byte ping-pongs between ranks 0 and 1, median of 5 runs of 10 (CostModel's single run is noisy on
+  // a loaded machine).
   double latency_s = cp.latency_s;
   if (N >= 2) {
     const Tag tag = tags::make(tags::kHelpers, 3);
     char a[8] = {}, b[8] = {};
-    double best = 1e30;
+    std::vector<double> runs;
     for (int rep = 0; rep < 5; ++rep) {
       barrier(comm);
       const auto t0 = Clock::now();
@@ -166,9 +173,9 @@ Profile calibratedProfile(Communicator& comm, double weight_bytes) {
           comm.wait(sr, comm.deadline());
         }
       }
-      best = std::min(best, allreduceMax(comm, me <= 1 ? since(t0) : 0.0));
+      runs.push_back(allreduceMax(comm, me <= 1 ? since(t0) : 0.0));
     }
-    latency_s = best / 20;
+    latency_s = medianOf(runs) / 20;
   }
   // GEMMs: sgemm 512 x 1024 x 1024.
   double gemm_flops = 0;
@@ -193,16 +200,17 @@ Profile calibratedProfile(Communicator& comm, double weight_bytes) {
     };
     const double call = concurrentSeconds(comm, gemm);
     const int calls = std::max(1, static_cast<int>(0.01 / call));
-    double best = 1e30;
-    for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> runs;
+    for (int rep = 0; rep < 5; ++rep) {
       barrier(comm);
       const auto t0 = Clock::now();
       for (int it = 0; it < 8; ++it) {
         for (int c = 0; c < calls; ++c) gemm();
         barrier(comm);
       }
-      best = std::min(best, allreduceMax(comm, since(t0)) / 8);
+      runs.push_back(allreduceMax(comm, since(t0)) / 8);
     }
+    const double best = medianOf(runs);
     const double rounds = std::ceil(std::log2(static_cast<double>(N)));
     sync_s = std::max(0.0, best - calls * call - rounds * latency_s);
   }
@@ -262,14 +270,14 @@ Profile calibratedProfile(Communicator& comm, double weight_bytes) {
       comm.waitAll(rq, comm.deadline());
     };
     auto timed = [&](size_t msgs) {
-      double best = 1e30;
+      std::vector<double> runs;
       for (int i = 0; i < 5; ++i) {
         barrier(comm);
         const auto t0 = Clock::now();
         exchange(msgs);
-        best = std::min(best, allreduceMax(comm, since(t0)));
+        runs.push_back(allreduceMax(comm, since(t0)));
       }
-      return best;
+      return medianOf(runs);
     };
     exchange(1);
     const double one = timed(1), many = timed(parts);

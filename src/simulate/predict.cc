@@ -203,9 +203,10 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
   c.transport_cpu_s = wire * p.wire_cpu_s_per_byte + (rendezvous ? c.messages * p.msg_cpu_s : 0.0);
   if (p.cores > 0) {
     // CPU machines: the codec and the transport's CPU (P) run on the cores while the links move the bytes (L).
-    // Over `stages` pipelined pieces (the two-step's chunks, the ring's rounds) each resource works while the
-    // other does, but for one piece: max(L, P) + min(L, P) / stages (one piece: L + P, nothing hidden). The
-    // codec stays quantization time; communication is the rest.
+    // The transport's CPU streams with its own bytes; the codec overlaps the links only across `stages`
+    // pipelined pieces (the two-step's chunks, the ring's rounds): the first piece's encode and the last one's
+    // decode stay exposed: max(L, P) + min(L, codec) / stages. The codec stays quantization time;
+    // communication is the rest.
     int stages = 1;
     if (r.algorithm == AllreduceAlgorithm::Ring) stages = c.rounds;
     if (r.algorithm == AllreduceAlgorithm::TwoStep || r.algorithm == AllreduceAlgorithm::Quantized ||
@@ -213,7 +214,7 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
       stages = chunks;
     c.stages = stages;
     const double L = c.link_s, P = c.codec_s + c.transport_cpu_s;
-    c.comm_s = std::max(L, P) + std::min(L, P) / stages - c.codec_s;
+    c.comm_s = std::max(L, P) + std::min(L, c.codec_s) / stages - c.codec_s;
   } else {
     c.comm_s += c.transport_cpu_s;
   }
