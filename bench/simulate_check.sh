@@ -95,19 +95,19 @@ for r in $(seq 1 "$repeats"); do
   {
     calibrate "$work/cal_ar_star_$r.json" $STAR_U
     netem $STAR -- "$bin" bench allreduce --transport mpi -b 1M -e 16M -f 16 \
-      --algos ring-fp32,flash-int8,flash-int4 -n 5 -w 1 --json "$work/ar_star_$r.json" >/dev/null 2>&1
+      --algos ring-fp32,flash-int8,flash-int4 -n 5 -w 1 --json "$work/ar_star_$r.json" >/dev/null 2>&1 || log "a benchmark failed (its rows will read FAILED)"
     calibrate "$work/cal_ar_mesh_$r.json" $MESH_U
     netem $MESH -- "$bin" bench allreduce --transport mpi -b 1M -e 16M -f 16 \
-      --algos ring-fp32,flash-int8,flash-int4 -n 5 -w 1 --json "$work/ar_mesh_$r.json" >/dev/null 2>&1
+      --algos ring-fp32,flash-int8,flash-int4 -n 5 -w 1 --json "$work/ar_mesh_$r.json" >/dev/null 2>&1 || log "a benchmark failed (its rows will read FAILED)"
     calibrate "$work/cal_ar_nodes_$r.json" $NODES_U
     netem $NODES -- "$bin" bench allreduce --transport mpi -b 16M -e 16M \
-      --algos flash-int4,hier-bf16-int4 -n 5 -w 1 --json "$work/ar_nodes_$r.json" >/dev/null 2>&1
+      --algos flash-int4,hier-bf16-int4 -n 5 -w 1 --json "$work/ar_nodes_$r.json" >/dev/null 2>&1 || log "a benchmark failed (its rows will read FAILED)"
     calibrate "$work/cal_attn_mesh_$r.json" $MESH_U
     netem $MESH -- "$bin" bench attention --transport mpi --seq 4096 --heads 8 --head-dim 128 \
-      --schemes tokenring,ring-kv,ulysses --no-check -n 5 -w 1 --json "$work/attn_mesh_$r.json" >/dev/null 2>&1
+      --schemes tokenring,ring-kv,ulysses --no-check -n 5 -w 1 --json "$work/attn_mesh_$r.json" >/dev/null 2>&1 || log "a benchmark failed (its rows will read FAILED)"
     calibrate "$work/cal_ttft_star_$r.json" $STAR_U
     netem $STAR -- "$bin" bench ttft --transport mpi -m "$model" --grids 4x1,2x2 \
-      --comms int8 --prompt-tokens $PROMPT -n 3 -w 1 --json "$work/ttft_star_$r.json" >/dev/null 2>&1
+      --comms int8 --prompt-tokens $PROMPT -n 3 -w 1 --json "$work/ttft_star_$r.json" >/dev/null 2>&1 || log "a benchmark failed (its rows will read FAILED)"
   }
 done
 
