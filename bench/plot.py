@@ -12,6 +12,8 @@ communication bars per grid and codec, TTFT and speed-up over the grid's first c
 Simulate JSON (`flashring simulate --json`, rows with "bench": "simulate"): predicted compute / quantization /
 communication bars per grid and codec, one panel per link-rate scale, TTFT and speed-up over the grid's first codec
 on top (`--paper --json` rows, "bench": "simulate-paper": model / published ratio per figure, the +-25% band shaded).
+Simulate-check JSON (`bench/simulate_check.sh --json`, rows with "bench": "simulate_check"): predicted / measured
+per configuration, the +-15% band shaded.
 Perplexity JSON (`flashring perplexity --json`, one object per file, or arrays of them): perplexity vs
 group size, one line per (codec, TP degree), exact communication as a horizontal line.
 """
@@ -233,6 +235,31 @@ def plot_simulate_paper(rows, out):
     return [path]
 
 
+def plot_simulate_check(rows, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("predicted_ms") and r.get("measured_ms")]
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+    y = list(range(len(rows)))
+    ratio = [r["predicted_ms"] / r["measured_ms"] for r in rows]
+    ax.axvspan(0.85, 1.15, color="green", alpha=0.12, label="+-15%")
+    ax.barh(y, ratio, color=["tab:green" if abs(x - 1) <= 0.15 else "tab:red" for x in ratio])
+    ax.axvline(1.0, color="gray", lw=0.8)
+    ax.set_yticks(y)
+    ax.set_yticklabels([r["config"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("predicted / measured")
+    ax.set_title("bench/simulate_check.sh: flashring simulate against measurement", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(out, "simulate_check.png")
+    fig.savefig(path, dpi=110)
+    return [path]
+
+
 def plot_ppl(rows, out):
     import matplotlib
 
@@ -290,6 +317,8 @@ def main():
         paths = plot_simulate(rows, out)
     elif all(r.get("bench") == "simulate-paper" for r in rows):
         paths = plot_simulate_paper(rows, out)
+    elif all(r.get("bench") == "simulate_check" for r in rows):
+        paths = plot_simulate_check(rows, out)
     elif all("ppl" in r for r in rows):
         paths = plot_ppl(rows, out)
     else:

@@ -34,6 +34,13 @@ struct CostModelParams {
   double inter_bandwidth_Bps = 0;
   double inter_latency_s = 0;
   bool inter_shared = true;  // a node's ranks share its uplink (one NIC per node), else one link each
+  // CPU work beside the kernel, on the cores the kernel runs on (0: none; CPU machines measure them, see
+  // simulate.h): merging partial (out, lse) blocks, as memory traffic per second (3 passes over out and lse per
+  // merge), and the transport's CPU time per byte a rank sends while receiving as many (MPI over TCP). Per ring
+  // step both are added to the compute that the step's transfer can hide behind; in the all-to-all and
+  // all-gather schemes they add to the call. (Single-level model only; the two-level model leaves them out.)
+  double merge_Bps = 0;
+  double wire_cpu_s_per_byte = 0;
 
   double interBandwidth() const { return inter_bandwidth_Bps > 0 ? inter_bandwidth_Bps : bandwidth_Bps; }
   double interLatency() const { return inter_bandwidth_Bps > 0 ? inter_latency_s : latency_s; }

@@ -4,7 +4,8 @@
 //
 // What it predicts for one prefill of `prompt` tokens x `batch` sequences and the decode after it, per rank
 // (world rank = sp_rank * tp + tp_rank, as the engine; ranks fill the nodes in order, gpus_per_node each):
-//   linear layers   per layer 2 * tokens * params / tp FLOPs and params / tp * weight_bytes bytes of weights:
+//   linear layers   per layer 2 * tokens * params FLOPs and params * weight_bytes bytes of weights of the slowest
+//                   TP rank's shard (tpShard: its query heads, KV heads and FFN units; params / tp when even):
 //                   time = max(FLOPs / (peak * gemm_eff), bytes / (mem_bw * mem_eff)) (compute- or memory-bound)
 //   attention       causal, zigzag-balanced: 4 * batch * heads/tp * head_dim * S^2 * (S+1)/(2S) / sp FLOPs at
 //                   peak * attn_eff; under SP the scheme's communication from CostModel::predict (costmodel.h)
@@ -29,6 +30,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashring/allreduce.h"
@@ -45,7 +47,13 @@ struct LinkSpec {
   double efficiency = 1;  // achieved fraction of peak_Bps (large messages)
   double latency_s = 0;   // per message round
   Topology topology = Topology::Star;
+  // A token-bucket shaper (bench/netem's tbf; 0 = none): after idle, `burst_bytes` may pass ahead of the rate,
+  // but at most `peak_ratio` x the rate beyond the first `peak_bytes` (payload bytes).
+  double burst_bytes = 0, peak_bytes = 0, peak_ratio = 0;
   double bandwidthBps() const { return peak_Bps * efficiency; }
+  // Seconds to move `bytes` over this link starting with full buckets: max((b - burst) / rate, (b - peak_bytes)
+  // / (peak_ratio x rate), 0); without a shaper, b / rate.
+  double seconds(double bytes) const;
 };
 
 struct Profile {
@@ -66,8 +74,62 @@ struct Profile {
   double act_bytes = 2;            // bytes per activation element (SP messages, KV cache, the codec's input)
   LinkSpec intra;                  // between the ranks of a node
   LinkSpec inter;                  // a rank's link to other nodes (nodes > 1)
+  bool inter_shared = false;       // the ranks of a node share ONE uplink (inter is the node's), else one each
+
+  // CPU costs the built-in GPU profiles leave at 0 (there the kernels are the codec rate above, and NCCL or the
+  // copy engines move the bytes); `local` measures them, every rank at once (calibratedProfile):
+  //   codec_rates      the codec work of an all-reduce per codec, as memory traffic per second (the traffic that
+  //                    allreduceCost counts, divided by the measured time of that codec's quantize / reduce /
+  //                    dequantize passes): keys fp32, bf16, int8, int6, int5, int4; a codec not listed uses codec_Bps
+  //   wire_cpu_s_per_byte  the transport's CPU time per byte a rank sends (MPI over TCP: the copies into and out
+  //                    of the sockets and the TCP stack, on the same cores; measured on loopback, where the CPU and
+  //                    not a link is the limit); added to the transfer, not overlapped
+  //   msg_cpu_s        the transport's overhead per message beyond latency and bytes, for messages larger than
+  //                    eager_bytes (MPI's rendezvous: a handshake more, the wake-ups of one more message)
+  //   merge_Bps        SP attention's merges of partial (out, lse) blocks, memory traffic per second
+  //   sync_s           ranks that time-share cores do not finish a compute phase together: the wait of each
+  //                    collective that follows one (every TP all-reduce and SP attention call of a layer)
+  //   cores            CPU cores the ranks of a node share (0: every rank has its own device); the rates above
+  //                    were measured with all ranks running at once, so they already include the sharing
+  std::vector<std::pair<std::string, double>> codec_rates;
+  double wire_cpu_s_per_byte = 0;
+  double msg_cpu_s = 0;
+  double eager_bytes = 65536;  // OpenMPI's TCP eager limit
+  double merge_Bps = 0;
+  double sync_s = 0;
+  int cores = 0;
   int ranks() const { return gpus_per_node * nodes; }
+  // The codec rate of one stage codec (bits 0: the exact payload), codec_Bps when not measured.
+  double codecRate(int bits, Payload payload) const;
 };
+
+// Profiles as JSON (calibrate once with --profile local --save-profile FILE, reuse with --profile-file FILE).
+std::string profileToJson(const Profile& p);
+Profile profileFromJson(const std::string& json);
+
+// The profile with its links replaced by emulated ones as bench/netem/run.sh builds them: `topology` star, mesh
+// or nodes:RxK (R nodes of K ranks: a star of `rate_bps` inside each node, one shared uplink of `node_rate_bps`
+// per node), rates in bit/s. Bandwidth = the TCP goodput of the rate (1448 payload bytes per 1514-byte frame);
+// latencies and every CPU cost stay the profile's. The links get run.sh's default tbf buckets (burst max(1 MiB, 8 ms
+// of the rate), peak rate 1.2x beyond max(128 KiB, 1 ms of the rate)), so a call's first bytes on a link pass
+// faster than the rate (calls are assumed to start with full buckets). InvalidArgument for a bad topology or rate.
+Profile withEmulatedLinks(const Profile& p, const std::string& topology, double rate_bps, double node_rate_bps = 0);
+// A tc-style rate ("1gbit", "500mbit", "10gbit", "125mbps" = bytes/s) in bit/s; InvalidArgument otherwise.
+double parseRate(const std::string& rate);
+
+// Predicted seconds of one spAttention call (costmodel.h) with the profile's link, kernel rate and CPU costs on
+// `ranks` ranks (the first ranks of the profile's node layout); scheme Auto: the one CostModel::choose picks.
+struct AttentionCost {
+  SpScheme scheme = SpScheme::Auto;  // what runs
+  double total_s = 0;                // the call
+  double compute_s = 0;              // the block kernel alone
+  double merge_s = 0;                // of total_s: the merges (CPU profiles)
+};
+AttentionCost attentionCost(const SpShape& shape, int ranks, SpScheme scheme, const SpAttentionOptions& options,
+                            const Profile& p);
+// The cost model of the SP schemes with the profile's link (bandwidth in fp32 elements: x 4 / act_bytes), kernel
+// rate and CPU costs, as predict() and attentionCost() use it.
+CostModelParams costModelParams(const Profile& p, bool inter_nodes);
 
 // The built-in profiles (profiles.cc): a10x4-pcie, l40x4-pcie, l40x8-pcie, a100x8-nvswitch, h100x8-nvswitch,
 // ascend910bx8-hccs, mi300xx8-xgmi, a100x8-ib100, a100x8-ib200, h100x8-ib400 (2 nodes; --nodes 2..8),
@@ -110,8 +172,15 @@ struct AllreduceCost {
   uint64_t wire_bytes = 0;                                  // per rank, allreduceWireBytes
   uint64_t inter_bytes = 0;                                 // of which to other nodes, allreduceInterNodeBytes
   int rounds = 0;                                           // message rounds
-  double comm_s = 0;                                        // latency + transfer
+  double comm_s = 0;                                        // latency + transfer (+ transport CPU)
   double codec_s = 0;                                       // quantize / dequantize / reduce
+  double link_s = 0;                                        // latency + transfer on the links alone
+  double transport_cpu_s = 0;  // the transport's CPU per byte and per rendezvous message (CPU profiles)
+  int messages = 0;            // messages one rank sends
+  int stages = 1;              // pipelined pieces the CPU work overlaps the links over (CPU profiles)
+  // comm_s + codec_s = the all-reduce. GPU profiles (cores 0): comm_s = link_s + transport_cpu_s, codec_s
+  // not overlapped. CPU profiles: max(link_s, P) + min(link_s, codec_s) / stages with P = codec_s +
+  // transport_cpu_s (the transport's CPU streams with the link; the codec hides behind it but for one piece).
 };
 // `options` as the engine would hold them (commAllreduceOptions); the link model and node layout are filled in
 // from the profile here, as a calibrated engine on that machine would.

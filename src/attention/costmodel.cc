@@ -38,16 +38,25 @@ double CostModel::predict(SpScheme scheme, const SpShape& s, int N, const SpAtte
   const double kv = 2 * tok * s.kv_heads * s.head_dim * 4;          // one K+V shard
   const double res = tok * s.heads * (s.head_dim + 1) * 4;          // one (out, lse) shard
   const bool star = p_.topology == Topology::Star;
+  // CPU beside the kernel (zero unless measured): one merge of a rank's tok query rows = 3 passes over their
+  // (out, lse); a ring step merges each query chunk with each visible key chunk (zigzag, causal: 3 of the 4
+  // chunk pairs, 1.5 merges of the rank's rows; otherwise 1); the transport's CPU per byte sent (as many received).
+  const double merge1 = p_.merge_Bps > 0 ? 3 * res / p_.merge_Bps : 0;
+  const double step_merges = o.causal && o.layout == SeqLayout::Zigzag ? 1.5 : 1.0;
+  const double cpu_byte = p_.wire_cpu_s_per_byte;
   switch (scheme) {
     case SpScheme::TokenRing: {
       // The lowest rank receives full-size Q and returns full-size results on every step (algorithms.md).
       const double fwd = q / BW + lat, back = res / BW + lat;
       const double step = star ? fwd + back : std::max(fwd, back);
-      return C / N + (N - 1) * std::max(C / N, step) + back;
+      // Each step: the visiting Q's merges, the owner's merge of a returned result, the Q and result bytes.
+      const double cpu = step_merges * merge1 + merge1 + (q + res) * cpu_byte;
+      return C / N + step_merges * merge1 + (N - 1) * std::max(C / N + cpu, step) + back + merge1 + res * cpu_byte;
     }
     case SpScheme::RingKV: {
       const double step = kv / BW + lat;
-      return C / N + (N - 1) * std::max(C / N, step);
+      const double cpu = step_merges * merge1 + kv * cpu_byte;
+      return C / N + step_merges * merge1 + (N - 1) * std::max(C / N + cpu, step);
     }
     case SpScheme::Ulysses: {
       // Each rank sends (N-1)/N of its Q and of the K/V heads its peers need (at least one KV head each).
@@ -55,11 +64,15 @@ double CostModel::predict(SpScheme scheme, const SpShape& s, int N, const SpAtte
       const double in = (N - 1.0) / N * tok * (s.heads + 2 * kv_heads_sent) * s.head_dim * 4;
       const double out = (N - 1.0) / N * q;
       const double links = star ? 1.0 : N - 1.0;
-      return (in + out) / (BW * links) + 2 * lat * (star ? N - 1 : 1) + C;
+      // The full sequence of 2N zigzag chunks: a merge per visible chunk pair, N + 1/2 merges of tok rows in all.
+      const double merges = (o.causal ? N + 0.5 : 1.0) * merge1;
+      return (in + out) / (BW * links) + 2 * lat * (star ? N - 1 : 1) + C + merges + (in + out) * cpu_byte;
     }
     case SpScheme::AllGatherKV: {
       const double links = star ? 1.0 : N - 1.0;
-      return (N - 1.0) * kv / (BW * links) + lat * (star ? N - 1 : 1) + C;
+      // Local query chunks against all 2N key chunks: N + 1/2 merges of tok rows when causal (as Ulysses).
+      const double merges = (o.causal ? N + 0.5 : 1.0) * merge1;
+      return (N - 1.0) * kv / (BW * links) + lat * (star ? N - 1 : 1) + C + merges + (N - 1.0) * kv * cpu_byte;
     }
     case SpScheme::UlyssesTokenRing:
     case SpScheme::UlyssesRingKV:  // on one node: Ulysses (the ring across nodes has one member)
@@ -347,7 +360,9 @@ std::string CostModel::toJson() const {
                    {"kernel_flops", p_.kernel_flops},
                    {"inter_bandwidth_Bps", p_.inter_bandwidth_Bps},
                    {"inter_latency_s", p_.inter_latency_s},
-                   {"inter_shared", p_.inter_shared}};
+                   {"inter_shared", p_.inter_shared},
+                   {"merge_Bps", p_.merge_Bps},
+                   {"wire_cpu_s_per_byte", p_.wire_cpu_s_per_byte}};
   return j.dump();
 }
 
@@ -366,6 +381,10 @@ CostModel CostModel::fromJson(const std::string& text) {
     p.inter_bandwidth_Bps = j.value("inter_bandwidth_Bps", 0.0);
     p.inter_latency_s = j.value("inter_latency_s", 0.0);
     p.inter_shared = j.value("inter_shared", true);
+    p.merge_Bps = j.value("merge_Bps", 0.0);
+    p.wire_cpu_s_per_byte = j.value("wire_cpu_s_per_byte", 0.0);
+    if (!(p.merge_Bps >= 0) || !(p.wire_cpu_s_per_byte >= 0))
+      throw InvalidArgument("cost model: merge_Bps and wire_cpu_s_per_byte must be non-negative");
     if (!(p.bandwidth_Bps > 0) || !(p.kernel_flops > 0) || !(p.latency_s >= 0))
       throw InvalidArgument("cost model: bandwidth, kernel_flops must be positive and latency non-negative");
     if (!(p.inter_bandwidth_Bps >= 0) || !(p.inter_latency_s >= 0))

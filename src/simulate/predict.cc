@@ -80,10 +80,18 @@ double twoStepTraffic(double M, double N, double a, double e1, double e2) {
   return M * (2 * a + 2 * e1 + e2) + M * e2 / N;
 }
 
+// Seconds of a two-step all-reduce's codec work with reduce-scatter codec (e1 bytes per value, rate r1) and
+// all-gather codec (e2, r2), the traffic of twoStepTraffic split by codec: encode the buffer and decode-sum the
+// received slices in the first (M (a + 2 e1)); re-encode the owned slice and decode the gathered buffer in the
+// second (M (a + e2) + M e2 / N).
+double twoStepCodecSeconds(double M, double N, double a, double e1, double r1, double e2, double r2) {
+  return M * (a + 2 * e1) / r1 + (M * (a + e2) + M * e2 / N) / r2;
+}
+
 // Link time of `bytes` one rank sends to `peers` peers at once: a mesh gives each peer its own link.
 double transfer(double bytes, const LinkSpec& l, int peers) {
   const double links = l.topology == Topology::Mesh ? std::max(1, peers) : 1;
-  return bytes / (l.bandwidthBps() * links);
+  return l.seconds(bytes / links);
 }
 
 }  // namespace
@@ -110,67 +118,152 @@ AllreduceCost allreduceCost(size_t count, int N, const AllreduceOptions& options
   const double M = static_cast<double>(count), a = p.act_bytes, wire = static_cast<double>(c.wire_bytes),
                inter = static_cast<double>(c.inter_bytes);
   const int nodes = multi ? N / K : 1;
-  // Message rounds, peers per round, and the codec's memory traffic.
-  double traffic = 0;
+  // Message rounds, peers per round, messages, and the codec work: memory traffic per codec at that codec's rate.
+  double codec_s = 0;
   int peers = N - 1;
   const bool exact_fused = p.fused_exact_reduce;
+  const size_t chunk = o.chunk_elems == 0 ? count : o.chunk_elems;
+  const int chunks = static_cast<int>(std::max<size_t>(1, (count + chunk - 1) / chunk));
+  auto rate = [&](const StageCodec& s) { return p.codecRate(s.bits, s.payload); };
+  auto payloadCodec = [](Payload pl) { return StageCodec{0, pl}; };
   switch (r.algorithm) {
     case AllreduceAlgorithm::Ring:
       c.rounds = 2 * (N - 1);
+      c.messages = 2 * (N - 1);
       peers = 1;
-      if (!exact_fused) traffic = twoStepTraffic(M, N, a, r.payload == Payload::BF16 ? 2 : 4, 4);
+      if (!exact_fused) {
+        const StageCodec pc = payloadCodec(r.payload);
+        codec_s = twoStepTraffic(M, N, a, r.payload == Payload::BF16 ? 2 : 4, 4) / rate(pc);
+      }
       break;
     case AllreduceAlgorithm::TwoStep:
     case AllreduceAlgorithm::Native: {
       c.rounds = 2;
-      const double e = r.algorithm == AllreduceAlgorithm::TwoStep && r.payload == Payload::BF16 ? 2 : 4;
-      if (!exact_fused) traffic = twoStepTraffic(M, N, a, e, e);
+      c.messages = (r.algorithm == AllreduceAlgorithm::TwoStep ? chunks : 1) * 2 * (N - 1);
+      const bool bf = r.algorithm == AllreduceAlgorithm::TwoStep && r.payload == Payload::BF16;
+      const double e = bf ? 2 : 4;
+      if (!exact_fused) codec_s = twoStepTraffic(M, N, a, e, e) / rate(payloadCodec(bf ? Payload::BF16 : Payload::F32));
       break;
     }
-    case AllreduceAlgorithm::Quantized:
+    case AllreduceAlgorithm::Quantized: {
       c.rounds = 2;
-      traffic = twoStepTraffic(M, N, a, perValue(r.reduce_scatter), perValue(r.all_gather));
+      c.messages = chunks * 2 * (N - 1);
+      const StageCodec s1{r.reduce_scatter.bits, Payload::F32}, s2{r.all_gather.bits, Payload::F32};
+      codec_s = twoStepCodecSeconds(M, N, a, perValue(r.reduce_scatter), rate(s1), perValue(r.all_gather), rate(s2));
       break;
+    }
     case AllreduceAlgorithm::OneShot: {
       c.rounds = 1;
+      c.messages = N - 1;
       const double e = r.oneshot_quantized ? perValue(r.reduce_scatter) : (r.payload == Payload::BF16 ? 2 : 4);
+      const StageCodec s =
+          r.oneshot_quantized ? StageCodec{r.reduce_scatter.bits, Payload::F32} : payloadCodec(r.payload);
       // Encode the buffer once, decode and sum all N encodings.
-      if (r.oneshot_quantized || !exact_fused) traffic = M * (2 * a + e + N * e);
+      if (r.oneshot_quantized || !exact_fused) codec_s = M * (2 * a + e + N * e) / rate(s);
       break;
     }
     case AllreduceAlgorithm::Hierarchical: {
       const bool intra_q = r.hier.intra.bits > 0, inter_q = r.hier.inter.bits > 0;
       c.rounds = (K > 1 ? 2 : 0) + (nodes > 1 ? (r.hier.inter_oneshot ? 1 : 2) : 0);
+      c.messages =
+          chunks * ((K > 1 ? 2 * (K - 1) : 0) + (nodes > 1 ? (r.hier.inter_oneshot ? 1 : 2) * (nodes - 1) : 0));
       const double ei = perValue(r.hier.intra, r.reduce_scatter), eo = perValue(r.hier.inter, r.reduce_scatter);
-      if (intra_q || !exact_fused) traffic += twoStepTraffic(M, K, a, ei, ei);
+      if (intra_q || !exact_fused) codec_s += twoStepTraffic(M, K, a, ei, ei) / rate(r.hier.intra);
       if (inter_q || !exact_fused)
-        traffic += r.hier.inter_oneshot ? M / K * (8 + eo + nodes * eo) : twoStepTraffic(M / K, nodes, 4, eo, eo);
+        codec_s += (r.hier.inter_oneshot ? M / K * (8 + eo + nodes * eo) : twoStepTraffic(M / K, nodes, 4, eo, eo)) /
+                   rate(r.hier.inter);
       break;
     }
     case AllreduceAlgorithm::Auto:
       break;
   }
-  c.codec_s = traffic / p.codec_Bps;
+  c.codec_s = codec_s;
+  // The link to other nodes as one rank sees it: a node's ranks send through one shared uplink at once.
+  LinkSpec up = p.inter;
+  if (multi && p.inter_shared) up.peak_Bps /= K, up.burst_bytes /= K, up.peak_bytes /= K;
   if (!multi) {
     c.comm_s = c.rounds * p.intra.latency_s + transfer(wire, p.intra, peers);
   } else if (r.algorithm == AllreduceAlgorithm::Hierarchical) {
     // Stages one after another: intra reduce-scatter and all-gather on the node's links, the inter stage on the
-    // rank's own NIC.
+    // rank's own NIC (or its share of the node's).
     const int inter_rounds = r.hier.inter_oneshot ? 1 : 2;
     c.comm_s = (K > 1 ? 2 * p.intra.latency_s + transfer(wire - inter, p.intra, K - 1) : 0) +
-               (nodes > 1 ? inter_rounds * p.inter.latency_s + transfer(inter, p.inter, nodes - 1) : 0);
+               (nodes > 1 ? inter_rounds * p.inter.latency_s + transfer(inter, up, nodes - 1) : 0);
   } else {
     // A flat algorithm sends to every peer at once: the intra-node part on the node's links, the rest through the
     // NIC, concurrently; each round waits for the slower (inter-node) peer.
     c.comm_s =
         c.rounds * p.inter.latency_s + std::max(K > 1 ? transfer(wire - inter, p.intra, peers == 1 ? 1 : K - 1) : 0.0,
-                                                transfer(inter, p.inter, peers == 1 ? 1 : N - K));
+                                                transfer(inter, up, peers == 1 ? 1 : N - K));
+  }
+  c.link_s = c.comm_s;
+  // The transport's CPU: per byte sent (as many received), and per message MPI sends by rendezvous (larger than
+  // the eager limit: a handshake more per message).
+  const bool rendezvous = c.messages > 0 && wire / c.messages > p.eager_bytes;
+  c.transport_cpu_s = wire * p.wire_cpu_s_per_byte + (rendezvous ? c.messages * p.msg_cpu_s : 0.0);
+  if (p.cores > 0) {
+    // CPU machines: the codec and the transport's CPU (P) run on the cores while the links move the bytes (L).
+    // The transport's CPU streams with its own bytes; the codec overlaps the links only across `stages`
+    // pipelined pieces (the two-step's chunks, the ring's rounds): the first piece's encode and the last one's
+    // decode stay exposed: max(L, P) + min(L, codec) / stages. The codec stays quantization time;
+    // communication is the rest.
+    int stages = 1;
+    if (r.algorithm == AllreduceAlgorithm::Ring) stages = c.rounds;
+    if (r.algorithm == AllreduceAlgorithm::TwoStep || r.algorithm == AllreduceAlgorithm::Quantized ||
+        r.algorithm == AllreduceAlgorithm::Hierarchical)
+      stages = chunks;
+    c.stages = stages;
+    const double L = c.link_s, P = c.codec_s + c.transport_cpu_s;
+    c.comm_s = std::max(L, P) + std::min(L, c.codec_s) / stages - c.codec_s;
+  } else {
+    c.comm_s += c.transport_cpu_s;
   }
   return c;
 }
 
 AllreduceOptions workloadAllreduceOptions(const Workload& w, const Profile&, int) {
   return commAllreduceOptions(w.comm, w.group_size, w.spikes, false, false, "comm");
+}
+
+CostModelParams costModelParams(const Profile& p, bool inter_nodes) {
+  const LinkSpec& l = inter_nodes ? p.inter : p.intra;
+  CostModelParams cp;
+  const double elem = 4 / p.act_bytes;  // CostModel counts 4-byte elements
+  cp.bandwidth_Bps = l.bandwidthBps() * elem;
+  cp.latency_s = l.latency_s;
+  cp.topology = l.topology;
+  cp.kernel_flops = p.peak_flops * p.attn_eff;
+  cp.merge_Bps = p.merge_Bps * elem;
+  cp.wire_cpu_s_per_byte = p.wire_cpu_s_per_byte / elem;
+  if (p.nodes > 1) {
+    cp.inter_bandwidth_Bps = p.inter.bandwidthBps() * elem;
+    cp.inter_latency_s = p.inter.latency_s;
+    cp.inter_shared = p.inter_shared;
+  }
+  return cp;
+}
+
+AttentionCost attentionCost(const SpShape& shape, int ranks, SpScheme scheme, const SpAttentionOptions& options,
+                            const Profile& p) {
+  if (ranks < 1 || ranks > p.ranks())
+    throw InvalidArgument(fmt::format("attention on {} ranks: profile {} has {}", ranks, p.name, p.ranks()));
+  const int K = p.gpus_per_node;
+  if (ranks > K && ranks % K != 0)
+    throw InvalidArgument(fmt::format("attention on {} ranks over nodes of {}: must fill whole nodes", ranks, K));
+  const SpNodeLayout layout{ranks > K ? ranks / K : 1, ranks > K ? K : ranks};
+  CostModelParams cp = costModelParams(p, false);
+  const CostModel cm(cp);
+  AttentionCost c;
+  c.scheme = scheme == SpScheme::Auto ? cm.choose(shape, layout, options) : scheme;
+  c.total_s = cm.predict(c.scheme, shape, layout, options);
+  CostModelParams free = cp;  // no merges: their share
+  free.merge_Bps = 0;
+  c.merge_s = c.total_s - CostModel(free).predict(c.scheme, shape, layout, options);
+  free.bandwidth_Bps = free.inter_bandwidth_Bps = 1e30;  // no link, no transport: the kernel alone
+  free.latency_s = free.inter_latency_s = 0;
+  free.wire_cpu_s_per_byte = 0;
+  c.compute_s = CostModel(free).predict(c.scheme, shape, layout, options);
+  return c;
 }
 
 std::vector<std::pair<int, int>> grids(const LlamaConfig& m, const Profile& p, int ranks) {
@@ -220,8 +313,16 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   const double layer_macs = m.linearMacsPerToken() / m.n_layer;
   const double gemm = p.peak_flops * p.gemm_eff, mem = p.mem_Bps * p.mem_eff, attn_rate = p.peak_flops * p.attn_eff;
 
-  // Linear layers of one layer on one rank.
-  const double lin_s = std::max(2 * tokens * layer_macs / tp / gemm, layer_macs / tp * p.weight_bytes / mem);
+  // Linear layers of one layer on the slowest rank (tpShard's uneven head splits; KV heads replicated when tp
+  // exceeds them): Q and O projections of its heads, K and V of its KV heads, its FFN units.
+  double rank_macs = 0;
+  for (int t = 0; t < tp; ++t) {
+    const TpShard sh = tpShard(m, tp, t);
+    const double dm = m.n_embd, hd = m.head_dim;
+    rank_macs = std::max(
+        rank_macs, 2 * dm * sh.heads * hd + 2 * dm * static_cast<double>(sh.kv_heads.size()) * hd + 3 * dm * sh.ff);
+  }
+  const double lin_s = std::max(2 * tokens * rank_macs / gemm, rank_macs * p.weight_bytes / mem);
   // Causal attention, zigzag-balanced (CostModel's rankFlops).
   const double causal = 4.0 * B * heads * d * S * S * (S + 1) / (2 * S);
   const double attn_flops =
@@ -232,13 +333,7 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   double sp_s = 0, sp_bytes = 0, sp_inter = 0;
   const bool sp_multi = sp > 1 && ranks > K;
   if (sp > 1) {
-    const LinkSpec& l = sp_multi ? p.inter : p.intra;
-    CostModelParams cp;
-    cp.bandwidth_Bps = l.bandwidthBps() * 4 / a;  // CostModel counts 4-byte elements
-    cp.latency_s = l.latency_s;
-    cp.topology = l.topology;
-    cp.kernel_flops = attn_rate;
-    const CostModel cm(cp);
+    const CostModel cm(costModelParams(p, sp_multi));
     const SpShape shape{w.batch, w.prompt, heads, kvh, m.head_dim};
     SpAttentionOptions so;
     so.layout = w.layout;
@@ -295,8 +390,10 @@ Prediction predict(const LlamaConfig& m, const Profile& p, const Workload& w) {
   r.linear_s = L * lin_s;
   r.attention_s = L * attn_c;
   r.compute_s = r.linear_s + r.attention_s + head_s;
-  r.tp_comm_s = L * 2 * ar.comm_s;
-  r.sp_comm_s = sp_s;
+  // Ranks that time-share cores do not finish a layer's compute together: every collective after it waits for
+  // the last one (sync_s; CPU profiles).
+  r.tp_comm_s = L * 2 * (ar.comm_s + (tp > 1 ? p.sync_s : 0.0));
+  r.sp_comm_s = sp_s + (sp > 1 ? L * p.sync_s : 0.0);
   r.comm_s = r.tp_comm_s + r.sp_comm_s;
   r.quant_s = L * 2 * ar.codec_s;
   r.prefill_s = r.compute_s + r.comm_s + r.quant_s;

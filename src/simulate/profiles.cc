@@ -20,6 +20,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "flashring/error.h"
 #include "flashring/simulate.h"
@@ -191,6 +194,176 @@ Profile withLinkScale(const Profile& p, double scale) {
   Profile q = p;
   q.intra.peak_Bps *= scale;
   q.inter.peak_Bps *= scale;
+  return q;
+}
+
+double LinkSpec::seconds(double bytes) const {
+  const double bw = bandwidthBps();
+  if (burst_bytes <= 0) return bytes / bw;
+  double t = std::max(0.0, (bytes - burst_bytes) / bw);
+  if (peak_ratio > 1) t = std::max(t, (bytes - peak_bytes) / (peak_ratio * bw));
+  return t;
+}
+
+double Profile::codecRate(int bits, Payload payload) const {
+  const std::string key = bits > 0 ? fmt::format("int{}", bits) : payload == Payload::BF16 ? "bf16" : "fp32";
+  for (const auto& [k, v] : codec_rates)
+    if (k == key && v > 0) return v;
+  return codec_Bps;
+}
+
+namespace {
+
+nlohmann::json linkJson(const LinkSpec& l) {
+  return {{"peak_Bps", l.peak_Bps},       {"efficiency", l.efficiency},
+          {"latency_s", l.latency_s},     {"topology", topologyName(l.topology)},
+          {"burst_bytes", l.burst_bytes}, {"peak_bytes", l.peak_bytes},
+          {"peak_ratio", l.peak_ratio}};
+}
+LinkSpec linkFrom(const nlohmann::json& j) {
+  LinkSpec l;
+  l.peak_Bps = j.at("peak_Bps").get<double>();
+  l.efficiency = j.at("efficiency").get<double>();
+  l.latency_s = j.at("latency_s").get<double>();
+  const std::string t = j.at("topology").get<std::string>();
+  if (t != "star" && t != "mesh") throw InvalidArgument(fmt::format("profile JSON: topology '{}'", t));
+  l.topology = t == "star" ? Topology::Star : Topology::Mesh;
+  l.burst_bytes = j.value("burst_bytes", 0.0);
+  l.peak_bytes = j.value("peak_bytes", 0.0);
+  l.peak_ratio = j.value("peak_ratio", 0.0);
+  return l;
+}
+
+}  // namespace
+
+std::string profileToJson(const Profile& p) {
+  nlohmann::json rates = nlohmann::json::object();
+  for (const auto& [k, v] : p.codec_rates) rates[k] = v;
+  const nlohmann::json j{{"name", p.name},
+                         {"description", p.description},
+                         {"sources", p.sources},
+                         {"gpus_per_node", p.gpus_per_node},
+                         {"nodes", p.nodes},
+                         {"peak_flops", p.peak_flops},
+                         {"gemm_eff", p.gemm_eff},
+                         {"attn_eff", p.attn_eff},
+                         {"mem_Bps", p.mem_Bps},
+                         {"mem_eff", p.mem_eff},
+                         {"mem_bytes", p.mem_bytes},
+                         {"codec_Bps", p.codec_Bps},
+                         {"fused_exact_reduce", p.fused_exact_reduce},
+                         {"weight_bytes", p.weight_bytes},
+                         {"act_bytes", p.act_bytes},
+                         {"intra", linkJson(p.intra)},
+                         {"inter", linkJson(p.inter)},
+                         {"inter_shared", p.inter_shared},
+                         {"codec_rates", rates},
+                         {"wire_cpu_s_per_byte", p.wire_cpu_s_per_byte},
+                         {"msg_cpu_s", p.msg_cpu_s},
+                         {"eager_bytes", p.eager_bytes},
+                         {"merge_Bps", p.merge_Bps},
+                         {"sync_s", p.sync_s},
+                         {"cores", p.cores}};
+  return j.dump(1);
+}
+
+Profile profileFromJson(const std::string& text) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    Profile p;
+    p.name = j.at("name").get<std::string>();
+    p.description = j.value("description", "");
+    p.sources = j.value("sources", "");
+    p.gpus_per_node = j.at("gpus_per_node").get<int>();
+    p.nodes = j.at("nodes").get<int>();
+    p.peak_flops = j.at("peak_flops").get<double>();
+    p.gemm_eff = j.at("gemm_eff").get<double>();
+    p.attn_eff = j.at("attn_eff").get<double>();
+    p.mem_Bps = j.at("mem_Bps").get<double>();
+    p.mem_eff = j.at("mem_eff").get<double>();
+    p.mem_bytes = j.at("mem_bytes").get<double>();
+    p.codec_Bps = j.at("codec_Bps").get<double>();
+    p.fused_exact_reduce = j.at("fused_exact_reduce").get<bool>();
+    p.weight_bytes = j.at("weight_bytes").get<double>();
+    p.act_bytes = j.at("act_bytes").get<double>();
+    p.intra = linkFrom(j.at("intra"));
+    p.inter = linkFrom(j.at("inter"));
+    p.inter_shared = j.value("inter_shared", false);
+    if (j.contains("codec_rates"))
+      for (const auto& [k, v] : j.at("codec_rates").items()) p.codec_rates.emplace_back(k, v.get<double>());
+    p.wire_cpu_s_per_byte = j.value("wire_cpu_s_per_byte", 0.0);
+    p.msg_cpu_s = j.value("msg_cpu_s", 0.0);
+    p.eager_bytes = j.value("eager_bytes", 65536.0);
+    p.merge_Bps = j.value("merge_Bps", 0.0);
+    p.sync_s = j.value("sync_s", 0.0);
+    p.cores = j.value("cores", 0);
+    if (p.gpus_per_node < 1 || p.nodes < 1 || !(p.peak_flops > 0) || !(p.mem_Bps > 0) || !(p.codec_Bps > 0) ||
+        !(p.intra.bandwidthBps() > 0) || !(p.act_bytes > 0))
+      throw InvalidArgument(
+          "profile JSON: ranks, peak_flops, mem_Bps, codec_Bps, the link and act_bytes must be positive");
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument(fmt::format("profile JSON: {}", e.what()));
+  }
+}
+
+double parseRate(const std::string& rate) {
+  size_t i = 0;
+  while (i < rate.size() && (std::isdigit(static_cast<unsigned char>(rate[i])) || rate[i] == '.')) ++i;
+  double v = 0;
+  try {
+    v = i > 0 ? std::stod(rate.substr(0, i)) : 0;
+  } catch (const std::exception&) {
+    v = 0;
+  }
+  std::string unit = rate.substr(i);
+  for (char& ch : unit) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const std::pair<const char*, double> units[] = {{"bit", 1}, {"kbit", 1e3}, {"mbit", 1e6}, {"gbit", 1e9},
+                                                  {"bps", 8}, {"kbps", 8e3}, {"mbps", 8e6}, {"gbps", 8e9}};
+  for (const auto& [u, f] : units)
+    if (unit == u && v > 0) return v * f;
+  throw InvalidArgument(fmt::format(
+      "rate '{}': expected a number and a tc unit (bit, kbit, mbit, gbit; bps, kbps, mbps, gbps = bytes/s)", rate));
+}
+
+Profile withEmulatedLinks(const Profile& p, const std::string& topology, double rate_bps, double node_rate_bps) {
+  if (!(rate_bps > 0)) throw InvalidArgument(fmt::format("emulated link rate {}: must be positive", rate_bps));
+  constexpr double goodput = 1448.0 / 1514.0;  // TCP payload per Ethernet frame at MTU 1500 (tbf counts frames)
+  // run.sh's tbf defaults for a rate: burst max(1 MiB, 8 ms of it), peak 1.2x with a bucket of max(128 KiB, 1 ms).
+  auto shaped = [&](LinkSpec l, double bps) {
+    const double Bps = bps / 8;
+    l.peak_Bps = Bps * goodput;
+    l.efficiency = 1;
+    l.burst_bytes = std::max(1048576.0, Bps * 8e-3) * goodput;
+    l.peak_bytes = std::min(std::max(131072.0, Bps * 1e-3), std::max(1048576.0, Bps * 8e-3)) * goodput;
+    l.peak_ratio = 1.2;
+    return l;
+  };
+  Profile q = p;
+  q.intra = shaped(q.intra, rate_bps);
+  q.inter = q.intra;
+  q.inter_shared = false;
+  if (topology == "star" || topology == "mesh") {
+    q.intra.topology = q.inter.topology = topology == "star" ? Topology::Star : Topology::Mesh;
+    q.gpus_per_node = p.ranks();
+    q.nodes = 1;
+  } else if (topology.rfind("nodes:", 0) == 0) {
+    int R = 0, K = 0;
+    if (std::sscanf(topology.c_str() + 6, "%dx%d", &R, &K) != 2 || R < 1 || K < 1)
+      throw InvalidArgument(fmt::format("emulated topology '{}': expected nodes:RxK", topology));
+    if (!(node_rate_bps > 0)) throw InvalidArgument(fmt::format("topology {}: needs a node rate", topology));
+    q.gpus_per_node = K;
+    q.nodes = R;
+    q.intra.topology = Topology::Star;
+    q.inter = shaped(q.inter, node_rate_bps);
+    q.inter.topology = Topology::Star;
+    q.inter_shared = true;
+  } else {
+    throw InvalidArgument(fmt::format("emulated topology '{}': expected star, mesh or nodes:RxK", topology));
+  }
+  q.description =
+      fmt::format("{}; links emulated as bench/netem {} at {:g} Mbit/s{}", p.description, topology, rate_bps / 1e6,
+                  node_rate_bps > 0 ? fmt::format(", uplinks {:g} Mbit/s", node_rate_bps / 1e6) : "");
   return q;
 }
 

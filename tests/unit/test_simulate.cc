@@ -253,5 +253,209 @@ TEST(Simulate, PaperFiguresAreComputed) {
   for (const std::string& n : reproduced) EXPECT_TRUE(seen.count(n)) << n;
 }
 
+// The CPU terms of CPU profiles (calibratedProfile measures them; built-in GPU profiles leave them 0).
+TEST(Simulate, TransportCpuAddsPerByteAndPerRendezvousMessage) {
+  Profile p = profileByName("cpu-10gbe");
+  ASSERT_EQ(p.cores, 0);
+  const size_t count = size_t{4} << 20;  // 16 MiB of fp32: 4 chunks of 1 Mi values
+  const AllreduceOptions o = commAllreduceOptions("int8", 128, 0);
+  const AllreduceCost base = allreduceCost(count, 4, o, p);
+  EXPECT_EQ(base.transport_cpu_s, 0);
+  EXPECT_EQ(base.messages, 4 * 2 * 3);  // chunks x (reduce-scatter + all-gather) x peers
+  Profile q = p;
+  q.wire_cpu_s_per_byte = 2e-9;
+  q.msg_cpu_s = 1e-4;
+  const AllreduceCost c = allreduceCost(count, 4, o, q);
+  const double cpu = static_cast<double>(c.wire_bytes) * 2e-9 + 24 * 1e-4;
+  EXPECT_DOUBLE_EQ(c.transport_cpu_s, cpu);
+  EXPECT_NEAR(c.comm_s, base.comm_s + cpu, 1e-12);
+  EXPECT_DOUBLE_EQ(c.codec_s, base.codec_s);
+  // Eager-sized messages (16 Ki values: 6 messages of ~2.7 KB) pay the per-byte term only.
+  const AllreduceCost s = allreduceCost(16384, 4, o, q);
+  EXPECT_DOUBLE_EQ(s.transport_cpu_s, static_cast<double>(s.wire_bytes) * 2e-9);
+}
+
+TEST(Simulate, CodecRatesArePerCodec) {
+  Profile p = profileByName("cpu-10gbe");
+  const size_t count = size_t{4} << 20;
+  const AllreduceOptions i8 = commAllreduceOptions("int8", 128, 0), i4 = commAllreduceOptions("int4", 128, 0),
+                         ex = commAllreduceOptions("exact", 128, 0);
+  const double a8 = allreduceCost(count, 4, i8, p).codec_s, a4 = allreduceCost(count, 4, i4, p).codec_s,
+               ax = allreduceCost(count, 4, ex, p).codec_s;
+  Profile q = p;
+  q.codec_rates = {{"int8", p.codec_Bps / 2}, {"fp32", p.codec_Bps * 4}};
+  EXPECT_DOUBLE_EQ(q.codecRate(8, Payload::F32), p.codec_Bps / 2);
+  EXPECT_DOUBLE_EQ(q.codecRate(4, Payload::F32), p.codec_Bps);  // not listed: codec_Bps
+  EXPECT_DOUBLE_EQ(q.codecRate(0, Payload::F32), p.codec_Bps * 4);
+  EXPECT_NEAR(allreduceCost(count, 4, i8, q).codec_s, 2 * a8, 1e-12);
+  EXPECT_DOUBLE_EQ(allreduceCost(count, 4, i4, q).codec_s, a4);
+  EXPECT_NEAR(allreduceCost(count, 4, ex, q).codec_s, ax / 4, 1e-12);
+}
+
+TEST(Simulate, CpuMachinesOverlapCpuWithTheLinksOverPipelinedPieces) {
+  Profile p = profileByName("cpu-1gbe");
+  p.wire_cpu_s_per_byte = 1e-9;
+  const AllreduceOptions o = commAllreduceOptions("int4", 128, 0);
+  const size_t count = size_t{4} << 20;
+  const AllreduceCost serial = allreduceCost(count, 4, o, p);  // cores 0: link + transport, codec on top
+  EXPECT_NEAR(serial.comm_s, serial.link_s + serial.transport_cpu_s, 1e-12);
+  p.cores = 2;
+  const AllreduceCost c = allreduceCost(count, 4, o, p);
+  EXPECT_EQ(c.stages, 4);  // 4 chunks of 1 Mi values
+  const double L = c.link_s, P = c.codec_s + c.transport_cpu_s;
+  EXPECT_NEAR(c.comm_s + c.codec_s, std::max(L, P) + std::min(L, c.codec_s) / 4, 1e-12);
+  EXPECT_DOUBLE_EQ(c.link_s, serial.link_s);
+  EXPECT_DOUBLE_EQ(c.codec_s, serial.codec_s);
+  EXPECT_LT(c.comm_s + c.codec_s, serial.comm_s + serial.codec_s);
+  // One chunk: the codec is not hidden; the transport's CPU streams with the link.
+  const AllreduceCost one = allreduceCost(size_t{1} << 18, 4, o, p);
+  EXPECT_EQ(one.stages, 1);
+  EXPECT_NEAR(one.comm_s + one.codec_s,
+              std::max(one.link_s, one.codec_s + one.transport_cpu_s) + std::min(one.link_s, one.codec_s), 1e-12);
+  // The ring pipelines over its 2(N-1) rounds.
+  const AllreduceCost ring = allreduceCost(count, 4, commAllreduceOptions("ring-fp32", 128, 0), p);
+  EXPECT_EQ(ring.stages, 6);
+}
+
+TEST(Simulate, SharedUplinksDivideTheNodeLink) {
+  Profile p = withEmulatedLinks(profileByName("cpu-10gbe"), "nodes:2x2", 10e9, 1e9);
+  EXPECT_TRUE(p.inter_shared);
+  const AllreduceOptions o = commAllreduceOptions("hier-bf16-int4", 128, 0);
+  const size_t count = size_t{4} << 20;
+  const AllreduceCost shared = allreduceCost(count, 4, o, p);
+  p.inter_shared = false;
+  const AllreduceCost own = allreduceCost(count, 4, o, p);
+  // The inter stage: 2 rounds of latency + inter bytes through the uplink; 2 ranks sharing it move twice the bytes.
+  const double b = static_cast<double>(own.inter_bytes);
+  EXPECT_NEAR(shared.link_s - own.link_s, p.inter.seconds(2 * b) - p.inter.seconds(b), 1e-12);
+  EXPECT_GT(shared.link_s - own.link_s, 0.5 * b / p.inter.bandwidthBps());
+}
+
+TEST(Simulate, EmulatedLinksAndProfileJson) {
+  EXPECT_DOUBLE_EQ(parseRate("1gbit"), 1e9);
+  EXPECT_DOUBLE_EQ(parseRate("500mbit"), 5e8);
+  EXPECT_DOUBLE_EQ(parseRate("2.5gbit"), 2.5e9);
+  EXPECT_DOUBLE_EQ(parseRate("125mbps"), 1e9);
+  EXPECT_THROW(parseRate("fast"), InvalidArgument);
+  EXPECT_THROW(parseRate("1gbyte"), InvalidArgument);
+  const Profile base = profileByName("cpu-1gbe");
+  const Profile star = withEmulatedLinks(base, "star", 1e9);
+  EXPECT_DOUBLE_EQ(star.intra.bandwidthBps(), 1e9 / 8 * 1448 / 1514);  // TCP goodput of the frames tbf counts
+  EXPECT_EQ(star.intra.topology, Topology::Star);
+  EXPECT_EQ(star.nodes, 1);
+  EXPECT_EQ(star.gpus_per_node, base.ranks());
+  EXPECT_DOUBLE_EQ(star.intra.latency_s, base.intra.latency_s);
+  EXPECT_EQ(withEmulatedLinks(base, "mesh", 1e9).intra.topology, Topology::Mesh);
+  // run.sh's tbf buckets: 1 MiB burst, 1.2x peak rate beyond 128 KiB (payload: x 1448/1514).
+  const double gp = 1448.0 / 1514, bw = star.intra.bandwidthBps();
+  EXPECT_DOUBLE_EQ(star.intra.burst_bytes, 1048576 * gp);
+  EXPECT_DOUBLE_EQ(star.intra.peak_bytes, 131072 * gp);
+  EXPECT_DOUBLE_EQ(star.intra.seconds(100e3), 0);                               // within the peak bucket
+  EXPECT_DOUBLE_EQ(star.intra.seconds(1e6), (1e6 - 131072 * gp) / (1.2 * bw));  // the peak rate limits
+  EXPECT_DOUBLE_EQ(star.intra.seconds(20e6), (20e6 - 1048576 * gp) / bw);       // the rate limits
+  EXPECT_DOUBLE_EQ(base.intra.seconds(1e6), 1e6 / base.intra.bandwidthBps());   // no shaper
+  const Profile two = withEmulatedLinks(base, "nodes:2x2", 10e9, 1e9);
+  EXPECT_EQ(two.nodes, 2);
+  EXPECT_EQ(two.gpus_per_node, 2);
+  EXPECT_NEAR(two.intra.bandwidthBps() / two.inter.bandwidthBps(), 10, 1e-9);
+  EXPECT_THROW(withEmulatedLinks(base, "ring", 1e9), InvalidArgument);
+  EXPECT_THROW(withEmulatedLinks(base, "nodes:2x2", 1e9), InvalidArgument);  // no node rate
+  Profile p = two;
+  p.codec_rates = {{"int4", 3e9}, {"fp32", 9e9}};
+  p.wire_cpu_s_per_byte = 1.5e-9;
+  p.msg_cpu_s = 7e-5;
+  p.merge_Bps = 4e9;
+  p.cores = 2;
+  const Profile q = profileFromJson(profileToJson(p));
+  EXPECT_EQ(q.name, p.name);
+  EXPECT_EQ(q.nodes, 2);
+  EXPECT_EQ(q.gpus_per_node, 2);
+  EXPECT_TRUE(q.inter_shared);
+  EXPECT_DOUBLE_EQ(q.inter.bandwidthBps(), p.inter.bandwidthBps());
+  EXPECT_DOUBLE_EQ(q.codecRate(4, Payload::F32), 3e9);
+  EXPECT_DOUBLE_EQ(q.codecRate(0, Payload::F32), 9e9);
+  EXPECT_DOUBLE_EQ(q.wire_cpu_s_per_byte, 1.5e-9);
+  EXPECT_DOUBLE_EQ(q.msg_cpu_s, 7e-5);
+  EXPECT_DOUBLE_EQ(q.merge_Bps, 4e9);
+  EXPECT_EQ(q.cores, 2);
+  const size_t count = size_t{4} << 20;
+  const AllreduceOptions o = commAllreduceOptions("hier-bf16-int4", 128, 0);
+  EXPECT_DOUBLE_EQ(allreduceCost(count, 4, o, q).comm_s, allreduceCost(count, 4, o, p).comm_s);
+  EXPECT_THROW(profileFromJson("{}"), InvalidArgument);
+  EXPECT_THROW(profileFromJson("not json"), InvalidArgument);
+}
+
+// CostModel's merge and transport CPU terms: with links too fast to matter, a ring is its compute plus, per
+// step, the merges (1.5 per step under causal zigzag, 3 passes over the rank's (out, lse) each) and the
+// transport's CPU per byte it sends.
+TEST(Simulate, CostModelAddsMergesAndTransportCpuToTheCompute) {
+  CostModelParams cp;
+  cp.bandwidth_Bps = 1e30;
+  cp.latency_s = 0;
+  cp.topology = Topology::Mesh;
+  cp.kernel_flops = 1e10;
+  const SpShape shape{1, 4096, 8, 8, 128};
+  SpAttentionOptions so;
+  so.causal = true;
+  so.layout = SeqLayout::Zigzag;
+  const int N = 4;
+  const double tok = 4096.0 / N, res = tok * 8 * 129 * 4, kv = 2 * tok * 8 * 128 * 4, q = tok * 8 * 128 * 4;
+  const double C = 4.0 * 8 * 128 * 4096.0 * 4096.0 * (4097.0 / 8192.0) / N / 1e10;
+  EXPECT_NEAR(CostModel(cp).predict(SpScheme::RingKV, shape, N, so), C, 1e-12);
+  CostModelParams m = cp;
+  m.merge_Bps = 5e9;
+  m.wire_cpu_s_per_byte = 1e-9;
+  const double merge1 = 3 * res / 5e9;
+  EXPECT_NEAR(CostModel(m).predict(SpScheme::RingKV, shape, N, so), C + N * 1.5 * merge1 + (N - 1) * kv * 1e-9, 1e-12);
+  // TokenRing: the visitor's merges, the owner's merge of each returned result, Q and results on the wire.
+  EXPECT_NEAR(CostModel(m).predict(SpScheme::TokenRing, shape, N, so),
+              C + N * 1.5 * merge1 + N * merge1 + N * res * 1e-9 + (N - 1) * q * 1e-9, 1e-12);
+  // JSON keeps them.
+  const CostModel back = CostModel::fromJson(CostModel(m).toJson());
+  EXPECT_DOUBLE_EQ(back.params().merge_Bps, 5e9);
+  EXPECT_DOUBLE_EQ(back.params().wire_cpu_s_per_byte, 1e-9);
+  // attentionCost reports the merges' share.
+  Profile p = withEmulatedLinks(profileByName("cpu-1gbe"), "mesh", 1e9);
+  p.merge_Bps = 5e9;
+  const AttentionCost a = attentionCost(shape, N, SpScheme::RingKV, so, p);
+  p.merge_Bps = 0;
+  const AttentionCost b = attentionCost(shape, N, SpScheme::RingKV, so, p);
+  EXPECT_EQ(b.merge_s, 0);
+  EXPECT_NEAR(a.merge_s, a.total_s - b.total_s, 1e-12);
+  EXPECT_GT(a.merge_s, 0);
+  EXPECT_DOUBLE_EQ(a.compute_s, b.compute_s);
+  EXPECT_NEAR(b.compute_s, 4.0 * 8 * 128 * 4096.0 * 4096.0 * (4097.0 / 8192.0) / N / (p.peak_flops * p.attn_eff),
+              1e-9 * b.compute_s);
+}
+
+TEST(Simulate, SyncWaitAddsPerCollectiveOfALayer) {
+  const LlamaConfig m = builtinModel("llama-2-7b");
+  Profile p = profileByName("cpu-10gbe");
+  const Prediction a = predict(m, p, workload(2, 2, 1024, "int8"));
+  p.sync_s = 1e-3;
+  const Prediction b = predict(m, p, workload(2, 2, 1024, "int8"));
+  EXPECT_NEAR(b.tp_comm_s, a.tp_comm_s + 32 * 2 * 1e-3, 1e-9);  // two all-reduces per layer
+  EXPECT_NEAR(b.sp_comm_s, a.sp_comm_s + 32 * 1e-3, 1e-9);      // one SP attention call per layer
+  EXPECT_DOUBLE_EQ(b.compute_s, a.compute_s);
+  const Prediction one = predict(m, p, workload(1, 1, 1024, "int8"));
+  EXPECT_EQ(one.comm_s, 0);
+}
+
+TEST(Simulate, LinearLayersOfTheSlowestTpRank) {
+  const Profile& p = profileByName("h100x8-nvswitch");
+  const LlamaConfig m8 = builtinModel("llama-3-8b");  // 32 heads, 8 KV heads: TP 8 splits evenly
+  const Prediction even = predict(m8, p, workload(8, 1, 8192, "bf16"));
+  EXPECT_NEAR(even.linear_s, 2.0 * 8192 * m8.linearMacsPerToken() / 8 / (p.peak_flops * p.gemm_eff),
+              1e-9 * even.linear_s);
+  // TP 16 over 8 KV heads: every rank computes a whole KV head (replicated), more than 1/16 of the K and V.
+  const LlamaConfig m70 = builtinModel("llama-3-70b");
+  const Profile two = profileByName("h100x8-ib400");
+  const Prediction rep = predict(m70, two, workload(16, 1, 8192, "bf16"));
+  const double d = m70.n_embd, hd = m70.head_dim;
+  const double macs = m70.n_layer * (2 * d * (m70.n_head / 16) * hd + 2 * d * hd + 3 * d * (m70.n_ff / 16.0));
+  EXPECT_NEAR(rep.linear_s, 2.0 * 8192 * macs / (two.peak_flops * two.gemm_eff), 1e-6 * rep.linear_s);
+  EXPECT_GT(rep.linear_s, 2.0 * 8192 * m70.linearMacsPerToken() / 16 / (two.peak_flops * two.gemm_eff));
+}
+
 }  // namespace
 }  // namespace flashring::sim

@@ -11,8 +11,10 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 
 #include "cli.h"
+#include "flashring/comm_setting.h"
 #include "flashring/error.h"
 #include "flashring/gguf.h"
 
@@ -36,6 +38,16 @@ struct Config {
   std::vector<double> link_scales{0.5, 1, 2};
   std::string json;
   TransportOptions transport;  // --profile local only
+  // Profiles saved and loaded as JSON, and emulated links (bench/netem/run.sh's) in place of the profile's.
+  std::string profile_file, save_profile;
+  std::string link_rate, link_topology, node_rate;
+  // One all-reduce of this many fp32 bytes (--allreduce), or one SP attention call (--attention).
+  std::string allreduce_size;
+  bool attention = false;
+  int64_t seq = 4096;
+  int heads = 32, kv_heads = 0, head_dim = 128;
+  bool causal = true;
+  int ranks_used = 0;  // --allreduce / --attention: ranks (default: the profile's)
 };
 
 LlamaConfig loadModel(const std::string& name) {
@@ -49,9 +61,21 @@ LlamaConfig loadModel(const std::string& name) {
   return c;
 }
 
+// Thrown on the MPI processes other than rank 0 after --profile local calibrated: they have nothing to print.
+struct NotRoot {};
+
+void printProfile(const sim::Profile& p);
+void writeJsonFile(const std::string& path, const nlohmann::json& j);
+
 sim::Profile loadProfile(const Config& cfg) {
   sim::Profile p;
-  if (cfg.profile == "local") {
+  if (!cfg.profile_file.empty()) {
+    std::ifstream f(cfg.profile_file);
+    if (!f) throw InvalidArgument(fmt::format("--profile-file {}: cannot read it", cfg.profile_file));
+    std::stringstream ss;
+    ss << f.rdbuf();
+    p = sim::profileFromJson(ss.str());
+  } else if (cfg.profile == "local") {
     TransportOptions t = cfg.transport;
     if (t.transport == "thread" && t.ranks < 2) t.ranks = 2;
     bool have = false;
@@ -59,13 +83,84 @@ sim::Profile loadProfile(const Config& cfg) {
       sim::Profile mine = sim::calibratedProfile(comm, cfg.weight_bytes > 0 ? cfg.weight_bytes : 0.625);
       if (comm.rank() == 0) p = mine, have = true;
     });
-    if (!have) throw InvalidArgument("--profile local: this MPI process is not rank 0");
+    if (!have) throw NotRoot{};  // another MPI process holds rank 0: it prints
   } else {
     p = sim::profileByName(cfg.profile);
   }
+  if (!cfg.save_profile.empty()) {
+    std::ofstream f(cfg.save_profile);
+    if (!f) throw InvalidArgument(fmt::format("--save-profile {}: cannot write it", cfg.save_profile));
+    f << sim::profileToJson(p) << "\n";
+  }
+  if (!cfg.link_rate.empty())
+    p = sim::withEmulatedLinks(p, cfg.link_topology.empty() ? "star" : cfg.link_topology, sim::parseRate(cfg.link_rate),
+                               cfg.node_rate.empty() ? 0 : sim::parseRate(cfg.node_rate));
+  else if (!cfg.link_topology.empty() || !cfg.node_rate.empty())
+    throw InvalidArgument("--link-topology and --node-rate need --link-rate");
   if (cfg.nodes > 0) p = sim::withNodes(p, cfg.nodes);
   if (cfg.weight_bytes > 0) p.weight_bytes = cfg.weight_bytes;
   return p;
+}
+
+// --allreduce SIZE: one all-reduce of SIZE bytes of fp32 with --comm on --ranks-used ranks (default: all).
+void runAllreduce(const Config& cfg, const sim::Profile& p) {
+  const size_t bytes = parseSize(cfg.allreduce_size);
+  const size_t count = bytes / 4;
+  const int N = cfg.ranks_used > 0 ? cfg.ranks_used : p.ranks();
+  const AllreduceOptions o = commAllreduceOptions(cfg.comm, cfg.group_size, cfg.spikes, false, false, "comm");
+  const sim::AllreduceCost c = sim::allreduceCost(count, N, o, p);
+  const double total = c.comm_s + c.codec_s;
+  printProfile(p);
+  fmt::print("{:>10} {:>5} {:<16} {:<16} {:>11} {:>10} {:>10} {:>10} {:>7} {:>8} {:>12}\n", "size", "ranks", "comm",
+             "allreduce", "time_ms", "link_ms", "codec_ms", "cpu_ms", "rounds", "messages", "wire_bytes");
+  fmt::print("{:>10} {:>5} {:<16} {:<16} {:>11.3f} {:>10.3f} {:>10.3f} {:>10.3f} {:>7} {:>8} {:>12}\n",
+             formatSize(bytes), N, cfg.comm, c.name, total * 1e3, c.link_s * 1e3, c.codec_s * 1e3,
+             c.transport_cpu_s * 1e3, c.rounds, c.messages, c.wire_bytes);
+  if (!cfg.json.empty())
+    writeJsonFile(cfg.json, nlohmann::json::array({{{"bench", "simulate-allreduce"},
+                                                    {"profile", p.name},
+                                                    {"bytes", bytes},
+                                                    {"ranks", N},
+                                                    {"comm", cfg.comm},
+                                                    {"allreduce", c.name},
+                                                    {"time_ms", total * 1e3},
+                                                    {"link_ms", c.link_s * 1e3},
+                                                    {"stages", c.stages},
+                                                    {"codec_ms", c.codec_s * 1e3},
+                                                    {"transport_cpu_ms", c.transport_cpu_s * 1e3},
+                                                    {"rounds", c.rounds},
+                                                    {"messages", c.messages},
+                                                    {"wire_bytes", c.wire_bytes},
+                                                    {"inter_node_bytes", c.inter_bytes}}}));
+}
+
+// --attention: one spAttention call of --seq tokens, --heads / --kv-heads x --head-dim, --batch, on --ranks-used.
+void runAttention(const Config& cfg, const sim::Profile& p) {
+  const int N = cfg.ranks_used > 0 ? cfg.ranks_used : p.ranks();
+  const int kvh = cfg.kv_heads > 0 ? cfg.kv_heads : cfg.heads;
+  const SpShape shape{cfg.batch, cfg.seq, cfg.heads, kvh, cfg.head_dim};
+  SpAttentionOptions o;
+  o.causal = cfg.causal;
+  const sim::AttentionCost c = sim::attentionCost(shape, N, spSchemeFromName(cfg.attn), o, p);
+  printProfile(p);
+  fmt::print("{:>7} {:>5} {:>4} {:>4} {:>5} {:<17} {:>11} {:>11} {:>10}\n", "seq", "ranks", "H", "Hkv", "D", "scheme",
+             "time_ms", "compute_ms", "merge_ms");
+  fmt::print("{:>7} {:>5} {:>4} {:>4} {:>5} {:<17} {:>11.3f} {:>11.3f} {:>10.3f}\n", cfg.seq, N, cfg.heads, kvh,
+             cfg.head_dim, spSchemeName(c.scheme), c.total_s * 1e3, c.compute_s * 1e3, c.merge_s * 1e3);
+  if (!cfg.json.empty())
+    writeJsonFile(cfg.json, nlohmann::json::array({{{"bench", "simulate-attention"},
+                                                    {"profile", p.name},
+                                                    {"seq", cfg.seq},
+                                                    {"ranks", N},
+                                                    {"heads", cfg.heads},
+                                                    {"kv_heads", kvh},
+                                                    {"head_dim", cfg.head_dim},
+                                                    {"batch", cfg.batch},
+                                                    {"causal", cfg.causal},
+                                                    {"scheme", spSchemeName(c.scheme)},
+                                                    {"time_ms", c.total_s * 1e3},
+                                                    {"compute_ms", c.compute_s * 1e3},
+                                                    {"merge_ms", c.merge_s * 1e3}}}));
 }
 
 std::string grid(int tp, int sp) { return fmt::format("{}x{}", tp, sp); }
@@ -244,6 +339,8 @@ void run(const Config& cfg) {
   }
   if (cfg.paper) return runPaper(cfg);
   if (cfg.projections) return runProjections(cfg);
+  if (!cfg.allreduce_size.empty()) return runAllreduce(cfg, loadProfile(cfg));
+  if (cfg.attention) return runAttention(cfg, loadProfile(cfg));
   const LlamaConfig m = loadModel(cfg.model);
   const sim::Profile base = loadProfile(cfg);
   const SpScheme scheme = spSchemeFromName(cfg.attn);
@@ -343,6 +440,31 @@ void addSimulate(CLI::App& app) {
                 "the README's projection table: LLaMA-3-8B/70B on every built-in profile, 8k and 128k prompts, best "
                 "plan vs the bf16 baseline (Markdown)");
   sub->add_option("--json", cfg->json, "write the rows to this JSON file (bench/plot.py plots them)");
+  sub->add_option("--profile-file", cfg->profile_file, "load the profile from this JSON file (--save-profile's)");
+  sub->add_option("--save-profile", cfg->save_profile,
+                  "write the profile (e.g. --profile local as calibrated) to this JSON file before using it");
+  sub->add_option("--link-rate", cfg->link_rate,
+                  "replace the profile's links by emulated ones of this rate (tc syntax: 1gbit, 500mbit), as "
+                  "bench/netem/run.sh --rate builds them (TCP goodput 1448/1514 of the rate)");
+  sub->add_option("--link-topology", cfg->link_topology,
+                  "with --link-rate: star, mesh or nodes:RxK (bench/netem/run.sh --topology; default star)");
+  sub->add_option("--node-rate", cfg->node_rate, "with --link-topology nodes:RxK: each node's uplink rate");
+  sub->add_option("--allreduce", cfg->allreduce_size,
+                  "predict one all-reduce of this many bytes of fp32 (16M, 1M, ...) with --comm on --ranks-used ranks");
+  sub->add_flag("--attention", cfg->attention,
+                "predict one SP attention call (--seq, --heads, --kv-heads, --head-dim, -b, --attn) on --ranks-used");
+  sub->add_option("--seq", cfg->seq, "--attention: global sequence length")
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 30))
+      ->capture_default_str();
+  sub->add_option("--heads", cfg->heads, "--attention: query heads")->check(CLI::Range(1, 4096))->capture_default_str();
+  sub->add_option("--kv-heads", cfg->kv_heads, "--attention: key/value heads (default: = --heads)")
+      ->check(CLI::Range(1, 4096));
+  sub->add_option("--head-dim", cfg->head_dim, "--attention: head dimension")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  sub->add_flag("--causal,!--no-causal", cfg->causal, "--attention: causal mask (default) or full attention");
+  sub->add_option("--ranks-used", cfg->ranks_used, "--allreduce / --attention: ranks (default: all of the profile)")
+      ->check(CLI::Range(1, 4096));
   cfg->transport.add(*sub);
   sub->footer(
       "Examples:\n"
@@ -353,9 +475,19 @@ void addSimulate(CLI::App& app) {
       "  flashring simulate --profile a10x4-pcie -m llama-2-7b --sweep --comms bf16,int8,int4 --json sim.json && "
       "python3 bench/plot.py sim.json\n"
       "  flashring simulate --profile local --ranks 4 -m model.gguf --sp 2 --comm int8\n"
+      "  flashring simulate --profile local --ranks 4 --save-profile local.json --allreduce 16M --comm int4\n"
+      "  flashring simulate --profile-file local.json --link-rate 1gbit --link-topology mesh --allreduce 16M --comm "
+      "flash-int4\n"
+      "  flashring simulate --profile-file local.json --link-rate 1gbit --attention --seq 4096 --heads 8 --attn "
+      "tokenring\n"
       "  flashring simulate --paper\n"
       "  flashring simulate --projections > projections.md");
-  sub->callback([cfg] { run(*cfg); });
+  sub->callback([cfg] {
+    try {
+      run(*cfg);
+    } catch (const NotRoot&) {
+    }
+  });
 }
 
 }  // namespace flashring::cli
