@@ -112,6 +112,9 @@ struct AllreduceOptions {
   // Native: call the blocking MPI_Allreduce (fastest, what users have today) or poll MPI_Iallreduce
   // against the deadline (a dead peer becomes a TimeoutError instead of a hang). See comm.h.
   bool native_blocking = true;
+  // Where device work is queued and with which verbs (tensor.h, device_ops.h): cuda::context(stream) for a
+  // TensorView in GPU memory; ignored for host memory.
+  ExecContext exec;
   // Scratch memory (encoded messages, accumulators): this rank's own workspace, never another rank's
   // (workspace.h); nullptr: the communicator's (Communicator::workspace()). Reused across calls, so after the
   // first call of a size no all-reduce allocates its buffers again.
@@ -131,13 +134,13 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
 // allreduce() of a tensor view (tensor.h), contiguous:
 //   host f32        the span version above;
 //   host f16/bf16   widened to fp32 (exact), reduced, rounded back to nearest even: the fp32 result rounded once;
-//   device memory   with ctx.ops the verbs of that memory (cuda::context(stream)) and a transport that moves it
+//   device memory   with options.exec the verbs of that memory (cuda::context(stream)) and a transport that moves it
 //                   (Communicator::movesMemory: NCCL, the one-GPU thread world); f32 only. The pipelined two-step
 //                   runs there with the same schedule and the same bytes as on the host, so the result is
 //                   bitwise the host all-reduce's. TwoStep and Quantized (Auto: Quantized at or above
 //                   auto_threshold_bytes, else TwoStep fp32); the other algorithms are InvalidArgument there.
 // Every failure names the tensor, the transport and what was wrong.
-void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options = {}, ExecContext ctx = {},
+void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options = {},
                AllreduceStats* stats = nullptr);
 
 // allreduce() that also hands back the error this rank knows about, for error feedback: `error` (as many

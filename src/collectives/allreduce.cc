@@ -156,8 +156,8 @@ void allreduce(Communicator& comm, std::span<float> data, const AllreduceOptions
   allreduceImpl(comm, data, nullptr, options, stats);
 }
 
-void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options, ExecContext ctx,
-               AllreduceStats* stats) {
+void allreduce(Communicator& comm, const TensorView& data, const AllreduceOptions& options, AllreduceStats* stats) {
+  const ExecContext& ctx = options.exec;
   data.checkContiguous("allreduce");
   const size_t n = static_cast<size_t>(data.numel());
   if (data.device.kind == MemoryKind::Host) {
@@ -181,7 +181,7 @@ void allreduce(Communicator& comm, const TensorView& data, const AllreduceOption
   }
   if (ctx.ops == nullptr || ctx.ops->memory() != data.device.kind)
     throw InvalidArgument(fmt::format("allreduce: {} needs the verbs of its memory in the ExecContext "
-                                      "(cuda::context(stream), flashring/cuda/context.h)",
+                                      "(AllreduceOptions::exec = cuda::context(stream), flashring/cuda/context.h)",
                                       data.describe()),
                           comm.rank());
   if (!comm.movesMemory(data.device.kind))

@@ -26,7 +26,7 @@ TEST(CudaAllreduce, OneGpuRanksGiveTheHostBits) {
     return v;
   };
   for (const char* algo : {"flash-int4", "flash-int8", "twostep-bf16", "twostep-fp32"}) {
-    const AllreduceOptions opt = allreduceOptionsFromName(algo);
+    AllreduceOptions opt = allreduceOptionsFromName(algo);
     std::vector<std::vector<float>> host(4), dev(4);
     runThreadRanks(4, [&](Communicator& c) {
       host[static_cast<size_t>(c.rank())] = input(c.rank());
@@ -36,8 +36,10 @@ TEST(CudaAllreduce, OneGpuRanksGiveTheHostBits) {
       const std::vector<float> x = input(c.rank());
       cuda::DeviceBuffer d(n * 4);
       d.upload(x.data(), n * 4);
-      allreduce(c, TensorView::contiguous(d.data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}), opt,
-                cuda::context());
+      AllreduceOptions dev_opt = opt;
+      dev_opt.exec = cuda::context();
+      allreduce(c, TensorView::contiguous(d.data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}),
+                dev_opt);
       auto& out = dev[static_cast<size_t>(c.rank())];
       out.resize(n);
       d.download(out.data(), n * 4);

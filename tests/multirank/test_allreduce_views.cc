@@ -65,6 +65,11 @@ class StandInDevice final : public DeviceOps {
   }
 };
 
+AllreduceOptions withExec(AllreduceOptions o, ExecContext ctx) {
+  o.exec = ctx;
+  return o;
+}
+
 TEST(AllreduceViews, DeviceScheduleThroughTheVerbsGivesTheHostBits) {
   const size_t n = 10000 + 37;
   for (const char* algo : {"flash-int4", "flash-int8-int4", "twostep-bf16", "twostep-fp32", "auto"}) {
@@ -85,7 +90,7 @@ TEST(AllreduceViews, DeviceScheduleThroughTheVerbsGivesTheHostBits) {
           d = rankInput(c.rank(), n);
           AllreduceStats st;
           allreduce(c, TensorView::contiguous(d.data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}),
-                    opt, ExecContext{nullptr, &ops}, &st);
+                    withExec(opt, ExecContext{nullptr, &ops}), &st);
           EXPECT_TRUE(st.algorithm == AllreduceAlgorithm::TwoStep || st.algorithm == AllreduceAlgorithm::Quantized);
         },
         std::chrono::milliseconds(0), world);
@@ -106,7 +111,7 @@ TEST(AllreduceViews, DeviceMemoryErrorsNameWhatIsMissing) {
   StandInDevice ops;
   auto expectError = [&](ThreadWorldOptions world, ExecContext ctx, AllreduceOptions opt, const std::string& part) {
     const auto errors = runThreadRanksCollect(
-        2, [&](Communicator& c) { allreduce(c, dv, opt, ctx); }, std::chrono::milliseconds(0), world);
+        2, [&](Communicator& c) { allreduce(c, dv, withExec(opt, ctx)); }, std::chrono::milliseconds(0), world);
     for (const auto& e : errors) {
       ASSERT_TRUE(e) << part;
       try {

@@ -226,9 +226,14 @@ void runBench(Communicator& comm, const Config& cfg, std::vector<Row>& rows_out)
         AllreduceStats st;
 #if FLASHRING_WITH_CUDA
         if (dbuf) {
-          allreduce(comm,
-                    TensorView::contiguous(dbuf->data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}),
-                    o, cuda::context(), &st);
+          allreduce(
+              comm, TensorView::contiguous(dbuf->data(), DType::F32, {static_cast<int64_t>(n)}, {MemoryKind::Cuda, 0}),
+              [&] {
+                AllreduceOptions d = o;
+                d.exec = cuda::context();
+                return d;
+              }(),
+              &st);
         } else {
           allreduce(comm, buf, o, &st);
         }

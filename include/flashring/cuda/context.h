@@ -1,6 +1,7 @@
 // The CUDA device's verbs for the collectives (device_ops.h) and the ExecContext that carries them
-// (flashring::cuda). allreduce(comm, TensorView on the device, options, cuda::context(stream)) runs the pipelined
-// two-step on device buffers with the CUDA codecs (cuda/codec.h): the same schedule and bytes as on the host.
+// (flashring::cuda). allreduce(comm, TensorView on the device, options) with options.exec = cuda::context(stream) runs
+// the pipelined two-step on device buffers with the CUDA codecs (cuda/codec.h): the same schedule and bytes as on the
+// host.
 #pragma once
 
 #include "flashring/device_ops.h"
