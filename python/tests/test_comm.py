@@ -129,7 +129,8 @@ def test_bad_arguments():
 
 def test_ctrl_c_ends_a_blocked_wait_within_a_second(tmp_path):
     # A child process blocks in a collective whose peer never comes; SIGINT must end it with KeyboardInterrupt
-    # promptly (the interrupt check runs about every 0.1 s), not at the 60 s timeout.
+    # promptly (the interrupt check runs about every 0.1 s), not at the 60 s timeout. The bound is loose (5 s, and 30 s
+    # before giving up on the child) because CI machines run this under load; what it tells apart is 0.1 s from 60 s.
     script = tmp_path / "block.py"
     script.write_text(textwrap.dedent("""
         import sys, time, numpy as np, flashring as fr
@@ -149,10 +150,10 @@ def test_ctrl_c_ends_a_blocked_wait_within_a_second(tmp_path):
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
     try:
-        out, _ = p.communicate(timeout=10)
+        out, _ = p.communicate(timeout=30)
     finally:
         p.kill()
     elapsed = time.monotonic() - t0
     assert p.returncode == 3, out
     assert "interrupted True" in out  # and the communicator was aborted, so peers end too
-    assert elapsed < 1.0, elapsed
+    assert elapsed < 5.0, elapsed
