@@ -348,3 +348,35 @@ TEST(WorkspaceKernel, ACallFromTheProgressHookNestsInTheSameWorkspace) {
   EXPECT_TRUE(nested_same);
   EXPECT_EQ(ws.depth(), 0);
 }
+
+// AddressSanitizer builds poison what no frame has handed out, so an overrun or a use after the frame ended is
+// reported (an arena would otherwise hide both from ASan), and fill fresh buffers with NaN.
+#if defined(__SANITIZE_ADDRESS__)
+TEST(WorkspaceDeathTest, AddressSanitizerSeesOverrunsAndUsesAfterTheFrame) {
+  {
+    Workspace ws;
+    Workspace::Frame f(ws);
+    auto s = f.get<float>(4);
+    EXPECT_TRUE(std::isnan(s[0]) && std::isnan(s[3]));
+  }
+  EXPECT_DEATH(
+      {
+        Workspace ws;
+        Workspace::Frame f(ws);
+        volatile char* p = f.get<char>(10).data();
+        p[10] = 1;
+      },
+      "use-after-poison");
+  EXPECT_DEATH(
+      {
+        Workspace ws;
+        volatile float* p = nullptr;
+        {
+          Workspace::Frame f(ws);
+          p = f.get<float>(16).data();
+        }
+        p[0] = 1.f;
+      },
+      "use-after-poison");
+}
+#endif
