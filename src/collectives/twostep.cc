@@ -37,10 +37,8 @@
 namespace flashring::detail {
 
 namespace {
-// error (nullable, data.size() floats): this rank's share of the error of the result. For a slice j sent to
-// rank j: the value minus what rank j decodes of it; for its own slice: the fp32 sum minus the decoded
-// all-gather value. Summed over the ranks, that is the exact fp32 sum minus the result.
-// Scratch of the verbs' memory kind for one call (device memory; the host path uses the per-thread scratch).
+// Scratch of the verbs' memory kind for one call (device memory; the host path takes its buffers from the
+// workspace).
 class OpsScratch {
  public:
   OpsScratch(const DeviceOps& ops, void* stream, size_t bytes)
@@ -56,6 +54,9 @@ class OpsScratch {
   void* p_;
 };
 
+// error (nullable, data.size() floats): this rank's share of the error of the result. For a slice j sent to
+// rank j: the value minus what rank j decodes of it; for its own slice: the fp32 sum minus the decoded
+// all-gather value. Summed over the ranks, that is the exact fp32 sum minus the result.
 void pipelinedTwoStep(Communicator& comm, std::span<float> data, const Codec& c1, const Codec& c2, size_t chunk_elems,
                       Workspace& ws, AllreduceStats& stats, float* error, const ExecContext& ctx) {
   const DeviceOps& ops = ctx.ops != nullptr ? *ctx.ops : hostDeviceOps();
