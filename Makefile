@@ -69,11 +69,11 @@ tsan: deps
 	# and reports their writes to sgemm outputs as races with the rank thread that reads them afterwards.
 	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  build-tsan/bin/flashring_multirank_tests --gtest_brief=1 \
-	  --gtest_filter='ThreadComm.*:Allreduce.*:AllreduceWithError.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*:EngineSampling.*:TokenChoiceTp.*:LlamaSession*:Hierarchical*'
+	  --gtest_filter='ThreadComm.*:Allreduce.*:AllreduceWithError.*:*AllreduceSweep.*_r4_*:*AllreduceSweep.*_r3_*:*SpAttentionSweep.*_r3_*:SpAttention.*:*EngineGrid.*tiny_uneven*:EngineTp.*:EngineErrors.*:EngineSampling.*:TokenChoiceTp.*:LlamaSession*:Hierarchical*:Workspace*'
 	# The kernel thread pool (lock-free hand-off) and the quantized matmuls on 1-3 threads.
 	OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 build-tsan/bin/flashring_unit_tests \
 	  --gtest_brief=1 \
-	  --gtest_filter='CpuPool.*:*Qmm*Matmul*'
+	  --gtest_filter='CpuPool.*:*Qmm*Matmul*:Workspace*'
 
 sanitize: asan tsan
 
