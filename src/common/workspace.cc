@@ -198,8 +198,10 @@ Workspace::Frame::~Frame() {
   for (int k = 0; k < kMemoryKinds; ++k) {
     Arena& a = ws.arenas_[static_cast<size_t>(k)];
     const Mark& m = marks_[static_cast<size_t>(k)];
-    if (!a.blocks.empty() && a.allocator) {
-      // Poison what this frame handed out: from the mark to the current position.
+    // Poison what this frame handed out (from the mark to the current position), but only on a normal end: a frame
+    // ended by an exception may leave messages posted that a peer's transport still reads or writes until the
+    // abort reaches it (the memory stays live for exactly that reason, see the header), so it stays unpoisoned.
+    if (!a.blocks.empty() && a.allocator && std::uncaught_exceptions() <= exceptions_) {
       const MemoryKind kind = a.allocator->kind();
       for (size_t b = m.block; b <= a.block && b < a.blocks.size(); ++b) {
         const size_t from = b == m.block ? m.offset : 0, to = b == a.block ? a.offset : a.blocks[b].size;
