@@ -14,6 +14,7 @@
 #include <limits>
 #include <string>
 
+#include "attention/common/attention_math.h"
 #include "attention/merge_internal.h"
 #include "flashring/attention.h"
 #include "flashring/cpu.h"
@@ -43,29 +44,10 @@ bool checkMerge(const float* out, const float* lse, const float* out_b, const fl
   return true;
 }
 
+// The per-pair math is shared with the CUDA merge (attention/common/attention_math.h).
 void mergePortable(float* out, float* lse, const float* out_b, const float* lse_b, int64_t pairs, int head_dim) {
-  for (int64_t p = 0; p < pairs; ++p) {
-    const float la = lse[p];
-    const float lb = lse_b[p];
-    if (lb == kNegInf) continue;
-    float* o = out + p * head_dim;
-    const float* ob = out_b + p * head_dim;
-    if (la == kNegInf) {
-      std::memcpy(o, ob, sizeof(float) * static_cast<size_t>(head_dim));
-      lse[p] = lb;
-      continue;
-    }
-    const bool a_max = la >= lb;
-    const float mx = a_max ? la : lb;
-    const float mn = a_max ? lb : la;
-    const float e = std::exp(mn - mx);
-    const float w_max = 1.f / (1.f + e);
-    const float w_min = e * w_max;
-    const float wa = a_max ? w_max : w_min;
-    const float wb = a_max ? w_min : w_max;
-    for (int c = 0; c < head_dim; ++c) o[c] = wa * o[c] + wb * ob[c];
-    lse[p] = mx + std::log1p(e);
-  }
+  for (int64_t p = 0; p < pairs; ++p)
+    detail::mergePair(out + p * head_dim, lse + p, out_b + p * head_dim, lse_b[p], head_dim);
 }
 
 }  // namespace

@@ -71,6 +71,8 @@ class NcclCommunicator final : public Communicator {
 
  private:
   void flush();
+  // Records one send (send_buf) or receive (recv_buf).
+  Request post(bool is_send, const void* send_buf, void* recv_buf, size_t bytes, int peer, Tag tag);
   int rank_ = 0, size_ = 1, device_ = 0;
   std::unique_ptr<Impl> impl_;
 };

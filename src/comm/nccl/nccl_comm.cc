@@ -150,42 +150,34 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::bootstrap(Communicator& host
 void* NcclCommunicator::stream() const { return impl_->stream; }
 void* NcclCommunicator::event() const { return impl_->last ? impl_->last->e : nullptr; }
 
-Request NcclCommunicator::isend(const void* buf, size_t bytes, int peer, Tag tag) {
-  checkArgs(buf, bytes, peer, tag, "isend");
+Request NcclCommunicator::post(bool is_send, const void* send_buf, void* recv_buf, size_t bytes, int peer, Tag tag) {
+  const char* op = is_send ? "isend" : "irecv";
+  checkArgs(is_send ? send_buf : recv_buf, bytes, peer, tag, op);
   if (impl_->aborted) throw AbortedError(impl_->reason, rank_);
-  if (bytes > 0 && !isDevicePointer(buf)) {
-    throw InvalidArgument(fmt::format("NcclCommunicator::isend on rank {}: the buffer is host memory; NCCL moves "
+  if (bytes > 0 && !isDevicePointer(is_send ? send_buf : recv_buf)) {
+    throw InvalidArgument(fmt::format("NcclCommunicator::{} on rank {}: the buffer is host memory; NCCL moves "
                                       "device memory only (use the thread or MPI transport for host buffers)",
-                                      rank_),
+                                      op, rank_),
                           rank_);
   }
   auto r = std::make_shared<NcclRequest>();
-  r->send_buf = buf;
+  r->send_buf = send_buf;
+  r->recv_buf = recv_buf;
   r->bytes = bytes;
   r->peer = peer;
   r->tag = tag;
-  r->is_send = true;
+  r->is_send = is_send;
   impl_->pending.push_back(r);
-  countSent(bytes);
+  if (is_send) countSent(bytes);
   return Request(r);
 }
 
+Request NcclCommunicator::isend(const void* buf, size_t bytes, int peer, Tag tag) {
+  return post(true, buf, nullptr, bytes, peer, tag);
+}
+
 Request NcclCommunicator::irecv(void* buf, size_t bytes, int peer, Tag tag) {
-  checkArgs(buf, bytes, peer, tag, "irecv");
-  if (impl_->aborted) throw AbortedError(impl_->reason, rank_);
-  if (bytes > 0 && !isDevicePointer(buf)) {
-    throw InvalidArgument(
-        fmt::format("NcclCommunicator::irecv on rank {}: the buffer is host memory; NCCL moves device memory only",
-                    rank_),
-        rank_);
-  }
-  auto r = std::make_shared<NcclRequest>();
-  r->recv_buf = buf;
-  r->bytes = bytes;
-  r->peer = peer;
-  r->tag = tag;
-  impl_->pending.push_back(r);
-  return Request(r);
+  return post(false, nullptr, buf, bytes, peer, tag);
 }
 
 // Issues every pending operation as one group, then records one event after it.
